@@ -1,0 +1,437 @@
+//! Runs a compiled graph.
+//!
+//! Built once per compiled graph: a schedule (topological order) of kernel
+//! steps, one buffer slot per node output, and for every temporary slot the
+//! step after which it is free. Per run: views are resolved (each edge keeps
+//! its last resolution and reuses it while its symbols keep their values),
+//! outputs come from a pool of buffers, and only the named outputs are
+//! returned, by value, so nothing from one run leaks into the next.
+//!
+//! Params, buffers and state live in the executor between runs; state is
+//! updated in place by kernels such as `KvWrite`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use luminal::op::Function;
+use luminal::prelude::{Graph, NodeIndex, ShapeTracker};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use rustc_hash::FxHashMap;
+
+use crate::kernel::{kernel_of, Arg, Cost, Kernel};
+use crate::shape::{fmt_dims, Dim};
+use crate::tensor::{BuiltGraph, InputKind};
+use crate::view::{eval, DimValues, View};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("input `{0}` was not given")]
+    MissingInput(String),
+    #[error("graph has no input named `{0}`")]
+    UnknownInput(String),
+    #[error("input `{name}` has {got} values but its shape {shape} needs {want}")]
+    InputSize { name: String, shape: String, got: usize, want: usize },
+    #[error("dimension `{0}` has no value for this run")]
+    MissingDim(char),
+}
+
+struct InputSlot {
+    name: String,
+    slot: usize,
+    kind: InputKind,
+    dims: Vec<Dim>,
+}
+
+struct EdgeIn {
+    slot: usize,
+    tracker: ShapeTracker,
+    vars: Vec<char>,
+    memo: Option<(Vec<usize>, View)>,
+}
+
+struct Step {
+    node: NodeIndex,
+    kernel: Arc<dyn Kernel>,
+    inputs: Vec<EdgeIn>,
+    outputs: Vec<usize>,
+    /// (output index, input index) updated in place
+    inplace: Vec<(usize, usize)>,
+    release: Vec<usize>,
+}
+
+/// Time and work per step, accumulated over runs.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub node: NodeIndex,
+    pub kernel: String,
+    pub calls: u64,
+    pub time: Duration,
+    pub cost: Cost,
+}
+
+pub struct Executor {
+    steps: Vec<Step>,
+    inputs: Vec<InputSlot>,
+    outputs: Vec<(String, usize, Vec<Dim>)>,
+    /// persistent data of params, buffers and state, by slot
+    store: Vec<Option<Vec<f32>>>,
+    /// per-run buffers (data inputs and kernel outputs), by slot
+    temps: Vec<Option<Vec<f32>>>,
+    pool: FxHashMap<usize, Vec<Vec<f32>>>,
+    symbols: Vec<char>,
+    stack: Vec<i32>,
+    pub profile: Option<Vec<StepStats>>,
+    /// the compiled graph, kept for inspection
+    pub graph: Graph,
+}
+
+fn symbols_of(st: &ShapeTracker) -> Vec<char> {
+    let mut v = vec![];
+    let exprs = st.dims.iter().chain(st.padding.iter().flat_map(|(a, b)| [a, b])).chain(st.slices.iter().flat_map(|(a, b)| [a, b]));
+    for e in exprs {
+        for c in e.to_symbols() {
+            if !v.contains(&c) {
+                v.push(c);
+            }
+        }
+    }
+    v
+}
+
+impl Executor {
+    /// Plan a compiled graph (every node an input `Function` or a kernel).
+    pub fn new(built: BuiltGraph) -> Executor {
+        let BuiltGraph { graph, inputs, outputs, .. } = built;
+        let order = petgraph::algo::toposort(&graph.graph, None).expect("graph has a cycle");
+        let mut slot_of: FxHashMap<(NodeIndex, u8), usize> = FxHashMap::default();
+        let mut n_slots = 0;
+        let mut new_slot = || {
+            n_slots += 1;
+            n_slots - 1
+        };
+        let mut input_slots = vec![];
+        for i in &inputs {
+            let s = new_slot();
+            slot_of.insert((i.node, 0), s);
+            input_slots.push(InputSlot { name: i.name.clone(), slot: s, kind: i.kind, dims: i.dims.clone() });
+        }
+        let mut steps = vec![];
+        let mut symbols = vec![];
+        for node in order {
+            let op = graph.graph.node_weight(node).unwrap();
+            if op.as_any().is::<Function>() {
+                assert!(slot_of.contains_key(&(node, 0)), "graph input {op:?} was not declared");
+                continue;
+            }
+            let kernel = match kernel_of(op.as_ref()) {
+                Some(k) => k.0.clone(),
+                None => panic!("node {op:?} has no kernel: run the LowerToKernels pass before executing"),
+            };
+            let mut ins: Vec<_> = graph
+                .graph
+                .edges_directed(node, Direction::Incoming)
+                .filter_map(|e| e.weight().as_data().map(|(i, o, st)| (i, e.source(), o, st)))
+                .collect();
+            ins.sort_by_key(|x| x.0);
+            let inputs: Vec<EdgeIn> = ins
+                .iter()
+                .map(|&(_, src, out, st)| {
+                    let vars = symbols_of(&st);
+                    for c in &vars {
+                        if !symbols.contains(c) {
+                            symbols.push(*c);
+                        }
+                    }
+                    EdgeIn { slot: slot_of[&(src, out)], tracker: st, vars, memo: None }
+                })
+                .collect();
+            let inplace = kernel.inplace();
+            let n_out = graph
+                .graph
+                .edges_directed(node, Direction::Outgoing)
+                .filter_map(|e| e.weight().as_data().map(|d| d.1 as usize + 1))
+                .max()
+                .unwrap_or(1)
+                .max(inplace.iter().map(|x| x.0 + 1).max().unwrap_or(0));
+            let outputs: Vec<usize> = (0..n_out)
+                .map(|o| match inplace.iter().find(|x| x.0 == o) {
+                    Some(&(_, i)) => inputs[i].slot,
+                    None => new_slot(),
+                })
+                .collect();
+            for (o, s) in outputs.iter().enumerate() {
+                slot_of.insert((node, o as u8), *s);
+            }
+            steps.push(Step { node, kernel, inputs, outputs, inplace, release: vec![] });
+        }
+        // free each temporary slot after its last reader
+        let persistent: Vec<usize> = input_slots.iter().filter(|i| i.kind != InputKind::Data).map(|i| i.slot).collect();
+        let out_slots: Vec<(String, usize, Vec<Dim>)> = outputs
+            .iter()
+            .map(|o| (o.name.clone(), *slot_of.get(&(o.node, 0)).expect("output node not in graph"), o.dims.clone()))
+            .collect();
+        let mut last_use: FxHashMap<usize, usize> = FxHashMap::default();
+        for (i, s) in steps.iter().enumerate() {
+            for e in &s.inputs {
+                last_use.insert(e.slot, i);
+            }
+            for o in &s.outputs {
+                last_use.entry(*o).or_insert(i);
+            }
+        }
+        for (slot, step) in last_use {
+            if !persistent.contains(&slot) && !out_slots.iter().any(|o| o.1 == slot) {
+                steps[step].release.push(slot);
+            }
+        }
+        let n = n_slots;
+        Executor {
+            steps,
+            inputs: input_slots,
+            outputs: out_slots,
+            store: vec![None; n],
+            temps: vec![None; n],
+            pool: FxHashMap::default(),
+            symbols,
+            stack: vec![],
+            profile: None,
+            graph,
+        }
+    }
+
+    pub fn input_names(&self, kind: InputKind) -> Vec<String> {
+        self.inputs.iter().filter(|i| i.kind == kind).map(|i| i.name.clone()).collect()
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.iter().any(|i| i.name == name)
+    }
+
+    fn input(&self, name: &str) -> Result<&InputSlot, ExecError> {
+        self.inputs.iter().find(|i| i.name == name).ok_or_else(|| ExecError::UnknownInput(name.into()))
+    }
+
+    /// Set a param, buffer or state (kept between runs).
+    pub fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), ExecError> {
+        let i = self.input(name)?;
+        if let Some(n) = i.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
+            if n != data.len() {
+                return Err(ExecError::InputSize { name: name.into(), shape: fmt_dims(&i.dims), got: data.len(), want: n });
+            }
+        }
+        let slot = i.slot;
+        self.store[slot] = Some(data);
+        Ok(())
+    }
+
+    /// Read a param, buffer or state.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        let i = self.inputs.iter().find(|i| i.name == name)?;
+        self.store[i.slot].as_deref()
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
+        let slot = self.inputs.iter().find(|i| i.name == name)?.slot;
+        self.store[slot].as_mut()
+    }
+
+    /// Drop all state (KV caches) so the next run allocates it afresh.
+    pub fn reset_state(&mut self) {
+        for i in &self.inputs {
+            if i.kind == InputKind::State {
+                self.store[i.slot] = None;
+            }
+        }
+    }
+
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(
+            self.steps
+                .iter()
+                .map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() })
+                .collect(),
+        );
+    }
+
+    fn take_buffer(&mut self, len: usize) -> Vec<f32> {
+        match self.pool.get_mut(&len).and_then(|v| v.pop()) {
+            Some(b) => b,
+            None => vec![0.0; len],
+        }
+    }
+
+    /// Run once. `data` gives every `Data` input; `dims` every symbol the
+    /// graph uses. Returns the named outputs with their shapes.
+    pub fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, ExecError> {
+        for c in &self.symbols {
+            if !dims.contains_key(c) {
+                return Err(ExecError::MissingDim(*c));
+            }
+        }
+        for i in &self.inputs {
+            if let Some(d) = i.dims.iter().flat_map(|d| d.to_symbols()).find(|c| !dims.contains_key(c)) {
+                return Err(ExecError::MissingDim(d));
+            }
+        }
+        // inputs
+        for (name, _) in data {
+            if !self.inputs.iter().any(|i| i.name == *name && i.kind == InputKind::Data) {
+                return Err(ExecError::UnknownInput(name.to_string()));
+            }
+        }
+        for idx in 0..self.inputs.len() {
+            let want: usize = self.inputs[idx].dims.iter().map(|d| eval(d, dims, &mut self.stack)).product();
+            let (slot, kind) = (self.inputs[idx].slot, self.inputs[idx].kind);
+            let name = self.inputs[idx].name.clone();
+            let shape = fmt_dims(&self.inputs[idx].dims);
+            match kind {
+                InputKind::Data => {
+                    let (_, v) = data.iter().find(|(n, _)| *n == name).ok_or(ExecError::MissingInput(name.clone()))?;
+                    if v.len() != want {
+                        return Err(ExecError::InputSize { name, shape, got: v.len(), want });
+                    }
+                    let mut b = self.take_buffer(want);
+                    b.copy_from_slice(v);
+                    self.temps[slot] = Some(b);
+                }
+                InputKind::State => {
+                    if self.store[slot].as_ref().map(|b| b.len()) != Some(want) {
+                        self.store[slot] = Some(vec![0.0; want]);
+                    }
+                }
+                InputKind::Param | InputKind::Buffer => match &self.store[slot] {
+                    None => return Err(ExecError::MissingInput(name)),
+                    Some(b) if b.len() != want => return Err(ExecError::InputSize { name, shape, got: b.len(), want }),
+                    _ => {}
+                },
+            }
+        }
+        let mut steps = std::mem::take(&mut self.steps);
+        for (si, step) in steps.iter_mut().enumerate() {
+            // resolve views, reusing the last resolution while symbols hold
+            let mut views = Vec::with_capacity(step.inputs.len());
+            for e in step.inputs.iter_mut() {
+                let key: Vec<usize> = e.vars.iter().map(|c| dims[c]).collect();
+                let view = match &e.memo {
+                    Some((k, v)) if *k == key => *v,
+                    _ => {
+                        let v = View::resolve(&e.tracker, dims, &mut self.stack);
+                        e.memo = Some((key, v));
+                        v
+                    }
+                };
+                views.push(view);
+            }
+            let out_shapes = step.kernel.output_shapes(&views, dims);
+            // outputs: fresh buffers, or the in-place input's buffer
+            // (buffer, whether it goes back to the persistent store)
+            let mut outs: Vec<(Vec<f32>, bool)> = Vec::with_capacity(out_shapes.len());
+            for (o, s) in out_shapes.iter().enumerate() {
+                let len: usize = s.iter().product();
+                let buf = match step.inplace.iter().find(|x| x.0 == o) {
+                    Some(&(_, i)) => {
+                        let slot = step.inputs[i].slot;
+                        let (b, stored) = match self.store[slot].take() {
+                            Some(b) => (b, true),
+                            None => (self.temps[slot].take().expect("in-place input missing"), false),
+                        };
+                        assert_eq!(b.len(), len, "{}: in-place buffer of {} for an output of {len}", step.kernel.name(), b.len());
+                        (b, stored)
+                    }
+                    None => (self.take_buffer(len), false),
+                };
+                outs.push(buf);
+            }
+            {
+                let empty: &[f32] = &[];
+                let args: Vec<Arg> = step
+                    .inputs
+                    .iter()
+                    .zip(&views)
+                    .enumerate()
+                    .map(|(i, (e, v))| {
+                        let data = if step.inplace.iter().any(|x| x.1 == i) {
+                            empty
+                        } else {
+                            let d = self.store[e.slot].as_deref().or(self.temps[e.slot].as_deref()).unwrap_or_else(|| {
+                                panic!("{}: input {i} (slot {}) has no data", step.kernel.name(), e.slot)
+                            });
+                            v.check_bounds(d.len(), &step.kernel.name());
+                            d
+                        };
+                        Arg { data, view: *v }
+                    })
+                    .collect();
+                let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|b| b.0.as_mut_slice()).collect();
+                let t = self.profile.as_ref().map(|_| Instant::now());
+                step.kernel.run(&args, &mut refs, dims);
+                if let (Some(t), Some(p)) = (t, self.profile.as_mut()) {
+                    let st = &mut p[si];
+                    st.calls += 1;
+                    st.time += t.elapsed();
+                    let c = step.kernel.cost(&views, &out_shapes);
+                    st.cost.flops += c.flops;
+                    st.cost.bytes += c.bytes;
+                }
+            }
+            for (o, (buf, stored)) in outs.into_iter().enumerate() {
+                let slot = step.outputs[o];
+                if stored {
+                    self.store[slot] = Some(buf);
+                } else {
+                    self.temps[slot] = Some(buf);
+                }
+            }
+            for &slot in &step.release {
+                if let Some(b) = self.temps[slot].take() {
+                    self.pool.entry(b.len()).or_default().push(b);
+                }
+            }
+        }
+        self.steps = steps;
+        let mut out = Outputs::default();
+        for (name, slot, odims) in &self.outputs {
+            let shape: Vec<usize> = odims.iter().map(|d| eval(d, dims, &mut self.stack)).collect();
+            let data = match self.temps[*slot].take() {
+                Some(b) => b,
+                None => self.store[*slot].clone().expect("output was not computed"),
+            };
+            debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "output {name}");
+            out.0.push((name.clone(), shape, data));
+        }
+        // data inputs are per run
+        for i in &self.inputs {
+            if i.kind == InputKind::Data {
+                if let Some(b) = self.temps[i.slot].take() {
+                    self.pool.entry(b.len()).or_default().push(b);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give a buffer back to the pool (e.g. an output the caller is done with).
+    pub fn recycle(&mut self, buf: Vec<f32>) {
+        self.pool.entry(buf.len()).or_default().push(buf);
+    }
+
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+}
+
+/// Named outputs of a run: (name, shape, data).
+#[derive(Debug, Default)]
+pub struct Outputs(pub Vec<(String, Vec<usize>, Vec<f32>)>);
+
+impl Outputs {
+    pub fn get(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        self.0.iter().find(|o| o.0 == name).map(|o| (o.1.as_slice(), o.2.as_slice()))
+    }
+    pub fn take(&mut self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+        let i = self.0.iter().position(|o| o.0 == name)?;
+        let (_, s, d) = self.0.swap_remove(i);
+        Some((s, d))
+    }
+}

@@ -1,0 +1,137 @@
+//! The kernel interface our executor runs, and the luminal `Operator` that
+//! carries a kernel inside a luminal graph.
+//!
+//! Every node of a compiled graph is either an input (`luminal::op::Function`)
+//! or a [`KernelOp`]. Passes replace luminal primops and patterns of them by
+//! kernels; the executor resolves each input's view, sizes the outputs with
+//! [`Kernel::output_shapes`] and calls [`Kernel::run`].
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::{ShapeTracker, Tensor};
+
+use crate::view::{DimValues, View};
+
+/// One input of a kernel: the producer's buffer and how to read it.
+#[derive(Clone, Copy)]
+pub struct Arg<'a> {
+    pub data: &'a [f32],
+    pub view: View,
+}
+
+/// Work done by one kernel call, for profiles.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+pub trait Kernel: Debug + Send + Sync + KernelEq + 'static {
+    /// Short name shown in profiles and graph dumps (e.g. `MatMul`, `Add`).
+    fn name(&self) -> String;
+    /// Shapes of the outputs for inputs seen through these views.
+    fn output_shapes(&self, inputs: &[View], dims: &DimValues) -> Vec<Vec<usize>>;
+    /// Compute the outputs. Outputs are sized per `output_shapes`; an output
+    /// listed in `inplace` arrives holding its input's data and the matching
+    /// `inputs[i].data` is empty.
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues);
+    /// `(output, input)` pairs whose output is the input's buffer, updated in place.
+    fn inplace(&self) -> Vec<(usize, usize)> {
+        vec![]
+    }
+    /// Estimated work for one call, for profiles.
+    fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
+        let bytes = inputs.iter().map(|v| v.numel()).sum::<usize>()
+            + outputs.iter().map(|o| o.iter().product::<usize>()).sum::<usize>();
+        Cost { flops: 0.0, bytes: 4.0 * bytes as f64 }
+    }
+    /// Kernels fused from several primops say which (for inspection).
+    fn fused_from(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
+/// Equality between kernel trait objects, so luminal's CSE can merge equal nodes.
+pub trait KernelEq {
+    fn as_any(&self) -> &dyn Any;
+    fn eq_kernel(&self, other: &dyn Kernel) -> bool;
+}
+
+impl<K: PartialEq + 'static> KernelEq for K {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn eq_kernel(&self, other: &dyn Kernel) -> bool {
+        other.as_any().downcast_ref::<K>() == Some(self)
+    }
+}
+
+/// A kernel as a node of a luminal graph.
+#[derive(Clone)]
+pub struct KernelOp(pub Arc<dyn Kernel>);
+
+impl KernelOp {
+    pub fn new<K: Kernel>(k: K) -> KernelOp {
+        KernelOp(Arc::new(k))
+    }
+    /// The kernel as its concrete type, if it is one.
+    pub fn get<K: Kernel>(&self) -> Option<&K> {
+        self.0.as_any().downcast_ref::<K>()
+    }
+}
+
+impl Debug for KernelOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl PartialEq for KernelOp {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_kernel(other.0.as_ref())
+    }
+}
+
+impl Operator for KernelOp {
+    /// Lets luminal's own `Graph::execute` run a compiled graph too (its
+    /// trackers arrive already resolved). Our executor does not go through here.
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let dims = DimValues::default();
+        let mut stack = vec![];
+        let views: Vec<View> = inp.iter().map(|(_, st)| View::resolve(st, &dims, &mut stack)).collect();
+        let datas: Vec<Vec<f32>> = inp
+            .iter()
+            .map(|(t, _)| t.borrowed().data.as_any().downcast_ref::<Vec<f32>>().expect("f32 tensor").clone())
+            .collect();
+        let shapes = self.0.output_shapes(&views, &dims);
+        let inplace = self.0.inplace();
+        let mut outs: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(o, s)| match inplace.iter().find(|(out, _)| *out == o) {
+                Some((_, i)) => datas[*i].clone(),
+                None => vec![0.0; s.iter().product()],
+            })
+            .collect();
+        let args: Vec<Arg> = datas
+            .iter()
+            .zip(&views)
+            .enumerate()
+            .map(|(i, (d, v))| Arg {
+                data: if inplace.iter().any(|(_, x)| *x == i) { &[] } else { d },
+                view: *v,
+            })
+            .collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        self.0.run(&args, &mut refs, &dims);
+        outs.into_iter().map(Tensor::new).collect()
+    }
+}
+
+/// The kernel of a graph node, if the node is a kernel.
+pub fn kernel_of(op: &dyn Operator) -> Option<&KernelOp> {
+    op.as_any().downcast_ref::<KernelOp>()
+}

@@ -1,0 +1,176 @@
+//! Batched matrix multiply of any rank, the lowering of luminal's
+//! broadcast-`Mul` + `SumReduce` pattern.
+//!
+//! Inputs are the two operands of the `Mul`, already broadcast to a common
+//! logical shape `D`; the output is `sum over axis of A * B`, contiguous, `D`
+//! without `axis`. The kernel reads the strides: a dim where only `B` is
+//! broadcast (stride 0) is a row dim of the product, a dim where only `A` is
+//! broadcast is a column dim, the rest are batch dims. The largest row and
+//! column dims go to one `gemm` call each; the others are looped over.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::copy::Copy as CopyKernel;
+use crate::kernel::{Arg, Cost, Kernel};
+use crate::view::{contiguous_strides, DimValues, View};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatMul {
+    /// The reduced (inner-product) axis of the broadcast shape.
+    pub axis: usize,
+}
+
+/// How one call maps onto gemm: sizes, strides and the loops around it.
+#[derive(Debug)]
+struct Plan {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// (a, b, out) strides along the row dim, column dim and inner axis
+    row: (isize, isize),
+    col: (isize, isize),
+    inner: (isize, isize),
+    out_row: isize,
+    out_col: isize,
+    /// loop dims: (size, a stride, b stride, out stride)
+    loops: Vec<(usize, isize, isize, isize)>,
+}
+
+impl MatMul {
+    fn plan(&self, a: &View, b: &View) -> Plan {
+        let dims = a.dims();
+        let mut out_shape = dims.to_vec();
+        out_shape.remove(self.axis);
+        let ostr = contiguous_strides(&out_shape);
+        let out_stride = |d: usize| ostr[if d < self.axis { d } else { d - 1 }] as isize;
+        let (mut row, mut col): (Option<usize>, Option<usize>) = (None, None);
+        for d in 0..dims.len() {
+            if d == self.axis || dims[d] == 1 {
+                continue;
+            }
+            let (sa, sb) = (a.strides[d], b.strides[d]);
+            if sb == 0 && sa != 0 && row.map_or(true, |r| dims[d] >= dims[r]) {
+                row = Some(d);
+            } else if sa == 0 && sb != 0 && col.map_or(true, |c| dims[d] >= dims[c]) {
+                col = Some(d);
+            }
+        }
+        let loops = (0..dims.len())
+            .filter(|&d| d != self.axis && Some(d) != row && Some(d) != col && dims[d] != 1)
+            .map(|d| (dims[d], a.strides[d], b.strides[d], out_stride(d)))
+            .collect();
+        let pick = |d: Option<usize>| d.map_or((1, (0, 0), 1), |d| (dims[d], (a.strides[d], b.strides[d]), out_stride(d)));
+        let (m, row_s, out_row) = pick(row);
+        let (n, col_s, out_col) = pick(col);
+        Plan {
+            m,
+            n,
+            k: dims[self.axis],
+            row: row_s,
+            col: col_s,
+            inner: (a.strides[self.axis], b.strides[self.axis]),
+            out_row,
+            out_col,
+            loops,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl Kernel for MatMul {
+    fn name(&self) -> String {
+        "MatMul".into()
+    }
+    fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
+        assert_eq!(inputs[0].dims(), inputs[1].dims(), "MatMul operands of different shapes");
+        let mut s = inputs[0].dims().to_vec();
+        s.remove(self.axis);
+        vec![s]
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
+        // Padded operands are rare (never in our models): materialise them.
+        let dense: Vec<(Vec<f32>, View)> = inputs
+            .iter()
+            .map(|x| {
+                if x.view.padded {
+                    let mut buf = vec![0.0; x.view.numel()];
+                    CopyKernel.run(&[*x], &mut [&mut buf], dims);
+                    let v = View::contiguous(x.view.dims());
+                    (buf, v)
+                } else {
+                    (vec![], x.view)
+                }
+            })
+            .collect();
+        let data = |i: usize| if inputs[i].view.padded { dense[i].0.as_slice() } else { inputs[i].data };
+        let (a, b) = ((data(0), dense[0].1), (data(1), dense[1].1));
+        let out = &mut *outputs[0];
+        let p = self.plan(&a.1, &b.1);
+        if p.k == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let batches: usize = p.loops.iter().map(|l| l.0).product();
+        let flops = 2 * p.m * p.n * p.k;
+        let threads = rayon::current_num_threads();
+        let a_ptr = SendPtr(a.0.as_ptr());
+        let b_ptr = SendPtr(b.0.as_ptr());
+        let o_ptr = SendPtr(out.as_mut_ptr());
+        let (a_off, b_off) = (a.1.offset, b.1.offset);
+        let call = |batch: usize, par: Parallelism| {
+            let (mut ao, mut bo, mut oo) = (a_off, b_off, 0isize);
+            let mut rest = batch;
+            for &(size, sa, sb, so) in p.loops.iter().rev() {
+                let i = (rest % size) as isize;
+                rest /= size;
+                ao += i * sa;
+                bo += i * sb;
+                oo += i * so;
+            }
+            // SAFETY: views were bounds-checked by the executor; every batch
+            // writes a disjoint block of the contiguous output.
+            unsafe {
+                gemm::gemm(
+                    p.m,
+                    p.n,
+                    p.k,
+                    { o_ptr }.0.offset(oo),
+                    p.out_col,
+                    p.out_row,
+                    false,
+                    { a_ptr }.0.offset(ao),
+                    p.inner.0,
+                    p.row.0,
+                    { b_ptr }.0.offset(bo),
+                    p.col.1,
+                    p.inner.1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        };
+        if batches > 1 && flops < (1 << 22) && threads > 1 {
+            (0..batches).into_par_iter().for_each(|i| call(i, Parallelism::None));
+        } else {
+            let par = if flops >= (1 << 20) && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+            (0..batches).for_each(|i| call(i, par));
+        }
+    }
+    fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let flops = 2.0 * a.numel() as f64;
+        // distinct elements read: the non-broadcast part of each operand
+        let distinct = |v: &View| (0..v.rank).filter(|&d| v.strides[d] != 0).map(|d| v.shape[d]).product::<usize>();
+        let out: usize = outputs[0].iter().product();
+        Cost { flops, bytes: 4.0 * (distinct(a) + distinct(b) + out) as f64 }
+    }
+}

@@ -1,0 +1,13 @@
+//! CPU kernels. Each is a small struct implementing [`crate::kernel::Kernel`].
+
+pub mod binary;
+pub mod constant;
+pub mod copy;
+pub mod gather;
+pub mod iota;
+pub mod kv_write;
+pub mod matmul;
+pub mod reduce;
+pub mod topk;
+pub mod unary;
+pub mod walk;

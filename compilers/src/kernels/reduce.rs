@@ -1,0 +1,120 @@
+//! Sum and max over one axis of a strided view, writing a contiguous output
+//! with that axis removed.
+
+use super::walk::{for_each_index, Walk};
+use crate::kernel::{Arg, Cost, Kernel};
+use crate::view::{DimValues, View};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduce {
+    pub op: ReduceOp,
+    pub axis: usize,
+}
+
+impl Kernel for Reduce {
+    fn name(&self) -> String {
+        format!("{:?}Reduce({})", self.op, self.axis)
+    }
+    fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
+        let mut s = inputs[0].dims().to_vec();
+        s.remove(self.axis);
+        vec![s]
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
+        let x = &inputs[0];
+        let out = &mut *outputs[0];
+        let k = x.view.shape[self.axis];
+        let ks = x.view.strides[self.axis];
+        let init = match self.op {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Max => f32::NEG_INFINITY,
+        };
+        if x.view.padded {
+            // Padding reads 0 for a sum and is skipped by a max (as in luminal).
+            let rest = x.view.without(self.axis);
+            let mut full = vec![0usize; x.view.rank];
+            for_each_index(rest.dims(), |i, idx| {
+                let mut acc = init;
+                for j in 0..k {
+                    full[..self.axis].copy_from_slice(&idx[..self.axis]);
+                    full[self.axis] = j;
+                    full[self.axis + 1..].copy_from_slice(&idx[self.axis..]);
+                    match (self.op, x.view.index(&full)) {
+                        (ReduceOp::Sum, Some(p)) => acc += x.data[p],
+                        (ReduceOp::Max, Some(p)) => acc = acc.max(x.data[p]),
+                        _ => {}
+                    }
+                }
+                out[i] = acc;
+            });
+            return;
+        }
+        let rest = x.view.without(self.axis);
+        let walk = Walk::new(rest.dims(), [&rest]);
+        let [rs] = walk.inner();
+        let (data, op) = (x.data, self.op);
+        walk.for_rows(out, |row, [start]| {
+            if ks == 1 || rs != 1 {
+                // each output element reduces a (contiguous, when ks == 1) run
+                for (i, o) in row.iter_mut().enumerate() {
+                    let base = start + i as isize * rs;
+                    let mut acc = init;
+                    if ks == 1 {
+                        let run = &data[base as usize..][..k];
+                        acc = match op {
+                            ReduceOp::Sum => sum(run),
+                            ReduceOp::Max => run.iter().fold(init, |a, &b| a.max(b)),
+                        };
+                    } else {
+                        for j in 0..k {
+                            let v = data[(base + j as isize * ks) as usize];
+                            acc = match op {
+                                ReduceOp::Sum => acc + v,
+                                ReduceOp::Max => acc.max(v),
+                            };
+                        }
+                    }
+                    *o = acc;
+                }
+            } else {
+                // rows are contiguous in the input: accumulate row by row
+                row.fill(init);
+                for j in 0..k {
+                    let src = &data[(start + j as isize * ks) as usize..][..row.len()];
+                    match op {
+                        ReduceOp::Sum => row.iter_mut().zip(src).for_each(|(o, &v)| *o += v),
+                        ReduceOp::Max => row.iter_mut().zip(src).for_each(|(o, &v)| *o = o.max(v)),
+                    }
+                }
+            }
+        });
+    }
+    fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
+        let n = inputs[0].numel() as f64;
+        Cost { flops: n, bytes: 4.0 * n }
+    }
+}
+
+/// Sum with 8 independent accumulators so the loop vectorises.
+#[inline]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
+    for &v in tail {
+        s += v;
+    }
+    s
+}

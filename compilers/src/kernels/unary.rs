@@ -1,0 +1,60 @@
+//! Unary primops (Log2, Exp2, Sin, Sqrt, Recip).
+//!
+//! Luminal's semantics: a unary op maps its input buffer element by element
+//! and the input's view passes through to its consumers (the output tensor
+//! carries the same `ShapeTracker`). So the kernel ignores the view and maps
+//! the whole physical buffer; `UnarySequentialElimination` relies on this.
+
+use crate::kernel::{Arg, Cost, Kernel};
+use crate::view::{DimValues, View};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Log2,
+    Exp2,
+    Sin,
+    Sqrt,
+    Recip,
+}
+
+impl UnaryOp {
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            UnaryOp::Log2 => x.log2(),
+            UnaryOp::Exp2 => x.exp2(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Recip => 1.0 / x,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unary(pub UnaryOp);
+
+impl Kernel for Unary {
+    fn name(&self) -> String {
+        format!("{:?}", self.0)
+    }
+    fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
+        vec![vec![inputs[0].phys_len]]
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
+        let (x, out) = (inputs[0].data, &mut *outputs[0]);
+        assert_eq!(x.len(), out.len(), "{:?}: buffer of {} for a view of {}", self.0, x.len(), out.len());
+        let op = self.0;
+        if out.len() < super::walk::PAR_THRESHOLD {
+            out.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v));
+        } else {
+            use rayon::prelude::*;
+            out.par_chunks_mut(8192)
+                .zip(x.par_chunks(8192))
+                .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v)));
+        }
+    }
+    fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
+        let n = inputs[0].phys_len as f64;
+        Cost { flops: n, bytes: 8.0 * n }
+    }
+}

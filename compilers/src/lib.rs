@@ -1,0 +1,18 @@
+//! lumind's graph layer, below the models: a runtime-shaped tensor API over
+//! luminal's `Graph`, compiler passes (each a `luminal::Compiler`), CPU
+//! kernels (each behind a luminal `Operator`) and the executor that runs a
+//! compiled graph. It knows nothing of models, files or the command line.
+
+pub mod executor;
+pub mod kernel;
+pub mod kernels;
+pub mod passes;
+pub mod shape;
+pub mod tensor;
+pub mod view;
+
+pub use executor::{ExecError, Executor, Outputs};
+pub use passes::{compile, pipeline, Fusion};
+pub use shape::{d, sym, Dim};
+pub use tensor::{BuiltGraph, GraphBuilder, InputKind, Tensor};
+pub use view::DimValues;

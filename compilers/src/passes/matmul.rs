@@ -1,0 +1,57 @@
+//! Matmul recognition: a broadcast `Mul` whose only reader is a `SumReduce`
+//! becomes one [`MatMul`] kernel, for every rank the models use (linear
+//! layers, attention scores and values, batched or not).
+
+use luminal::op;
+use luminal::prelude::{move_outgoing_edge, move_references, Compiler, Graph, NodeIndex, ShapeTracker, ToIdsMut};
+use petgraph::Direction;
+
+use crate::kernel::KernelOp;
+use crate::kernels::matmul::MatMul;
+use crate::shape::is_plain;
+
+#[derive(Debug, Default)]
+pub struct MatMulPass;
+
+/// Is there a dim (other than `axis`) broadcast in exactly one operand? That
+/// is what makes `sum(a * b)` a matrix product rather than a dot per row.
+fn is_product(a: &ShapeTracker, b: &ShapeTracker, axis: usize) -> bool {
+    let fake = |st: &ShapeTracker, l: usize| st.fake[st.indexes[l]];
+    !fake(a, axis)
+        && !fake(b, axis)
+        && (0..a.len()).any(|l| l != axis && fake(a, l) != fake(b, l))
+}
+
+impl Compiler for MatMulPass {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
+        let reduces: Vec<(NodeIndex, usize)> = graph
+            .graph
+            .node_indices()
+            .filter_map(|n| graph.graph.node_weight(n).unwrap().as_any().downcast_ref::<op::SumReduce>().map(|r| (n, r.0)))
+            .collect();
+        for (sum, axis) in reduces {
+            let srcs = graph.get_sources(sum);
+            let (mul, _, edge) = srcs[0];
+            if !graph.graph.node_weight(mul).unwrap().as_any().is::<op::Mul>()
+                || graph.no_delete.contains(&mul)
+                || graph.graph.edges_directed(mul, Direction::Outgoing).count() != 1
+                || !is_plain(&edge)
+            {
+                continue;
+            }
+            let ins = graph.get_sources(mul);
+            if ins.iter().any(|(_, _, st)| st.is_padded()) || !is_product(&ins[0].2, &ins[1].2, axis) {
+                continue;
+            }
+            let new = graph
+                .add_op(KernelOp::new(MatMul { axis }))
+                .input(ins[0].0, ins[0].1, ins[0].2)
+                .input(ins[1].0, ins[1].1, ins[1].2)
+                .finish();
+            move_outgoing_edge(sum, new, &mut graph.graph);
+            move_references(&mut remap, &mut graph.no_delete, &mut graph.to_retrieve, sum, new);
+            graph.graph.remove_node(sum);
+            graph.graph.remove_node(mul);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Compiler passes and the pipelines that chain them.
+//!
+//! Every pass is a `luminal::Compiler` rewriting the one graph. A pipeline is
+//! a list of named passes; [`compile`] runs them in order and can show the
+//! graph after each one (that is what `lumind inspect` prints).
+
+pub mod lower;
+pub mod matmul;
+
+use std::fmt;
+use std::str::FromStr;
+
+use luminal::prelude::*;
+
+use crate::tensor::BuiltGraph;
+
+/// How much the CPU compiler does to a graph before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fusion {
+    /// Matmuls recognised, every other primop its own kernel; no graph cleanup.
+    None,
+    /// Luminal's generic passes (CSE, arithmetic and unary-pair elimination,
+    /// single reductions, unused nodes), then per-primop kernels.
+    Generic,
+    /// Everything lumind has: generic passes plus our fusion passes.
+    Full,
+}
+
+impl Fusion {
+    pub const ALL: [Fusion; 3] = [Fusion::None, Fusion::Generic, Fusion::Full];
+    pub fn name(self) -> &'static str {
+        match self {
+            Fusion::None => "none",
+            Fusion::Generic => "generic",
+            Fusion::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for Fusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Fusion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fusion, String> {
+        Fusion::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown fusion strategy `{s}` (expected none, generic or full)"))
+    }
+}
+
+/// The node ids a pass must keep pointing at the right nodes.
+pub struct NodeIds(pub Vec<NodeIndex>);
+
+impl ToIdsMut for NodeIds {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        self.0.iter_mut().collect()
+    }
+}
+
+type PassFn = Box<dyn Fn(&mut Graph, &mut NodeIds)>;
+
+pub struct Pass {
+    pub name: &'static str,
+    run: PassFn,
+}
+
+impl Pass {
+    pub fn new<C: Compiler + 'static>(name: &'static str, c: C) -> Pass {
+        Pass { name, run: Box::new(move |g, ids| c.compile(g, ids)) }
+    }
+}
+
+/// The passes of a fusion strategy, in order.
+pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
+    let mut p = vec![];
+    if fusion != Fusion::None {
+        p.push(Pass::new("RemoveSingleReductions", RemoveSingleReductions));
+        p.push(Pass::new("ArithmeticElimination", ArithmeticElimination));
+        p.push(Pass::new("UnarySequentialElimination", UnarySequentialElimination));
+        p.push(Pass::new("CSE", CSE));
+        p.push(Pass::new("RemoveUnusedNodes", RemoveUnusedNodes));
+    }
+    p.push(Pass::new("MatMul", matmul::MatMulPass));
+    p.push(Pass::new("LowerToKernels", lower::LowerToKernels));
+    p
+}
+
+/// Run `passes` over a built graph, calling `observe(pass, graph)` after each.
+pub fn compile(built: &mut BuiltGraph, passes: &[Pass], mut observe: impl FnMut(&str, &Graph)) {
+    // inputs must survive even when a job leaves one unused
+    for i in &built.inputs {
+        built.graph.no_delete.insert(i.node);
+    }
+    let n_in = built.inputs.len();
+    let mut ids = NodeIds(built.inputs.iter().map(|i| i.node).chain(built.outputs.iter().map(|o| o.node)).collect());
+    for pass in passes {
+        (pass.run)(&mut built.graph, &mut ids);
+        observe(pass.name, &built.graph);
+    }
+    for (i, id) in ids.0.iter().enumerate() {
+        if i < n_in {
+            built.inputs[i].node = *id;
+        } else {
+            built.outputs[i - n_in].node = *id;
+        }
+    }
+}

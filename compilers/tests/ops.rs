@@ -1,0 +1,135 @@
+//! Every op of the tensor API, run through every fusion strategy, against a
+//! plain loop.
+
+use lumind_compilers::{compile, d, pipeline, sym, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+}
+
+/// Build with `f`, run under `fusion`, return output "y".
+fn run(fusion: Fusion, inputs: &[(&str, Vec<usize>, Vec<f32>)], dims: &[(char, usize)], f: impl Fn(&GraphBuilder, &[Tensor]) -> Tensor) -> (Vec<usize>, Vec<f32>) {
+    let b = GraphBuilder::new();
+    let ts: Vec<Tensor> = inputs
+        .iter()
+        .map(|(n, s, _)| b.input(n, &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Data))
+        .collect();
+    let y = f(&b, &ts);
+    b.output("y", &y);
+    let mut built = b.finish().unwrap();
+    compile(&mut built, &pipeline(fusion), |_, _| {});
+    let mut ex = Executor::new(built);
+    let args: Vec<(&str, &[f32])> = inputs.iter().map(|(n, _, v)| (*n, v.as_slice())).collect();
+    let dims: DimValues = dims.iter().copied().collect();
+    let mut out = ex.run(&args, &dims).unwrap();
+    out.take("y").unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn matmul_batched_and_broadcast() {
+    let (bt, m, k, n) = (3, 5, 7, 4);
+    let a = data(bt * m * k, 1);
+    let w = data(k * n, 2);
+    let mut want = vec![0.0; bt * m * n];
+    for b in 0..bt {
+        for i in 0..m {
+            for j in 0..n {
+                want[(b * m + i) * n + j] = (0..k).map(|x| a[(b * m + i) * k + x] * w[x * n + j]).sum();
+            }
+        }
+    }
+    for f in Fusion::ALL {
+        let (s, y) = run(f, &[("a", vec![bt, m, k], a.clone()), ("w", vec![k, n], w.clone())], &[], |_, t| t[0].matmul(&t[1]));
+        assert_eq!(s, vec![bt, m, n]);
+        close(&y, &want, 1e-5);
+    }
+}
+
+#[test]
+fn softmax_permute_slice_pad() {
+    let (r, c) = (4, 6);
+    let x = data(r * c, 3);
+    // softmax over rows of x^T, then take columns 1..3 and pad one zero each side
+    let xt: Vec<f32> = (0..c * r).map(|i| x[(i % r) * c + i / r]).collect();
+    let mut sm = vec![0.0; c * r];
+    for i in 0..c {
+        let row = &xt[i * r..][..r];
+        let m = row.iter().cloned().fold(f32::MIN, f32::max);
+        let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+        for j in 0..r {
+            sm[i * r + j] = (row[j] - m).exp() / s;
+        }
+    }
+    let mut want = vec![];
+    for i in 0..c {
+        want.push(0.0);
+        want.extend_from_slice(&sm[i * r + 1..i * r + 3]);
+        want.push(0.0);
+    }
+    for f in Fusion::ALL {
+        let (s, y) = run(f, &[("x", vec![r, c], x.clone())], &[], |_, t| {
+            t[0].transpose(0, 1).softmax(1).slice(1, d(1), d(3)).pad(1, d(1), d(1))
+        });
+        assert_eq!(s, vec![c, 4]);
+        close(&y, &want, 1e-5);
+    }
+}
+
+#[test]
+fn symbolic_dims_and_concat() {
+    // rotate-half on [s, 4] with a symbolic s: concat(-x[:, 2:], x[:, :2])
+    let x = data(3 * 4, 4);
+    let mut want = vec![];
+    for i in 0..3 {
+        let row = &x[i * 4..][..4];
+        want.extend_from_slice(&[-row[2], -row[3], row[0], row[1]]);
+    }
+    for f in Fusion::ALL {
+        let b = GraphBuilder::new();
+        let t = b.input("x", &[sym('s'), d(4)], InputKind::Data);
+        let y = t.slice(1, d(2), d(4)).scale(-1.0).concat(&t.slice(1, d(0), d(2)), 1);
+        b.output("y", &y);
+        let mut built = b.finish().unwrap();
+        compile(&mut built, &pipeline(f), |_, _| {});
+        let mut ex = Executor::new(built);
+        let dims: DimValues = [('s', 3)].into_iter().collect();
+        let (s, y) = ex.run(&[("x", &x)], &dims).unwrap().take("y").unwrap();
+        assert_eq!(s, vec![3, 4]);
+        close(&y, &want, 0.0);
+    }
+}
+
+#[test]
+fn shape_errors_name_the_op_and_shapes() {
+    let b = GraphBuilder::new();
+    let _g = b.scope("layers.0.mlp");
+    let x = b.input("x", &[d(2), d(3)], InputKind::Data);
+    let y = b.input("y", &[d(3), d(2)], InputKind::Data);
+    let _ = &x + &y;
+    let e = b.finish().err().unwrap().to_string();
+    assert_eq!(e, "layers.0.mlp: Add: shapes [2, 3] and [3, 2] differ");
+}
+
+#[test]
+fn missing_and_bad_inputs_are_errors() {
+    let b = GraphBuilder::new();
+    let x = b.input("x", &[sym('s')], InputKind::Data);
+    b.output("y", &x.exp());
+    let mut built = b.finish().unwrap();
+    compile(&mut built, &pipeline(Fusion::Full), |_, _| {});
+    let mut ex = Executor::new(built);
+    let dims: DimValues = [('s', 3)].into_iter().collect();
+    let e = ex.run(&[("x", &[1.0, 2.0])], &dims).unwrap_err().to_string();
+    assert_eq!(e, "input `x` has 2 values but its shape [s] needs 3");
+    let e = ex.run(&[], &dims).unwrap_err().to_string();
+    assert_eq!(e, "input `x` was not given");
+    let e = ex.run(&[("x", &[1.0, 2.0])], &DimValues::default()).unwrap_err().to_string();
+    assert!(e.contains("`s`"), "{e}");
+}
