@@ -1,1 +1,14 @@
+//! lumind: train and run tiny language models (the MiniMind family) from
+//! declarative TOML definitions, built as lazy luminal graphs and compiled
+//! into fused CPU kernels. See the README for the tour.
 
+pub mod cli;
+pub mod generate;
+pub mod io;
+pub mod model;
+pub mod rng;
+pub mod sampling;
+pub mod session;
+pub mod tokenizer;
+
+pub use lumind_compilers as compilers;

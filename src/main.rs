@@ -1,1 +1,4 @@
-fn main(){}
+fn main() {
+    let code = lumind::cli::main();
+    std::process::exit(code);
+}

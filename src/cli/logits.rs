@@ -1,0 +1,38 @@
+//! `lumind logits`: one forward pass, logits to a safetensors file.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use super::args::{parse_tokens, ModelArgs};
+use crate::model::builder::ForwardOptions;
+use crate::model::weights::Tensors;
+use crate::session::Session;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Token ids, e.g. 1,2,3
+    #[arg(long)]
+    tokens: String,
+    /// Output safetensors file; gets tensor `logits` [T, vocab] (f32)
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let tokens = parse_tokens(&a.tokens)?;
+    if tokens.is_empty() {
+        bail!("--tokens is empty");
+    }
+    let (def, w) = a.model.load()?;
+    let opts = ForwardOptions { max_positions: tokens.len(), kv_cache: false, last_only: false };
+    let mut s = Session::new(&def, w, opts, a.model.fusion)?;
+    let l = s.run(&tokens, 1, 0)?;
+    let mut t = Tensors::default();
+    t.insert("logits", vec![l.rows, l.vocab], l.data);
+    t.save(&a.out)?;
+    eprintln!("wrote logits [{}, {}] to {}", tokens.len(), def.vocab_size, a.out.display());
+    Ok(())
+}

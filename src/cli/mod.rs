@@ -1,0 +1,54 @@
+//! The `lumind` command line.
+
+mod args;
+mod generate;
+mod info;
+mod init;
+mod logits;
+
+use clap::{Parser, Subcommand};
+
+pub use args::{parse_tokens, ModelArgs};
+
+#[derive(Parser)]
+#[command(name = "lumind", version, about = "Train and run tiny language models from TOML definitions, compiled through luminal graphs.")]
+struct Cli {
+    /// Worker threads for kernels (default: all cores)
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write the logits of a token sequence to a safetensors file
+    Logits(logits::Args),
+    /// Continue a prompt with a KV cache (greedy or sampled)
+    Generate(generate::Args),
+    /// Write seeded random weights for a model definition
+    Init(init::Args),
+    /// Show a model's size per component, or its transformers config.json
+    Info(info::Args),
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+    }
+    let r = match cli.cmd {
+        Cmd::Logits(a) => logits::run(a),
+        Cmd::Generate(a) => generate::run(a),
+        Cmd::Init(a) => init::run(a),
+        Cmd::Info(a) => info::run(a),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

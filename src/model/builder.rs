@@ -1,0 +1,204 @@
+//! `ModelDef` -> forward graph on luminal primops.
+//!
+//! Pre-norm blocks (`x + Attn(RMSNorm(x))`, `h + FFN(RMSNorm(h))`), rotary
+//! embeddings (rotate-half, f32 tables), grouped-query attention with a causal
+//! mask, SwiGLU or MoE FFNs, a final norm and the LM head (tied or not). The
+//! graph has symbolic batch `b`, new tokens `s` and, with a KV cache, past
+//! tokens `p`; one compiled graph serves every length.
+
+use std::collections::HashMap;
+
+use lumind_compilers::kernels::kv_write::KvWrite;
+use lumind_compilers::shape::{add, d, sub, sym, Dim};
+use lumind_compilers::{GraphBuilder, InputKind, Tensor};
+
+use super::def::{LayerFfn, ModelDef, MoeDef};
+use super::params::param_specs;
+
+/// Scores of masked (future) keys: far below any real score, so softmax
+/// gives them exactly 0, yet finite so `0 * mask` stays 0.
+const MASKED: f32 = -1e30;
+
+#[derive(Clone, Debug)]
+pub struct ForwardOptions {
+    /// Positions the graph may see: rows of the RoPE tables and, with a KV
+    /// cache, its capacity.
+    pub max_positions: usize,
+    /// Keep keys and values in a preallocated cache (state `kv.{layer}.k|v`)
+    /// and attend over the `p` past tokens too.
+    pub kv_cache: bool,
+    /// Compute logits for the last position only (generation).
+    pub last_only: bool,
+}
+
+/// Inputs of a forward graph: token ids and every parameter by HF name.
+pub struct ModelInputs {
+    pub tokens: Tensor,
+    pub params: HashMap<String, Tensor>,
+}
+
+/// Declare the graph inputs a model needs (token ids `[b, s]`, parameters).
+pub fn declare_inputs(b: &GraphBuilder, def: &ModelDef) -> ModelInputs {
+    let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);
+    let params = param_specs(def)
+        .into_iter()
+        .map(|s| {
+            let dims: Vec<Dim> = s.shape.iter().map(|&x| d(x)).collect();
+            let t = b.input(&s.name, &dims, InputKind::Param);
+            (s.name, t)
+        })
+        .collect();
+    ModelInputs { tokens, params }
+}
+
+struct Forward<'a> {
+    def: &'a ModelDef,
+    b: &'a GraphBuilder,
+    params: &'a HashMap<String, Tensor>,
+    opts: &'a ForwardOptions,
+    /// past tokens: `p` with a cache, else 0
+    past: Dim,
+    cos: Tensor,
+    sin: Tensor,
+    /// additive causal mask [s, t]
+    mask: Tensor,
+}
+
+/// Build the forward pass; returns logits `[b, s, vocab]` (`[b, 1, vocab]`
+/// with `last_only`).
+pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &ForwardOptions) -> Tensor {
+    let (s, past) = (sym('s'), if opts.kv_cache { sym('p') } else { d(0) });
+    let total = add(past, s);
+    let hd = def.head_dim;
+    let cos = b.input("rope.cos", &[d(opts.max_positions), d(hd)], InputKind::Buffer);
+    let sin = b.input("rope.sin", &[d(opts.max_positions), d(hd)], InputKind::Buffer);
+    let (cos, sin) = (cos.slice(0, past, total), sin.slice(0, past, total));
+    // key j is hidden from query i when j > past + i
+    let q_pos = b.iota(s, past).expand(1, total);
+    let k_pos = b.iota(total, d(0)).expand(0, s);
+    let mask = q_pos.lt(&k_pos).scale(MASKED);
+    let f = Forward { def, b, params: &inputs.params, opts, past, cos, sin, mask };
+
+    let mut x = inputs.tokens.gather(f.w("model.embed_tokens.weight"));
+    for l in 0..def.num_hidden_layers {
+        let _scope = b.scope(format!("model.layers.{l}"));
+        let h = f.rmsnorm(&x, &format!("model.layers.{l}.input_layernorm.weight"));
+        x = x + f.attention(l, &h);
+        let h = f.rmsnorm(&x, &format!("model.layers.{l}.post_attention_layernorm.weight"));
+        let ffn = match &def.layers[l] {
+            LayerFfn::Swiglu { .. } => f.swiglu(&h, &format!("model.layers.{l}.mlp")),
+            LayerFfn::Moe(m) => f.moe(&h, l, m),
+        };
+        x = x + ffn;
+    }
+    if opts.last_only {
+        x = x.slice(1, sub(s, d(1)), s);
+    }
+    let x = f.rmsnorm(&x, "model.norm.weight");
+    let head = if def.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let _scope = b.scope("lm_head");
+    x.linear(f.w(head))
+}
+
+impl Forward<'_> {
+    fn w(&self, name: &str) -> &Tensor {
+        self.params.get(name).unwrap_or_else(|| panic!("parameter {name} was not declared"))
+    }
+
+    /// `w * x / sqrt(mean(x^2) + eps)` over the last axis.
+    fn rmsnorm(&self, x: &Tensor, weight: &str) -> Tensor {
+        let dims = x.dims();
+        let last = dims.len() - 1;
+        let inv = x.square().mean(last).add_scalar(self.def.rms_norm_eps as f32).sqrt().recip();
+        x.mul(&inv.expand(last, dims[last])).mul(&self.w(weight).expand_to(&dims))
+    }
+
+    /// Rotary embedding on `[b, heads, s, head_dim]`: `x cos + rotate_half(x) sin`.
+    fn rope(&self, x: &Tensor) -> Tensor {
+        let dims = x.dims();
+        let half = d(self.def.head_dim / 2);
+        let full = d(self.def.head_dim);
+        let rotated = x.slice(3, half, full).scale(-1.0).concat(&x.slice(3, d(0), half), 3);
+        x.mul(&self.cos.expand_to(&dims)) + rotated.mul(&self.sin.expand_to(&dims))
+    }
+
+    fn attention(&self, l: usize, h: &Tensor) -> Tensor {
+        let def = self.def;
+        let _scope = self.b.scope("self_attn");
+        let (bsz, s) = (sym('b'), sym('s'));
+        let (nh, nkv, hd) = (def.num_attention_heads, def.num_key_value_heads, def.head_dim);
+        let groups = nh / nkv;
+        let pre = format!("model.layers.{l}.self_attn");
+        let proj = |n: &str, heads: usize| h.linear(self.w(&format!("{pre}.{n}.weight"))).reshape(&[bsz, s, d(heads), d(hd)]);
+        let (mut q, mut k, v) = (proj("q_proj", nh), proj("k_proj", nkv), proj("v_proj", nkv));
+        if def.qk_norm {
+            q = self.rmsnorm(&q, &format!("{pre}.q_norm.weight"));
+            k = self.rmsnorm(&k, &format!("{pre}.k_norm.weight"));
+        }
+        // [b, heads, s, hd]
+        let q = self.rope(&q.permute(&[0, 2, 1, 3]));
+        let k = self.rope(&k.permute(&[0, 2, 1, 3]));
+        let v = v.permute(&[0, 2, 1, 3]);
+        let (k, v) = if self.opts.kv_cache {
+            let total = add(self.past, s);
+            let cache = |name: &str, new: &Tensor| {
+                let c = self.b.input(
+                    &format!("kv.{l}.{name}"),
+                    &[bsz, d(nkv), d(self.opts.max_positions), d(hd)],
+                    InputKind::State,
+                );
+                let written = self.b.kernel(KvWrite { axis: 2, pos: self.past }, &[&c, new], &c.dims());
+                written.slice(2, d(0), total)
+            };
+            (cache("k", &k), cache("v", &v))
+        } else {
+            (k, v)
+        };
+        // grouped-query attention: query head h = kv * groups + g reads kv head `kv`
+        let q = q.reshape(&[bsz, d(nkv), d(groups), s, d(hd)]);
+        let k = k.expand(2, d(groups));
+        let v = v.expand(2, d(groups));
+        let scores = q.matmul(&k.transpose(3, 4)).scale(1.0 / (hd as f32).sqrt());
+        let scores = scores.clone() + self.mask.expand_to(&scores.dims());
+        let probs = scores.softmax(4);
+        let out = probs.matmul(&v); // [b, kv, g, s, hd]
+        let out = out.reshape(&[bsz, d(nh), s, d(hd)]).permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
+        out.linear(self.w(&format!("{pre}.o_proj.weight")))
+    }
+
+    /// `down(silu(gate(x)) * up(x))`
+    fn swiglu(&self, x: &Tensor, prefix: &str) -> Tensor {
+        let gate = x.linear(self.w(&format!("{prefix}.gate_proj.weight")));
+        let up = x.linear(self.w(&format!("{prefix}.up_proj.weight")));
+        (gate.silu() * up).linear(self.w(&format!("{prefix}.down_proj.weight")))
+    }
+
+    /// Softmax router, top-k experts weighted by their (optionally
+    /// renormalised) probabilities, plus shared experts. Every expert runs on
+    /// every token here and unselected ones are weighted 0.
+    fn moe(&self, x: &Tensor, l: usize, m: &MoeDef) -> Tensor {
+        let _scope = self.b.scope("mlp");
+        let pre = format!("model.layers.{l}.mlp");
+        let dims = x.dims(); // [b, s, h]
+        let probs = x.linear(self.w(&format!("{pre}.gate.weight"))).softmax(2); // [b, s, E]
+        let mut weights = probs.mul(&probs.topk_mask(m.num_experts_per_tok));
+        if m.norm_topk_prob {
+            let denom = weights.sum(2).add_scalar(1e-20).expand(2, d(m.n_routed_experts));
+            weights = weights.div(&denom);
+        }
+        let mut out: Option<Tensor> = None;
+        for e in 0..m.n_routed_experts {
+            let w = weights.slice(2, d(e), d(e + 1)).reshape(&[dims[0], dims[1]]).expand(2, dims[2]);
+            let y = self.swiglu(x, &format!("{pre}.experts.{e}")) * w;
+            out = Some(match out {
+                Some(o) => o + y,
+                None => y,
+            });
+        }
+        let mut out = out.expect("at least one routed expert");
+        for s in 0..m.n_shared_experts {
+            out = out + self.swiglu(x, &format!("{pre}.shared_experts.{s}"));
+        }
+        out
+    }
+}

@@ -1,0 +1,11 @@
+//! Models: definitions, their parameters, the graph builder, weights.
+
+pub mod builder;
+pub mod def;
+pub mod hf_config;
+pub mod params;
+pub mod rope;
+pub mod weights;
+
+pub use def::ModelDef;
+pub use weights::Weights;

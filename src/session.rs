@@ -1,0 +1,99 @@
+//! A compiled model ready to run: definition + weights + a forward graph
+//! compiled with one fusion strategy, and the executor holding the weights,
+//! RoPE tables and (for generation) the KV cache.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lumind_compilers::{compile, pipeline, DimValues, Executor, Fusion, GraphBuilder};
+
+use crate::model::builder::{declare_inputs, forward, ForwardOptions};
+use crate::model::def::ModelDef;
+use crate::model::rope;
+use crate::model::weights::Weights;
+
+pub struct Session {
+    pub def: ModelDef,
+    pub opts: ForwardOptions,
+    pub fusion: Fusion,
+    pub exec: Executor,
+    /// Time spent building and compiling the graph.
+    pub compile_time: Duration,
+}
+
+/// Logits of one run: `[rows, vocab]` row-major (rows = batch x positions).
+#[derive(Debug)]
+pub struct Logits {
+    pub rows: usize,
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..][..self.vocab]
+    }
+    pub fn last(&self) -> &[f32] {
+        self.row(self.rows - 1)
+    }
+}
+
+impl Session {
+    pub fn new(def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion) -> Result<Session> {
+        let t = Instant::now();
+        let b = GraphBuilder::new();
+        let inputs = declare_inputs(&b, def);
+        let logits = forward(&b, def, &inputs, &opts);
+        b.output("logits", &logits);
+        let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
+        compile(&mut built, &pipeline(fusion), |_, _| {});
+        let mut exec = Executor::new(built);
+        let compile_time = t.elapsed();
+        for (name, (_, data)) in weights.into_map() {
+            exec.set(&name, data)?;
+        }
+        let (cos, sin) = rope::tables(def, opts.max_positions);
+        exec.set("rope.cos", cos)?;
+        exec.set("rope.sin", sin)?;
+        Ok(Session { def: def.clone(), opts, fusion, exec, compile_time })
+    }
+
+    /// Check token ids against the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some((i, t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= self.def.vocab_size) {
+            bail!("token id {t} (position {i}) is out of range for model `{}` (vocab_size {})", self.def.name, self.def.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// Run `batch` sequences of equal length (`tokens` is batch-major). With a
+    /// KV cache, `past` tokens per sequence are already cached and the new
+    /// ones are appended.
+    pub fn run(&mut self, tokens: &[u32], batch: usize, past: usize) -> Result<Logits> {
+        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+            bail!("expected {batch} sequences of equal length, got {} token ids", tokens.len());
+        }
+        self.check_tokens(tokens)?;
+        let s = tokens.len() / batch;
+        let past = if self.opts.kv_cache { past } else { 0 };
+        if past + s > self.opts.max_positions {
+            bail!(
+                "{} tokens exceed the context of {} positions this session was built for (model `{}`)",
+                past + s,
+                self.opts.max_positions,
+                self.def.name
+            );
+        }
+        let ids: Vec<f32> = tokens.iter().map(|&t| t as f32).collect();
+        let dims: DimValues = [('b', batch), ('s', s), ('p', past)].into_iter().collect();
+        let mut out = self.exec.run(&[("tokens", &ids)], &dims)?;
+        let (shape, data) = out.take("logits").context("graph has no logits output")?;
+        let vocab = *shape.last().unwrap();
+        Ok(Logits { rows: data.len() / vocab, vocab, data })
+    }
+
+    /// Hand a logits buffer back for reuse.
+    pub fn recycle(&mut self, l: Logits) {
+        self.exec.recycle(l.data);
+    }
+}

@@ -1,0 +1,92 @@
+//! The `lumind` binary end to end: init, logits, generate, info, and the
+//! errors users see for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lumind::model::weights::Tensors;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lumind(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lumind")).args(args).current_dir(root()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn ok(args: &[&str]) -> String {
+    let (good, out, err) = lumind(args);
+    assert!(good, "lumind {args:?} failed: {err}");
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let (good, _, err) = lumind(args);
+    assert!(!good, "lumind {args:?} should fail");
+    err
+}
+
+#[test]
+fn init_logits_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    let l = dir.path().join("l.safetensors");
+    let (w, l) = (w.to_str().unwrap(), l.to_str().unwrap());
+    ok(&["init", "--model", "models/tiny.toml", "--seed", "4", "--out", w]);
+    ok(&["logits", "--model", "models/tiny.toml", "--weights", w, "--tokens", "1,2,3", "--out", l]);
+    let t = Tensors::load(Path::new(l)).unwrap();
+    assert_eq!(t.get("logits").unwrap().0, vec![3, 6400]);
+    // greedy is deterministic, with and without the text
+    let a = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--tokens", "1,2,3", "--max-new-tokens", "5", "--json", "--ignore-eos"]);
+    let j: serde_json::Value = serde_json::from_str(&a).unwrap();
+    assert_eq!(j["tokens"].as_array().unwrap().len(), 5);
+    assert!(j["text"].is_string());
+    let b = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--tokens", "1,2,3", "--max-new-tokens", "5", "--json", "--ignore-eos", "--fusion", "none"]);
+    assert_eq!(a, b);
+    let text = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--prompt", "Hello", "--max-new-tokens", "4", "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1"]);
+    assert!(!text.trim().is_empty());
+}
+
+#[test]
+fn info_json_is_a_transformers_config() {
+    let j: serde_json::Value = serde_json::from_str(&ok(&["info", "--model", "models/minimind-moe.toml", "--json"])).unwrap();
+    assert_eq!(j["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(j["hidden_size"], 640);
+    assert_eq!(j["num_key_value_heads"], 8);
+    assert_eq!(j["intermediate_size"], 1728);
+    assert_eq!(j["use_moe"], true);
+    assert_eq!(j["n_routed_experts"], 4);
+    assert_eq!(j["num_experts_per_tok"], 2);
+    assert_eq!(j["parameters"]["total"], 163052160);
+    let p = &j["parameters"];
+    let sum: u64 = ["embedding", "attention", "ffn", "norm", "lm_head"].iter().map(|k| p[k].as_u64().unwrap()).sum();
+    assert_eq!(sum, p["total"].as_u64().unwrap());
+    assert!(p["active"].as_u64().unwrap() < sum);
+    let j: serde_json::Value = serde_json::from_str(&ok(&["info", "--model", "models/minimind-3.toml", "--json"])).unwrap();
+    assert_eq!(j["architectures"][0], "Qwen3ForCausalLM");
+    assert!(j.get("use_moe").is_none() && j["parameters"].get("active").is_none());
+    let text = ok(&["info", "--model", "models/minimind-small-T.toml"]);
+    assert!(text.contains("26.88M"), "{text}");
+}
+
+#[test]
+fn bad_input_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(root().join("models/tiny.toml")).unwrap() + "\nnum_layers = 3\n").unwrap();
+    let e = fails(&["info", "--model", bad.to_str().unwrap()]);
+    assert!(e.contains("bad.toml") && e.contains("unknown field `num_layers`"), "{e}");
+    let e = fails(&["logits", "--model", "models/tiny.toml", "--weights", "nope.safetensors", "--tokens", "1", "--out", "x"]);
+    assert!(e.contains("nope.safetensors"), "{e}");
+    let e = fails(&["logits", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-qwen3.safetensors", "--tokens", "1", "--out", "x"]);
+    assert!(e.contains("tiny-qwen3.safetensors") && e.contains("tensor `"), "{e}");
+    let e = fails(&["logits", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-llama.safetensors", "--tokens", "1,x", "--out", "x"]);
+    assert!(e.contains("`x` in --tokens is not a token id"), "{e}");
+    let e = fails(&["generate", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-llama.safetensors", "--tokens", "1,999"]);
+    assert!(e.contains("token id 999"), "{e}");
+    let e = fails(&["generate", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-llama.safetensors", "--tokens", "1", "--top-p", "0"]);
+    assert!(e.contains("top_p"), "{e}");
+    let e = fails(&["logits", "--model", "models/tiny.toml", "--weights", "w", "--tokens", "1", "--out", "x", "--fusion", "max"]);
+    assert!(e.contains("unknown fusion strategy `max`"), "{e}");
+}
