@@ -123,7 +123,7 @@ mod tests {
         let logits = [1.0, 3.0, 2.0, 3.0];
         let mut s = Sampler::new(SamplingParams::default());
         assert_eq!(s.sample(&logits, &[]), 1, "first maximum wins");
-        assert_eq!(s.sample(&logits, &[1]), 3, "penalty 1.0 changes nothing");
+        assert_eq!(s.sample(&logits, &[1]), 1, "penalty 1.0 changes nothing");
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
         assert_eq!(s.sample(&logits, &[1, 3]), 2);
         let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, seed: 7, ..Default::default() });

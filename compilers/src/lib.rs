@@ -3,9 +3,12 @@
 //! kernels (each behind a luminal `Operator`) and the executor that runs a
 //! compiled graph. It knows nothing of models, files or the command line.
 
+pub mod autograd;
 pub mod executor;
 pub mod kernel;
 pub mod kernels;
+pub mod losses;
+pub mod optim;
 pub mod passes;
 pub mod shape;
 pub mod tensor;

@@ -78,6 +78,10 @@ struct Inner {
     inputs: Vec<InputDecl>,
     outputs: Vec<OutputDecl>,
     scopes: FxHashMap<NodeIndex, String>,
+    /// dims of each node's output buffer (row-major), for autograd
+    buf_dims: FxHashMap<NodeIndex, Vec<Dim>>,
+    /// nodes gradients do not flow through (`detach`)
+    stop_grad: rustc_hash::FxHashSet<NodeIndex>,
 }
 
 /// Builds one graph; tensors made from it share it.
@@ -170,6 +174,11 @@ impl GraphBuilder {
         cx.outputs.push(OutputDecl { name: name.into(), node: t.id, dims });
     }
 
+    /// Keep a node that nothing reads (an in-place update) through compilation.
+    pub fn keep(&self, t: &Tensor) {
+        self.cx.borrow_mut().graph.no_delete.insert(t.id);
+    }
+
     /// Record a shape error (the first one wins) and return false.
     pub fn fail(&self, msg: String) -> bool {
         let mut cx = self.cx.borrow_mut();
@@ -178,6 +187,44 @@ impl GraphBuilder {
             cx.error = Some(if scope.is_empty() { msg } else { format!("{scope}: {msg}") });
         }
         false
+    }
+
+    /// Run `f` on the graph being built (for graph transforms such as autograd).
+    pub fn with_graph<R>(&self, f: impl FnOnce(&Graph) -> R) -> R {
+        f(&self.cx.borrow().graph)
+    }
+
+    /// Dims of a node's output buffer, row-major.
+    pub fn buf_dims(&self, id: NodeIndex) -> Vec<Dim> {
+        self.cx.borrow().buf_dims.get(&id).cloned().unwrap_or_else(|| panic!("node {id:?} has no recorded buffer dims"))
+    }
+
+    /// The whole output buffer of a node as a contiguous tensor.
+    pub fn buffer(&self, id: NodeIndex) -> Tensor {
+        let dims = self.buf_dims(id);
+        Tensor { id, shape: ShapeTracker::new(&dims), cx: self.cx.clone() }
+    }
+
+    /// A tensor reading node `id` through `shape`.
+    pub fn view(&self, id: NodeIndex, shape: ShapeTracker) -> Tensor {
+        Tensor { id, shape, cx: self.cx.clone() }
+    }
+
+    pub fn is_stop_grad(&self, id: NodeIndex) -> bool {
+        self.cx.borrow().stop_grad.contains(&id)
+    }
+
+    /// Name of an input node, if it is one.
+    pub fn input_name(&self, id: NodeIndex) -> Option<String> {
+        self.cx.borrow().inputs.iter().find(|i| i.node == id).map(|i| i.name.clone())
+    }
+
+    /// The declared input of that name.
+    pub fn find_input(&self, name: &str) -> Option<Tensor> {
+        let cx = self.cx.borrow();
+        let i = cx.inputs.iter().find(|i| i.name == name)?;
+        let st = ShapeTracker::new(&i.dims);
+        Some(Tensor { id: i.node, shape: st, cx: self.cx.clone() })
     }
 
     pub fn error(&self) -> Option<String> {
@@ -200,6 +247,9 @@ impl GraphBuilder {
 
     fn wrap(&self, id: NodeIndex, shape: ShapeTracker) -> Tensor {
         let mut cx = self.cx.borrow_mut();
+        // a new node's buffer: the tracker's physical (non-broadcast) dims
+        let phys: Vec<Dim> = (0..shape.len()).filter(|&i| !shape.fake[i]).map(|i| shape.dims[i]).collect();
+        cx.buf_dims.entry(id).or_insert(phys);
         if !cx.scope.is_empty() {
             let s = cx.scope.join(".");
             cx.scopes.entry(id).or_insert(s);
@@ -353,10 +403,17 @@ impl Tensor {
         self.node(o, &[self], ShapeTracker::new(&dims))
     }
 
-    /// Softmax over `axis`, stabilised by the row max.
+    /// The same values with no gradient flowing back through this node.
+    pub fn detach(&self) -> Tensor {
+        self.cx.borrow_mut().stop_grad.insert(self.id);
+        self.clone()
+    }
+
+    /// Softmax over `axis`, stabilised by the row max (which softmax does not
+    /// depend on, so no gradient flows through it).
     pub fn softmax(&self, axis: usize) -> Tensor {
         let dims = self.dims();
-        let m = self.max(axis).expand(axis, dims[axis]);
+        let m = self.max(axis).detach().expand(axis, dims[axis]);
         let e = self.sub(&m).exp();
         let s = e.sum(axis).expand(axis, dims[axis]);
         e.div(&s)
@@ -365,7 +422,7 @@ impl Tensor {
     /// log(softmax(x)) over `axis`, computed as `x - max - log(sum(exp(x - max)))`.
     pub fn log_softmax(&self, axis: usize) -> Tensor {
         let dims = self.dims();
-        let m = self.max(axis).expand(axis, dims[axis]);
+        let m = self.max(axis).detach().expand(axis, dims[axis]);
         let z = self.sub(&m);
         let lse = z.exp().sum(axis).ln().expand(axis, dims[axis]);
         z.sub(&lse)

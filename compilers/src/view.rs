@@ -105,16 +105,16 @@ impl View {
             let full = phys[p] + pad0 + pad1;
             let size = full.min(s1).saturating_sub(s0);
             v.shape[l] = size;
+            // padded coordinate c = j + s0 is valid for pad0 <= c < phys + pad0
+            // (a broadcast dim too: padding one makes its edges read 0)
+            v.lo[l] = pad0.saturating_sub(s0).min(size);
+            v.hi[l] = (phys[p] + pad0).saturating_sub(s0).min(size).max(v.lo[l]);
             if st.fake[p] {
                 v.strides[l] = 0;
-                v.lo[l] = 0;
-                v.hi[l] = size;
             } else {
-                // padded coordinate c = j + s0; physical index c - pad0
+                // physical index c - pad0
                 v.strides[l] = pstride[p];
                 v.offset += (s0 as isize - pad0 as isize) * pstride[p];
-                v.lo[l] = pad0.saturating_sub(s0).min(size);
-                v.hi[l] = (phys[p] + pad0).saturating_sub(s0).min(size).max(v.lo[l]);
             }
             if v.lo[l] != 0 || v.hi[l] != size {
                 v.padded = true;

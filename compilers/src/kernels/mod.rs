@@ -1,5 +1,6 @@
 //! CPU kernels. Each is a small struct implementing [`crate::kernel::Kernel`].
 
+pub mod adamw;
 pub mod binary;
 pub mod constant;
 pub mod copy;

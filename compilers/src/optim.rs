@@ -1,0 +1,60 @@
+//! The optimizer as a graph transform: for each parameter, state inputs
+//! (`adam.m.NAME`, `adam.v.NAME`, `grad_acc.NAME`) and one in-place
+//! [`AdamW`] node, so a training step is a single graph run and nothing is
+//! recompiled between steps.
+
+use crate::kernels::adamw::AdamW;
+use crate::losses::sum_all;
+use crate::shape::Dim;
+use crate::tensor::{InputKind, Tensor};
+
+/// Hyper-parameters fixed for a run (lr and step arrive per run).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+}
+
+impl Default for AdamWConfig {
+    /// `torch.optim.AdamW` defaults and MiniMind's clip of 1.0.
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 1.0 }
+    }
+}
+
+/// Names of the optimizer state of one parameter.
+pub fn state_names(param: &str) -> [String; 3] {
+    [format!("adam.m.{param}"), format!("adam.v.{param}"), format!("grad_acc.{param}")]
+}
+
+/// Add the update of every `(name, param, grad)`. `hyper` is a `[3]` input
+/// holding `[lr, step, apply]`. Returns the global gradient norm (before
+/// clipping) of the accumulated gradient.
+pub fn adamw(params: &[(String, Tensor, Tensor)], hyper: &Tensor, cfg: &AdamWConfig) -> Tensor {
+    let b = hyper.builder();
+    let kernel = AdamW { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay, max_norm: cfg.max_grad_norm };
+    let mut totals = vec![];
+    let mut updates = vec![];
+    for (name, p, g) in params {
+        let dims: Vec<Dim> = p.dims();
+        let [m, v, acc] = state_names(name).map(|n| b.input(&n, &dims, InputKind::State));
+        let g_total = acc.add(g);
+        totals.push(sum_all(&g_total.square()));
+        updates.push((p.clone(), m, v, acc, g_total));
+    }
+    let gsq = totals.into_iter().reduce(|a, x| a + x).expect("at least one parameter");
+    for (p, m, v, acc, g_total) in updates {
+        let dims = p.dims();
+        let node = b.kernel(kernel.clone(), &[&p, &m, &v, &acc, &g_total, &gsq, hyper], &dims);
+        b.keep(&node);
+    }
+    gsq.sqrt()
+}
+
+/// `[lr, step, apply]` for one run.
+pub fn hyper_values(lr: f32, step: u64, apply: bool) -> [f32; 3] {
+    [lr, step as f32, apply as u8 as f32]
+}
