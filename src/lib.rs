@@ -10,5 +10,6 @@ pub mod rng;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;
+pub mod train;
 
 pub use lumind_compilers as compilers;

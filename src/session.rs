@@ -43,8 +43,8 @@ impl Session {
         let t = Instant::now();
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);
-        let logits = forward(&b, def, &inputs, &opts);
-        b.output("logits", &logits);
+        let out = forward(&b, def, &inputs, &opts);
+        b.output("logits", &out.logits);
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
         compile(&mut built, &pipeline(fusion), |_, _| {});
         let mut exec = Executor::new(built);

@@ -49,12 +49,12 @@ fn every_shipped_definition_runs_forward_and_decode() {
     for (name, def) in defs {
         let w = Weights::init(&def, 7, None);
         let tokens = [1u32, 5, 9, 2];
-        let opts = ForwardOptions { max_positions: 8, kv_cache: false, last_only: false };
+        let opts = ForwardOptions::full(8);
         let mut s = Session::new(&def, w.clone(), opts, Fusion::Full).unwrap();
         let l = s.run(&tokens, 1, 0).unwrap();
         assert_eq!((l.rows, l.vocab), (4, def.vocab_size), "{name}");
         assert!(l.data.iter().all(|x| x.is_finite()), "{name}: non-finite logits");
-        let opts = ForwardOptions { max_positions: 8, kv_cache: true, last_only: true };
+        let opts = ForwardOptions::generation(8);
         let mut g = Generator::new(Session::new(&def, w, opts, Fusion::Full).unwrap());
         let (out, _) = g.generate(&tokens, 3, &[], &mut Sampler::new(SamplingParams::default()), |_| true).unwrap();
         assert_eq!(out.len(), 3, "{name}");
@@ -106,7 +106,7 @@ fn init_follows_the_definition_scheme() {
 #[test]
 fn runs_do_not_leak_into_each_other() {
     let def = ModelDef::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llama.toml")).unwrap();
-    let opts = ForwardOptions { max_positions: 8, kv_cache: false, last_only: false };
+    let opts = ForwardOptions::full(8);
     let mut s = Session::new(&def, Weights::init(&def, 0, None), opts, Fusion::Full).unwrap();
     let a = s.run(&[1, 2, 3], 1, 0).unwrap().data;
     let b = s.run(&[4, 5, 6, 7], 1, 0).unwrap().data;

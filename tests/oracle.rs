@@ -59,7 +59,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn session(f: &Fixture, kv_cache: bool, fusion: Fusion) -> Session {
-    let opts = ForwardOptions { max_positions: 64, kv_cache, last_only: false };
+    let opts = ForwardOptions { kv_cache, ..ForwardOptions::full(64) };
     Session::new(&f.def, f.weights.clone(), opts, fusion).unwrap()
 }
 
@@ -97,7 +97,7 @@ fn kv_cache_logits_match_full_forward() {
 fn greedy_tokens_match_with_and_without_cache() {
     for f in fixtures() {
         // with the KV cache
-        let opts = ForwardOptions { max_positions: 64, kv_cache: true, last_only: true };
+        let opts = ForwardOptions::generation(64);
         let mut g = Generator::new(Session::new(&f.def, f.weights.clone(), opts, Fusion::Full).unwrap());
         let mut sampler = Sampler::new(SamplingParams::default());
         let (out, _) = g.generate(&f.prompt, f.greedy.len(), &[], &mut sampler, |_| true).unwrap();

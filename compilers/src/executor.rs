@@ -391,11 +391,14 @@ impl Executor {
         }
         self.steps = steps;
         let mut out = Outputs::default();
-        for (name, slot, odims) in &self.outputs {
+        for (i, (name, slot, odims)) in self.outputs.iter().enumerate() {
             let shape: Vec<usize> = odims.iter().map(|d| eval(d, dims, &mut self.stack)).collect();
-            let data = match self.temps[*slot].take() {
-                Some(b) => b,
-                None => self.store[*slot].clone().expect("output was not computed"),
+            // two names may share a node: the later one gets a copy
+            let earlier = self.outputs[..i].iter().position(|o| o.1 == *slot);
+            let data = match (earlier, self.temps[*slot].take()) {
+                (Some(j), _) => out.0[j].2.clone(),
+                (None, Some(b)) => b,
+                (None, None) => self.store[*slot].clone().expect("output was not computed"),
             };
             debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "output {name}");
             out.0.push((name.clone(), shape, data));

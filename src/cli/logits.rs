@@ -27,7 +27,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--tokens is empty");
     }
     let (def, w) = a.model.load()?;
-    let opts = ForwardOptions { max_positions: tokens.len(), kv_cache: false, last_only: false };
+    let opts = ForwardOptions::full(tokens.len());
     let mut s = Session::new(&def, w, opts, a.model.fusion)?;
     let l = s.run(&tokens, 1, 0)?;
     let mut t = Tensors::default();

@@ -2,6 +2,7 @@
 
 mod args;
 mod generate;
+mod grad;
 mod info;
 mod init;
 mod logits;
@@ -26,6 +27,8 @@ enum Cmd {
     Logits(logits::Args),
     /// Continue a prompt with a KV cache (greedy or sampled)
     Generate(generate::Args),
+    /// Write the loss of a token sequence and its gradient per parameter
+    Grad(grad::Args),
     /// Write seeded random weights for a model definition
     Init(init::Args),
     /// Show a model's size per component, or its transformers config.json
@@ -41,6 +44,7 @@ pub fn main() -> i32 {
     let r = match cli.cmd {
         Cmd::Logits(a) => logits::run(a),
         Cmd::Generate(a) => generate::run(a),
+        Cmd::Grad(a) => grad::run(a),
         Cmd::Init(a) => init::run(a),
         Cmd::Info(a) => info::run(a),
     };

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use lumind_compilers::kernels::kv_write::KvWrite;
 use lumind_compilers::shape::{add, d, sub, sym, Dim};
+use lumind_compilers::tensor::dim_constant;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
 
 use super::def::{LayerFfn, ModelDef, MoeDef};
@@ -29,6 +30,28 @@ pub struct ForwardOptions {
     pub kv_cache: bool,
     /// Compute logits for the last position only (generation).
     pub last_only: bool,
+    /// Also compute the MoE auxiliary (load-balancing) loss (training).
+    pub aux_loss: bool,
+}
+
+impl ForwardOptions {
+    /// Whole sequences, no cache: scoring and training.
+    pub fn full(max_positions: usize) -> ForwardOptions {
+        ForwardOptions { max_positions, kv_cache: false, last_only: false, aux_loss: false }
+    }
+    /// Incremental decoding with a KV cache of `max_positions`.
+    pub fn generation(max_positions: usize) -> ForwardOptions {
+        ForwardOptions { max_positions, kv_cache: true, last_only: true, aux_loss: false }
+    }
+}
+
+/// What a forward pass produces.
+pub struct ForwardOut {
+    /// `[b, s, vocab]` (`[b, 1, vocab]` with `last_only`)
+    pub logits: Tensor,
+    /// The MoE auxiliary loss summed over layers (rank 0), if asked for and
+    /// the model has MoE layers with a non-zero `aux_loss_alpha`.
+    pub aux_loss: Option<Tensor>,
 }
 
 /// Inputs of a forward graph: token ids and every parameter by HF name.
@@ -64,9 +87,8 @@ struct Forward<'a> {
     mask: Tensor,
 }
 
-/// Build the forward pass; returns logits `[b, s, vocab]` (`[b, 1, vocab]`
-/// with `last_only`).
-pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &ForwardOptions) -> Tensor {
+/// Build the forward pass.
+pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &ForwardOptions) -> ForwardOut {
     let (s, past) = (sym('s'), if opts.kv_cache { sym('p') } else { d(0) });
     let total = add(past, s);
     let hd = def.head_dim;
@@ -80,6 +102,7 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
     let f = Forward { def, b, params: &inputs.params, opts, past, cos, sin, mask };
 
     let mut x = inputs.tokens.gather(f.w("model.embed_tokens.weight"));
+    let mut aux: Option<Tensor> = None;
     for l in 0..def.num_hidden_layers {
         let _scope = b.scope(format!("model.layers.{l}"));
         let h = f.rmsnorm(&x, &format!("model.layers.{l}.input_layernorm.weight"));
@@ -87,7 +110,17 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
         let h = f.rmsnorm(&x, &format!("model.layers.{l}.post_attention_layernorm.weight"));
         let ffn = match &def.layers[l] {
             LayerFfn::Swiglu { .. } => f.swiglu(&h, &format!("model.layers.{l}.mlp")),
-            LayerFfn::Moe(m) => f.moe(&h, l, m),
+            LayerFfn::Moe(m) => {
+                let (y, probs, mask) = f.moe(&h, l, m);
+                if opts.aux_loss && m.aux_loss_alpha > 0.0 {
+                    let a = moe_aux_loss(&probs, &mask, m);
+                    aux = Some(match aux {
+                        Some(prev) => prev + a,
+                        None => a,
+                    });
+                }
+                y
+            }
         };
         x = x + ffn;
     }
@@ -97,7 +130,27 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
     let x = f.rmsnorm(&x, "model.norm.weight");
     let head = if def.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let _scope = b.scope("lm_head");
-    x.linear(f.w(head))
+    ForwardOut { logits: x.linear(f.w(head)), aux_loss: aux }
+}
+
+/// MiniMind's load-balancing loss for one MoE layer, from the router's
+/// probabilities `[b, s, E]` and the top-k selection mask (not differentiated).
+/// `seq_aux`: per sequence, `alpha * mean_b sum_e (count_e * E / (s k)) * mean_t p_e`;
+/// otherwise over the whole batch, `alpha * sum_e mean(p_e) * E * count_e / (b s k)`.
+fn moe_aux_loss(probs: &Tensor, mask: &Tensor, m: &MoeDef) -> Tensor {
+    let (e, k) = (m.n_routed_experts as f32, m.num_experts_per_tok as f32);
+    let b = probs.builder();
+    let s = dim_constant(&b, sym('s'));
+    if m.seq_aux {
+        let counts = mask.sum(1); // [b, E]
+        let ce = counts.div(&s.expand_to(&counts.dims())).scale(e / k);
+        let pm = probs.mean(1); // [b, E]
+        ce.mul(&pm).sum(1).mean(0).scale(m.aux_loss_alpha as f32)
+    } else {
+        let fi = mask.mean(0).mean(0).scale(e / k); // E * (fraction of the b*s*k choices)
+        let pi = probs.mean(0).mean(0);
+        pi.mul(&fi).sum(0).scale(m.aux_loss_alpha as f32)
+    }
 }
 
 impl Forward<'_> {
@@ -175,13 +228,15 @@ impl Forward<'_> {
 
     /// Softmax router, top-k experts weighted by their (optionally
     /// renormalised) probabilities, plus shared experts. Every expert runs on
-    /// every token here and unselected ones are weighted 0.
-    fn moe(&self, x: &Tensor, l: usize, m: &MoeDef) -> Tensor {
+    /// every token here and unselected ones are weighted 0. Returns the
+    /// output, the router probabilities and the top-k mask.
+    fn moe(&self, x: &Tensor, l: usize, m: &MoeDef) -> (Tensor, Tensor, Tensor) {
         let _scope = self.b.scope("mlp");
         let pre = format!("model.layers.{l}.mlp");
         let dims = x.dims(); // [b, s, h]
         let probs = x.linear(self.w(&format!("{pre}.gate.weight"))).softmax(2); // [b, s, E]
-        let mut weights = probs.mul(&probs.topk_mask(m.num_experts_per_tok));
+        let mask = probs.topk_mask(m.num_experts_per_tok);
+        let mut weights = probs.mul(&mask);
         if m.norm_topk_prob {
             let denom = weights.sum(2).add_scalar(1e-20).expand(2, d(m.n_routed_experts));
             weights = weights.div(&denom);
@@ -199,6 +254,6 @@ impl Forward<'_> {
         for s in 0..m.n_shared_experts {
             out = out + self.swiglu(x, &format!("{pre}.shared_experts.{s}"));
         }
-        out
+        (out, probs, mask)
     }
 }

@@ -1,7 +1,11 @@
 """Write lumind's oracle fixtures (tests/fixtures/oracle/) from transformers.
 
 For each tiny test model: random weights (std 0.2), the logits of a token
-sequence, and greedy continuations with and without transformers' KV cache.
+sequence, greedy continuations with and without transformers' KV cache, the
+training loss (cross-entropy with ignored labels, plus the MoE auxiliary
+loss) and every parameter's gradient on a padded batch, and for two models
+the first steps of a MiniMind-style AdamW run (accumulation, clipping,
+cosine schedule).
 Run from the repository root:
 
     /path/to/venv/bin/python tools/reference/make_fixtures.py
@@ -16,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from minimind_ref import build, hf_state_dict, load_def, randomize  # noqa: E402
+from minimind_ref import build, hf_state_dict, load_def, moe_aux_loss, randomize  # noqa: E402
 
 OUT = "tests/fixtures/oracle"
 # (definition, weights taken from another fixture or None)
@@ -58,6 +62,48 @@ def greedy_full(model, prompt, n):
     return seq[len(prompt):]
 
 
+def training_batch(gen, vocab, rows, seq, pad_last=3):
+    """`rows` sequences of `seq` ids; the last row ends in `pad_last` pads
+    (id 0) whose labels are -100, as MiniMind's pretraining data."""
+    ids = torch.randint(3, vocab, (rows, seq), generator=gen)
+    labels = ids.clone()
+    if pad_last:
+        ids[-1, -pad_last:] = 0
+        labels[-1, -pad_last:] = -100
+    return ids, labels
+
+
+def lm_loss(model, d, ids, labels):
+    out = model(input_ids=ids, labels=labels)
+    aux = moe_aux_loss(model, d)
+    return out.loss + aux, out.loss, aux
+
+
+def get_lr(step, total, lr):
+    """MiniMind's schedule (trainer_utils.get_lr), step counted from 1."""
+    import math
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / total)))
+
+
+def adamw_run(model, d, batches, accum, lr):
+    """MiniMind's loop: lr set every micro-step, loss / accum, clip 1.0 and
+    AdamW step every `accum` micro-steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    total = len(batches)
+    for step, (ids, labels) in enumerate(batches, start=1):
+        for g in opt.param_groups:
+            g["lr"] = get_lr(step, total, lr)
+        loss, _, _ = lm_loss(model, d, ids, labels)
+        losses.append(loss.item())
+        (loss / accum).backward()
+        if step % accum == 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return losses
+
+
 def main():
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
@@ -96,6 +142,29 @@ def main():
             "min_top2_gap": gap,
             "max_abs_logit": float(logits.abs().max()),
         })
+        entry = manifest[-1]
+        if weights_from is None:
+            # loss and gradients on a padded batch of two rows
+            ids, labels = training_batch(gen, d["vocab_size"], 2, 10)
+            model.zero_grad(set_to_none=True)
+            model.train()
+            loss, ce, aux = lm_loss(model, d, ids, labels)
+            loss.backward()
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            grads.update({"loss": loss.detach().reshape(()), "ce": ce.detach().reshape(()), "aux": aux.detach().reshape(())})
+            save_file(grads, f"{OUT}/{name}.grads.safetensors")
+            entry["grad_batch"] = {"ids": ids.tolist(), "labels": labels.tolist(), "file": f"{OUT}/{name}.grads.safetensors"}
+            model.zero_grad(set_to_none=True)
+        if name in ("tiny-llama", "tiny-moe"):
+            # six micro-steps, accumulation 2 -> three AdamW steps
+            batches = [training_batch(gen, d["vocab_size"], 2, 8) for _ in range(6)]
+            losses = adamw_run(model, d, batches, accum=2, lr=1e-2)
+            final = hf_state_dict(model, d)
+            final["losses"] = torch.tensor(losses)
+            save_file(final, f"{OUT}/{name}.adamw.safetensors")
+            entry["adamw"] = {"accum": 2, "lr": 1e-2, "batches": [{"ids": i.tolist(), "labels": l.tolist()} for i, l in batches],
+                              "file": f"{OUT}/{name}.adamw.safetensors", "losses": losses}
+        model.eval()
         print(f"{name}: max |logit| {logits.abs().max():.2f}, greedy {greedy}, min top-2 gap {gap:.4f}")
     with open(f"{OUT}/manifest.json", "w") as f:
         json.dump({"generated_by": "tools/reference/make_fixtures.py", "torch": torch.__version__,

@@ -108,7 +108,7 @@ def build(d):
         head_dim=d["head_dim"], intermediate_size=d["intermediate_size"], rms_norm_eps=d["rms_norm_eps"],
         rope_theta=d["rope_theta"], rope_scaling=rope_scaling(d), max_position_embeddings=d["max_position_embeddings"],
         tie_word_embeddings=d["tie_word_embeddings"], attention_bias=False, bos_token_id=1, eos_token_id=2,
-        pad_token_id=0, attn_implementation="eager",
+        pad_token_id=None, attn_implementation="eager",  # MiniMind embeds without a padding_idx
     )
     if d["qk_norm"]:
         model = Qwen3ForCausalLM(Qwen3Config(**common))
@@ -135,7 +135,7 @@ def randomize(model, gen, std=0.2):
 def hf_state_dict(model, d):
     """Parameters under Hugging Face names as lumind stores them (a tied head
     is saved once, as the embedding)."""
-    sd = {k: v.detach().contiguous().float() for k, v in model.state_dict().items() if "rotary_emb" not in k}
+    sd = {k: v.detach().float().clone().contiguous() for k, v in model.state_dict().items() if "rotary_emb" not in k}
     if d["tie_word_embeddings"]:
         sd.pop("lm_head.weight", None)
     return sd
