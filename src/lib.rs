@@ -3,6 +3,7 @@
 //! into fused CPU kernels. See the README for the tour.
 
 pub mod cli;
+pub mod data;
 pub mod generate;
 pub mod io;
 pub mod model;
@@ -10,6 +11,7 @@ pub mod rng;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;
+pub mod tokenizer_train;
 pub mod train;
 
 pub use lumind_compilers as compilers;

@@ -78,7 +78,7 @@ pub struct Executor {
     store: Vec<Option<Vec<f32>>>,
     /// per-run buffers (data inputs and kernel outputs), by slot
     temps: Vec<Option<Vec<f32>>>,
-    pool: FxHashMap<usize, Vec<Vec<f32>>>,
+    pool: Pool,
     symbols: Vec<char>,
     stack: Vec<i32>,
     pub profile: Option<Vec<StepStats>>,
@@ -192,7 +192,7 @@ impl Executor {
             outputs: out_slots,
             store: vec![None; n],
             temps: vec![None; n],
-            pool: FxHashMap::default(),
+            pool: Pool::default(),
             symbols,
             stack: vec![],
             profile: None,
@@ -255,10 +255,7 @@ impl Executor {
     }
 
     fn take_buffer(&mut self, len: usize) -> Vec<f32> {
-        match self.pool.get_mut(&len).and_then(|v| v.pop()) {
-            Some(b) => b,
-            None => vec![0.0; len],
-        }
+        self.pool.take(len)
     }
 
     /// Run once. `data` gives every `Data` input; `dims` every symbol the
@@ -385,7 +382,7 @@ impl Executor {
             }
             for &slot in &step.release {
                 if let Some(b) = self.temps[slot].take() {
-                    self.pool.entry(b.len()).or_default().push(b);
+                    self.pool.give(b);
                 }
             }
         }
@@ -407,7 +404,7 @@ impl Executor {
         for i in &self.inputs {
             if i.kind == InputKind::Data {
                 if let Some(b) = self.temps[i.slot].take() {
-                    self.pool.entry(b.len()).or_default().push(b);
+                    self.pool.give(b);
                 }
             }
         }
@@ -416,7 +413,7 @@ impl Executor {
 
     /// Give a buffer back to the pool (e.g. an output the caller is done with).
     pub fn recycle(&mut self, buf: Vec<f32>) {
-        self.pool.entry(buf.len()).or_default().push(buf);
+        self.pool.give(buf);
     }
 
     pub fn num_steps(&self) -> usize {
@@ -436,5 +433,45 @@ impl Outputs {
         let i = self.0.iter().position(|o| o.0 == name)?;
         let (_, s, d) = self.0.swap_remove(i);
         Some((s, d))
+    }
+}
+
+/// Free buffers kept for reuse. A buffer serves any request up to its
+/// capacity (and not far below it), so runs of varying length reuse memory
+/// instead of faulting in fresh pages every time.
+#[derive(Default)]
+struct Pool {
+    free: Vec<Vec<f32>>,
+}
+
+impl Pool {
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 4 * len + 1024)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut b = self.free.swap_remove(i);
+                // Every buffer was created zero-filled to its full capacity
+                // and only ever shrunk or regrown within it, so these
+                // elements are initialised; kernels overwrite them anyway.
+                unsafe { b.set_len(len) };
+                b
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    fn give(&mut self, mut b: Vec<f32>) {
+        if b.capacity() > b.len() {
+            // keep the invariant: initialised up to capacity
+            let cap = b.capacity();
+            b.resize(cap, 0.0);
+        }
+        self.free.push(b);
     }
 }

@@ -6,6 +6,8 @@ mod grad;
 mod info;
 mod init;
 mod logits;
+mod tokenizer;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +35,10 @@ enum Cmd {
     Init(init::Args),
     /// Show a model's size per component, or its transformers config.json
     Info(info::Args),
+    /// Train (pretraining; checkpoints, metrics, resume) from a config file
+    Train(train::Args),
+    /// Tokenizer tools
+    Tokenizer(tokenizer::Args),
 }
 
 /// Run the command line; returns the process exit code.
@@ -47,6 +53,8 @@ pub fn main() -> i32 {
         Cmd::Grad(a) => grad::run(a),
         Cmd::Init(a) => init::run(a),
         Cmd::Info(a) => info::run(a),
+        Cmd::Train(a) => train::run(a),
+        Cmd::Tokenizer(a) => tokenizer::run(a),
     };
     match r {
         Ok(()) => 0,

@@ -42,11 +42,22 @@ impl Tensors {
 
     /// Write all tensors as f32, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        crate::io::write_atomic(path, &bytes)
+        crate::io::write_atomic(path, &self.to_bytes(HashMap::new())?)
     }
 
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// Write with extra header metadata (string pairs), atomically.
+    pub fn save_with_metadata(&self, path: &Path, meta: HashMap<String, String>) -> Result<()> {
+        crate::io::write_atomic(path, &self.to_bytes(meta)?)
+    }
+
+    /// Read a file's header metadata.
+    pub fn load_metadata(path: &Path) -> Result<HashMap<String, String>> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    pub fn to_bytes(&self, mut meta: HashMap<String, String>) -> Result<Vec<u8>> {
         let raw: Vec<(&String, Vec<u8>, &Vec<usize>)> = self
             .0
             .iter()
@@ -56,7 +67,7 @@ impl Tensors {
             .iter()
             .map(|(n, b, s)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.to_vec(), b)?)))
             .collect::<Result<_, safetensors::SafeTensorError>>()?;
-        let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        meta.insert("format".into(), "pt".into());
         Ok(safetensors::serialize(views, Some(meta))?)
     }
 }

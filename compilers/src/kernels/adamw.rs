@@ -5,7 +5,8 @@
 //! gradient), the global squared norm of every g, and [lr, step, apply].
 //! With `apply` = 0 the gradient is only accumulated (`acc = g`); with 1,
 //! `g` is clipped to `max_norm` over all parameters, the update is made as
-//! `torch.optim.AdamW` does, and `acc` is cleared.
+//! `torch.optim.AdamW` does, and `acc` is cleared. A step whose global norm
+//! is not finite changes nothing but `acc`.
 
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
@@ -44,6 +45,12 @@ impl Kernel for AdamW {
             return;
         }
         let norm = gsq.sqrt();
+        if !norm.is_finite() {
+            // a NaN/inf gradient would poison the weights: skip the update
+            // (the caller sees the norm and stops)
+            acc.fill(0.0);
+            return;
+        }
         let clip = if self.max_norm > 0.0 { (self.max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
         let bc1 = 1.0 - self.beta1.powf(step);
         let bc2_sqrt = (1.0 - self.beta2.powf(step)).sqrt();

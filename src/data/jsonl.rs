@@ -1,0 +1,111 @@
+//! JSON Lines files read by line offsets: one pass builds an index of the
+//! lines that hold a valid record (bad ones are reported with file:line and
+//! skipped, or stop the run), then records are read one at a time, in any
+//! order, so a multi-GB file is never loaded whole.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// What to do with a line that is not a valid record.
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBadLine {
+    /// report it and go on without it
+    #[default]
+    Skip,
+    /// stop with an error naming it
+    Fail,
+}
+
+/// An indexed JSONL file.
+pub struct JsonlIndex {
+    pub path: PathBuf,
+    /// (byte offset, length, 1-based line number) of each valid record
+    pub records: Vec<(u64, u32, u32)>,
+    /// lines reported as bad
+    pub skipped: usize,
+}
+
+impl JsonlIndex {
+    /// Index `path`; `check` validates one parsed line (Err = why it is bad).
+    pub fn build(path: &Path, on_bad: OnBadLine, check: impl Fn(&serde_json::Value) -> Result<(), String>) -> Result<JsonlIndex> {
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut line = Vec::new();
+        let (mut off, mut no) = (0u64, 0u32);
+        let mut idx = JsonlIndex { path: path.to_path_buf(), records: vec![], skipped: 0 };
+        loop {
+            line.clear();
+            let n = r.read_until(b'\n', &mut line).with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            no += 1;
+            let text = String::from_utf8_lossy(&line);
+            if !text.trim().is_empty() {
+                let why = match serde_json::from_str::<serde_json::Value>(text.trim()) {
+                    Ok(v) => check(&v).err(),
+                    Err(e) => Some(format!("not valid JSON ({e})")),
+                };
+                match (why, on_bad) {
+                    (None, _) => idx.records.push((off, n as u32, no)),
+                    (Some(w), OnBadLine::Fail) => bail!("{}:{no}: {w}", path.display()),
+                    (Some(w), OnBadLine::Skip) => {
+                        idx.skipped += 1;
+                        eprintln!("warning: {}:{no}: {w}; skipped", path.display());
+                    }
+                }
+            }
+            off += n as u64;
+        }
+        if idx.records.is_empty() {
+            bail!("{} has no valid records", path.display());
+        }
+        Ok(idx)
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Open a reader over the records.
+    pub fn reader(&self) -> Result<JsonlReader<'_>> {
+        let f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
+        Ok(JsonlReader { index: self, file: f, buf: vec![] })
+    }
+}
+
+pub struct JsonlReader<'a> {
+    index: &'a JsonlIndex,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl JsonlReader<'_> {
+    /// Record `i` (0-based among valid records) and its line number.
+    pub fn get(&mut self, i: usize) -> Result<(serde_json::Value, u32)> {
+        let (off, len, line) = self.index.records[i];
+        self.buf.resize(len as usize, 0);
+        self.file.seek(SeekFrom::Start(off))?;
+        self.file.read_exact(&mut self.buf)?;
+        let v = serde_json::from_slice(&self.buf).with_context(|| format!("{}:{line} changed while training", self.index.path.display()))?;
+        Ok((v, line))
+    }
+}
+
+/// A line is a pretraining record: an object with a string `text`.
+pub fn check_text(v: &serde_json::Value) -> Result<(), String> {
+    match v.get("text") {
+        Some(serde_json::Value::String(_)) => Ok(()),
+        Some(_) => Err("field `text` is not a string".into()),
+        None => Err("no field `text`".into()),
+    }
+}

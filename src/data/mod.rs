@@ -1,0 +1,4 @@
+//! Training data: JSONL files, pretraining records, batches.
+
+pub mod jsonl;
+pub mod pretrain;

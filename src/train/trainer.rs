@@ -1,0 +1,250 @@
+//! The training loop: batches in a seeded order, one compiled graph run per
+//! micro-step (forward, loss, backward, AdamW in place), metrics and a plot,
+//! atomic checkpoints, exact resumption, Ctrl-C and NaN handling.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lumind_compilers::optim::AdamWConfig;
+use lumind_compilers::Fusion;
+
+use super::checkpoint::{self, RunState};
+use super::config::TrainConfig;
+use super::graph::Update;
+use super::metrics::{self, Metrics};
+use super::schedule::lr_at;
+use super::session::TrainSession;
+use crate::data::pretrain::{Position, PretrainData};
+use crate::model::{ModelDef, Weights};
+use crate::tokenizer::Tokenizer;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub state: RunState,
+    pub interrupted: bool,
+    pub last: Option<Metrics>,
+}
+
+fn install_ctrl_c() {
+    // a second install (tests, or a second run in one process) is harmless
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
+    });
+}
+
+/// Optimizer steps the run will take.
+pub fn total_steps(cfg: &TrainConfig, records: usize) -> u64 {
+    let o = &cfg.optim;
+    let batches_per_epoch = records.div_ceil(o.batch_size) as u64;
+    let all = (batches_per_epoch * o.epochs as u64).div_ceil(o.accumulation_steps as u64);
+    o.max_steps.map_or(all, |m| (m as u64).min(all)).max(1)
+}
+
+/// Run (or resume) the training job of `cfg`.
+pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
+    let out = cfg.out.as_path();
+    let def = ModelDef::load(&cfg.model)?;
+    let tok = Tokenizer::load_or_default(cfg.tokenizer.as_deref())?;
+    if tok.vocab_size() > def.vocab_size {
+        bail!("the tokenizer has {} tokens but model `{}` only {} (vocab_size)", tok.vocab_size(), def.name, def.vocab_size);
+    }
+    let data = PretrainData::open(&cfg.data.train, cfg.data.max_seq_len, cfg.data.pad_to, cfg.data.on_bad_line, cfg.seed)?;
+    let fusion: Fusion = cfg.fusion.parse().map_err(anyhow::Error::msg)?;
+    let adamw = AdamWConfig { max_grad_norm: cfg.optim.grad_clip, weight_decay: cfg.optim.weight_decay, ..AdamWConfig::default() };
+    let ckpt_path = checkpoint::path(out);
+
+    let (weights, optimizer, mut state) = if resume {
+        if !ckpt_path.exists() {
+            bail!("--resume: no checkpoint at {}", ckpt_path.display());
+        }
+        let c = checkpoint::load(out, &def)?;
+        if c.state.fingerprint != cfg.fingerprint() {
+            bail!(
+                "--resume: {} was made with a different config (model, data, optimizer or seed changed); \
+                 restore that config or train into another `out`",
+                ckpt_path.display()
+            );
+        }
+        metrics::truncate_after(out, c.state.micro_step)?;
+        eprintln!("resuming {} at step {} (epoch {}, record {})", out.display(), c.state.step, c.state.position.epoch, c.state.position.index);
+        (c.weights, Some(c.optimizer), c.state)
+    } else {
+        if ckpt_path.exists() {
+            bail!("{} already holds a checkpoint: pass --resume to continue it, or set another `out`", out.display());
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+        let w = match &cfg.weights {
+            Some(p) => Weights::load(&def, p)?,
+            None => Weights::init(&def, cfg.seed, None),
+        };
+        let st = RunState { seed: cfg.seed, fingerprint: cfg.fingerprint(), ..Default::default() };
+        (w, None, st)
+    };
+    std::fs::write(out.join("config.toml"), toml::to_string(cfg)?).with_context(|| format!("cannot write to {}", out.display()))?;
+
+    let t_compile = Instant::now();
+    let mut session = TrainSession::new(&def, weights, cfg.data.max_seq_len, Update::AdamW(adamw), fusion)?;
+    if let Some(o) = &optimizer {
+        session.set_optimizer_state(o)?;
+    }
+    eprintln!(
+        "training `{}` on {} ({} records{}), {} steps of {} x {} sequences; graph compiled in {:.0} ms",
+        def.name,
+        cfg.data.train.display(),
+        data.len(),
+        if data.index.skipped > 0 { format!(", {} bad lines skipped", data.index.skipped) } else { String::new() },
+        total_steps(cfg, data.len()),
+        cfg.optim.accumulation_steps,
+        cfg.optim.batch_size,
+        t_compile.elapsed().as_secs_f64() * 1e3
+    );
+    install_ctrl_c();
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let summary = run_loop(cfg, &def, &tok, &data, &mut session, &mut state)?;
+    metrics::plot(out, &format!("{} pretraining loss", def.name))?;
+    Ok(summary)
+}
+
+fn run_loop(cfg: &TrainConfig, def: &ModelDef, tok: &Tokenizer, data: &PretrainData, session: &mut TrainSession, state: &mut RunState) -> Result<Summary> {
+    let out = cfg.out.as_path();
+    let o = &cfg.optim;
+    let accum = o.accumulation_steps as u64;
+    let total = total_steps(cfg, data.len());
+    let total_micro = total * accum;
+    let bar = progress_bar(total, state.step);
+    let crash_after: Option<u64> = std::env::var("LUMIND_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse().ok());
+    let mut order = data.order(state.position.epoch);
+    let (mut window, mut window_tokens) = (vec![], 0u64);
+    let mut window_start = Instant::now();
+    let mut last = None;
+    let mut interrupted = false;
+    while state.micro_step < total_micro {
+        if state.position.index >= order.len() {
+            state.position = Position { epoch: state.position.epoch + 1, index: 0 };
+            order = data.order(state.position.epoch);
+        }
+        let (batch, next) = data.batch(tok, &order, state.position, o.batch_size)?;
+        let t = Instant::now();
+        let micro = state.micro_step + 1;
+        let apply = micro % accum == 0 || micro == total_micro;
+        let step = micro.div_ceil(accum);
+        let lr = lr_at(o.learning_rate, micro, total_micro, o.warmup_steps as u64 * accum);
+        let l = session.step(&batch, lr, step, apply, 1.0 / accum as f32)?;
+        // (AdamW skips an update whose gradient norm is not finite, so the
+        // weights in memory stay good too)
+        let bad = if !l.loss.is_finite() {
+            Some(format!("the loss is {}", l.loss))
+        } else {
+            l.grad_norm.filter(|g| !g.is_finite()).map(|g| format!("the gradient norm is {g}"))
+        };
+        if let Some(what) = bad {
+            bar.abandon();
+            bail!(
+                "{what} at step {step} (micro-step {micro}); stopping. The last good checkpoint (step {}) is in {}",
+                last_checkpoint_step(out)?,
+                out.display()
+            );
+        }
+        state.elapsed += t.elapsed().as_secs_f64();
+        state.micro_step = micro;
+        state.position = next;
+        let n_tokens = (batch.batch * batch.seq) as u64;
+        state.tokens += n_tokens;
+        window.push(l);
+        window_tokens += n_tokens;
+        if apply {
+            state.step = step;
+            let n = window.len() as f32;
+            let m = Metrics {
+                step,
+                micro_step: micro,
+                epoch: state.position.epoch,
+                loss: window.iter().map(|x| x.loss).sum::<f32>() / n,
+                ce: window.iter().map(|x| x.ce).sum::<f32>() / n,
+                aux: window.iter().map(|x| x.aux).sum::<f32>() / n,
+                lr,
+                grad_norm: l.grad_norm.unwrap_or(0.0),
+                tokens: state.tokens,
+                tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
+                elapsed_s: state.elapsed,
+            };
+            if step % cfg.log.every as u64 == 0 || step == total {
+                metrics::append(out, &m)?;
+            }
+            bar.set_position(step);
+            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s));
+            // without a terminal the bar is hidden: print a line every tenth of the run
+            if bar.is_hidden() && (step % (total / 10).max(1) == 0 || step == total) {
+                eprintln!("step {step}/{total}  loss {:.4}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s);
+            }
+            last = Some(m);
+            window.clear();
+            window_tokens = 0;
+            window_start = Instant::now();
+            if step % cfg.checkpoint.every as u64 == 0 && step < total {
+                save(out, state, session, def)?;
+            }
+            if crash_after == Some(step) {
+                // test hook: die like a killed process, without cleanup
+                std::process::abort();
+            }
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+    }
+    save(out, state, session, def)?;
+    bar.finish_and_clear();
+    if interrupted {
+        eprintln!("interrupted at step {} (micro-step {}); checkpoint saved in {}; continue with --resume", state.step, state.micro_step, out.display());
+    } else {
+        eprintln!(
+            "done: {} steps, {} tokens in {:.1}s ({:.0} tokens/s); final loss {:.4}; weights in {}",
+            state.step,
+            state.tokens,
+            state.elapsed,
+            state.tokens as f64 / state.elapsed.max(1e-9),
+            last.as_ref().map_or(f32::NAN, |m| m.loss),
+            out.join("model.safetensors").display()
+        );
+    }
+    Ok(Summary { state: state.clone(), interrupted, last })
+}
+
+fn save(out: &Path, state: &RunState, session: &TrainSession, def: &ModelDef) -> Result<()> {
+    checkpoint::save(out, state, &session.weights(), &session.optimizer_state())?;
+    metrics::plot(out, &format!("{} pretraining loss", def.name))
+}
+
+fn last_checkpoint_step(out: &Path) -> Result<String> {
+    let p = checkpoint::path(out);
+    if !p.exists() {
+        return Ok("none".into());
+    }
+    let meta = crate::model::weights::Tensors::load_metadata(&p)?;
+    let st: Option<RunState> = meta.get("lumind_run_state").and_then(|s| serde_json::from_str(s).ok());
+    Ok(st.map_or("unknown".into(), |s| s.step.to_string()))
+}
+
+fn progress_bar(total: u64, done: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(done);
+    bar
+}
