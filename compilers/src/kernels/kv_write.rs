@@ -31,12 +31,34 @@ impl Kernel for KvWrite {
         let len = new.view.shape[self.axis];
         assert!(pos + len <= cap, "KvWrite: positions {pos}..{} exceed the cache's {cap}", pos + len);
         let cache = &mut *outputs[0];
-        let mut at = vec![0usize; cache_view.rank];
-        for_each_index(new.view.dims(), |_, idx| {
-            at.copy_from_slice(idx);
-            at[self.axis] += pos;
-            let dst = cache_view.index(&at).expect("cache views are not padded");
-            cache[dst] = new.view.index(idx).map_or(0.0, |j| new.data[j]);
+        let last = new.view.rank - 1;
+        if new.view.padded || cache_view.padded || self.axis == last || cache_view.strides[last] != 1 {
+            let mut at = vec![0usize; cache_view.rank];
+            for_each_index(new.view.dims(), |_, idx| {
+                at.copy_from_slice(idx);
+                at[self.axis] += pos;
+                let dst = cache_view.index(&at).expect("cache views are not padded");
+                cache[dst] = new.view.index(idx).map_or(0.0, |j| new.data[j]);
+            });
+            return;
+        }
+        // copy whole rows of the last dim
+        let dims = new.view.dims();
+        let width = dims[last];
+        let ns = new.view.strides[last];
+        for_each_index(&dims[..last], |_, idx| {
+            let mut src = new.view.offset;
+            let mut dst = cache_view.offset + (pos as isize) * cache_view.strides[self.axis];
+            for (d, &i) in idx.iter().enumerate() {
+                src += i as isize * new.view.strides[d];
+                dst += i as isize * cache_view.strides[d];
+            }
+            let out = &mut cache[dst as usize..][..width];
+            if ns == 1 {
+                out.copy_from_slice(&new.data[src as usize..][..width]);
+            } else {
+                out.iter_mut().enumerate().for_each(|(j, o)| *o = new.data[(src + j as isize * ns) as usize]);
+            }
         });
     }
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {

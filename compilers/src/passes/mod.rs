@@ -6,6 +6,7 @@
 
 pub mod lower;
 pub mod matmul;
+pub mod rowfusion;
 
 use std::fmt;
 use std::str::FromStr;
@@ -86,6 +87,9 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
         p.push(Pass::new("RemoveUnusedNodes", RemoveUnusedNodes));
     }
     p.push(Pass::new("MatMul", matmul::MatMulPass));
+    if fusion == Fusion::Full {
+        p.push(Pass::new("RowFusion", rowfusion::RowFusion));
+    }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));
     p
 }

@@ -1,0 +1,260 @@
+//! One kernel for a fused group of elementwise ops and reductions over the
+//! last axis: RMSNorm, softmax (with its mask), SiLU * up, RoPE, residual
+//! chains, cross-entropy pieces.
+//!
+//! The group's tensors are rows: `[outer..., R]` ("row" values) or one value
+//! per row, `[outer...]` ("scalar" values, e.g. a row's sum). The kernel runs
+//! a small program per row: each instruction makes a row in scratch memory
+//! (which stays in cache) or a scalar, reading inputs through strided views.
+//! Only the group's outputs touch main memory.
+
+use luminal::prelude::symbolic::Expression;
+use rayon::prelude::*;
+
+use super::binary::BinaryOp;
+use super::reduce::{sum, ReduceOp};
+use super::unary::UnaryOp;
+use crate::kernel::{Arg, Cost, Kernel};
+use crate::view::{eval, DimValues, View};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowOp {
+    /// kernel input `i`
+    Input(usize),
+    Const(f32),
+    /// a dimension expression's value (e.g. a token count)
+    Dim(Expression),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    /// reduce a row instruction to a scalar
+    Reduce(ReduceOp, usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instr {
+    pub op: RowOp,
+    /// a row (length R) or one value per row
+    pub row: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowFused {
+    pub instrs: Vec<Instr>,
+    /// for each kernel input: read as rows (`[outer.., R]`) or scalars (`[outer..]`)
+    pub input_row: Vec<bool>,
+    /// instruction written to each output
+    pub outputs: Vec<usize>,
+    pub outer: Vec<Expression>,
+    pub row_len: Expression,
+    /// the primops this kernel replaces, for inspection
+    pub from: Vec<String>,
+}
+
+/// A pointer that may cross threads: each thread writes whole, disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32, usize);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl RowFused {
+    fn dims(&self, dims: &DimValues) -> (Vec<usize>, usize) {
+        let mut st = vec![];
+        (self.outer.iter().map(|e| eval(e, dims, &mut st)).collect(), eval(&self.row_len, dims, &mut st))
+    }
+}
+
+/// Where an input row starts, for one row index: offset and the valid range
+/// along the row (None when the whole row is padding).
+#[inline]
+fn leaf_row(v: &View, outer_idx: &[usize], row: bool) -> Option<(isize, usize, usize)> {
+    let mut off = v.offset;
+    for (d, &i) in outer_idx.iter().enumerate() {
+        if v.padded && (i < v.lo[d] || i >= v.hi[d]) {
+            return None;
+        }
+        off += i as isize * v.strides[d];
+    }
+    if row {
+        let last = outer_idx.len();
+        Some((off, v.lo[last], v.hi[last]))
+    } else {
+        Some((off, 0, 1))
+    }
+}
+
+struct Scratch {
+    rows: Vec<f32>,
+    scalars: Vec<f32>,
+}
+
+impl Kernel for RowFused {
+    fn name(&self) -> String {
+        "RowFused".into()
+    }
+    fn output_shapes(&self, _: &[View], dims: &DimValues) -> Vec<Vec<usize>> {
+        let (outer, r) = self.dims(dims);
+        self.outputs
+            .iter()
+            .map(|&k| {
+                let mut s = outer.clone();
+                if self.instrs[k].row {
+                    s.push(r);
+                }
+                s
+            })
+            .collect()
+    }
+    fn fused_from(&self) -> Vec<String> {
+        self.from.clone()
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
+        let (outer, r) = self.dims(dims);
+        let rows: usize = outer.iter().product();
+        let consts: Vec<f32> = self
+            .instrs
+            .iter()
+            .map(|i| match &i.op {
+                RowOp::Const(v) => *v,
+                RowOp::Dim(e) => eval(e, dims, &mut vec![]) as f32,
+                _ => 0.0,
+            })
+            .collect();
+        let outs: Vec<OutPtr> = outputs.iter_mut().map(|o| OutPtr(o.as_mut_ptr(), o.len())).collect();
+        let n = self.instrs.len();
+        let work = rows * r * n.max(1);
+        let chunk = if work < (1 << 16) { rows.max(1) } else { (rows / (4 * rayon::current_num_threads())).max(1) };
+        let run_rows = |start: usize, end: usize| {
+            let mut s = Scratch { rows: vec![0.0; n * r], scalars: consts.clone() };
+            let mut idx = vec![0usize; outer.len()];
+            for row in start..end {
+                let mut rest = row;
+                for d in (0..outer.len()).rev() {
+                    idx[d] = rest % outer[d];
+                    rest /= outer[d];
+                }
+                self.row(row, &idx, r, inputs, &outs, &mut s);
+            }
+        };
+        if chunk >= rows {
+            run_rows(0, rows);
+        } else {
+            (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| run_rows(c * chunk, ((c + 1) * chunk).min(rows)));
+        }
+    }
+    fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
+        let read: usize = inputs.iter().map(|v| v.numel()).sum();
+        let written: usize = outputs.iter().map(|o| o.iter().product::<usize>()).sum();
+        let per_row_len = outputs.iter().map(|o| o.iter().product::<usize>()).max().unwrap_or(0);
+        Cost { flops: (self.instrs.len() * per_row_len) as f64, bytes: 4.0 * (read + written) as f64 }
+    }
+}
+
+impl RowFused {
+    /// Run the program on one row.
+    fn row(&self, row: usize, idx: &[usize], r: usize, inputs: &[Arg], outs: &[OutPtr], s: &mut Scratch) {
+        for (k, ins) in self.instrs.iter().enumerate() {
+            if ins.row {
+                // split scratch so the destination row and earlier rows can be borrowed together
+                let (before, rest) = s.rows.split_at_mut(k * r);
+                let dst = &mut rest[..r];
+                let src = |j: usize| -> Operand { if self.instrs[j].row { Operand::Row(&before[j * r..(j + 1) * r]) } else { Operand::Scalar(s.scalars[j]) } };
+                match &ins.op {
+                    RowOp::Input(i) => load_row(&inputs[*i], idx, dst),
+                    RowOp::Const(_) | RowOp::Dim(_) => dst.fill(s.scalars[k]),
+                    RowOp::Unary(op, a) => match src(*a) {
+                        Operand::Row(x) => unary_row(*op, x, dst),
+                        Operand::Scalar(x) => dst.fill(op.apply(x)),
+                    },
+                    RowOp::Binary(op, a, b) => binary_row(*op, src(*a), src(*b), dst),
+                    RowOp::Reduce(..) => unreachable!("a reduction is a scalar"),
+                }
+            } else {
+                let v = match &ins.op {
+                    RowOp::Input(i) => {
+                        let a = &inputs[*i];
+                        leaf_row(&a.view, idx, false).map_or(0.0, |(off, _, _)| a.data[off as usize])
+                    }
+                    RowOp::Const(_) | RowOp::Dim(_) => s.scalars[k],
+                    RowOp::Unary(op, a) => op.apply(s.scalars[*a]),
+                    RowOp::Binary(op, a, b) => op.apply(s.scalars[*a], s.scalars[*b]),
+                    RowOp::Reduce(op, a) => {
+                        let x = &s.rows[a * r..(a + 1) * r];
+                        match op {
+                            ReduceOp::Sum => sum(x),
+                            ReduceOp::Max => x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+                        }
+                    }
+                };
+                s.scalars[k] = v;
+            }
+        }
+        for (o, &k) in self.outputs.iter().enumerate() {
+            let OutPtr(p, len) = outs[o];
+            // SAFETY: output `o` holds rows x (R or 1) values; this row's slot
+            // is written by this call only.
+            unsafe {
+                if self.instrs[k].row {
+                    debug_assert!((row + 1) * r <= len);
+                    std::ptr::copy_nonoverlapping(s.rows[k * r..].as_ptr(), p.add(row * r), r);
+                } else {
+                    debug_assert!(row < len);
+                    *p.add(row) = s.scalars[k];
+                }
+            }
+        }
+    }
+}
+
+enum Operand<'a> {
+    Row(&'a [f32]),
+    Scalar(f32),
+}
+
+fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {
+    let v = &a.view;
+    let last = v.rank - 1;
+    let stride = v.strides[last];
+    match leaf_row(v, idx, true) {
+        None => dst.fill(0.0),
+        Some((off, lo, hi)) => {
+            if lo > 0 || hi < dst.len() {
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+            }
+            let part = &mut dst[lo..hi];
+            let start = off + lo as isize * stride;
+            match stride {
+                1 => part.copy_from_slice(&a.data[start as usize..][..part.len()]),
+                0 => part.fill(a.data[start as usize]),
+                _ => part.iter_mut().enumerate().for_each(|(j, o)| *o = a.data[(start + j as isize * stride) as usize]),
+            }
+        }
+    }
+}
+
+fn unary_row(op: UnaryOp, x: &[f32], dst: &mut [f32]) {
+    match op {
+        UnaryOp::Exp2 => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = super::fastmath::exp2(v)),
+        UnaryOp::Recip => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = 1.0 / v),
+        UnaryOp::Sqrt => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = v.sqrt()),
+        _ => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v)),
+    }
+}
+
+fn binary_row(op: BinaryOp, a: Operand, b: Operand, dst: &mut [f32]) {
+    macro_rules! go {
+        ($f:expr) => {
+            match (a, b) {
+                (Operand::Row(x), Operand::Row(y)) => dst.iter_mut().zip(x).zip(y).for_each(|((o, &x), &y)| *o = $f(x, y)),
+                (Operand::Row(x), Operand::Scalar(y)) => dst.iter_mut().zip(x).for_each(|(o, &x)| *o = $f(x, y)),
+                (Operand::Scalar(x), Operand::Row(y)) => dst.iter_mut().zip(y).for_each(|(o, &y)| *o = $f(x, y)),
+                (Operand::Scalar(x), Operand::Scalar(y)) => dst.fill($f(x, y)),
+            }
+        };
+    }
+    match op {
+        BinaryOp::Add => go!(|x: f32, y: f32| x + y),
+        BinaryOp::Mul => go!(|x: f32, y: f32| x * y),
+        _ => go!(|x: f32, y: f32| op.apply(x, y)),
+    }
+}

@@ -1,0 +1,318 @@
+//! Row fusion: groups of elementwise primops and reductions over the last
+//! axis become one [`RowFused`] kernel each.
+//!
+//! A group has a row shape `[outer..., R]`. Its members are elementwise ops
+//! producing rows (or one value per row) and sum/max reductions over the
+//! last axis; inside the group values flow through plain edges, or from a
+//! per-row value broadcast back along the row. Inputs from outside the group
+//! may be read through any view (permute, broadcast, slice, pad). Nodes join
+//! the group of one of their producers in topological order, unless that
+//! would make the group depend on itself through an outside node.
+//!
+//! This covers RMSNorm (`sum(x*x)`, `rsqrt`, `x * inv * w`), softmax with its
+//! mask, SiLU * up, RoPE, residual additions and the cross-entropy pieces.
+
+use luminal::op;
+use luminal::prelude::symbolic::Expression;
+use luminal::prelude::{Compiler, Dependency, Graph, NodeIndex, ShapeTracker, ToIdsMut};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::kernel::KernelOp;
+use crate::kernels::binary::BinaryOp;
+use crate::kernels::reduce::ReduceOp;
+use crate::kernels::rowfused::{Instr, RowFused, RowOp};
+use crate::kernels::unary::UnaryOp;
+use crate::shape::{is_plain, logical_dims, shapes_eq, Dim};
+
+#[derive(Debug, Default)]
+pub struct RowFusion;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Binary(BinaryOp),
+    Unary(UnaryOp),
+    Reduce(ReduceOp, usize),
+    Contiguous,
+}
+
+fn kind_of(o: &dyn op::Operator) -> Option<Kind> {
+    let a = o.as_any();
+    Some(if a.is::<op::Add>() {
+        Kind::Binary(BinaryOp::Add)
+    } else if a.is::<op::Mul>() {
+        Kind::Binary(BinaryOp::Mul)
+    } else if a.is::<op::Mod>() {
+        Kind::Binary(BinaryOp::Mod)
+    } else if a.is::<op::LessThan>() {
+        Kind::Binary(BinaryOp::LessThan)
+    } else if a.is::<op::Exp2>() {
+        Kind::Unary(UnaryOp::Exp2)
+    } else if a.is::<op::Log2>() {
+        Kind::Unary(UnaryOp::Log2)
+    } else if a.is::<op::Sin>() {
+        Kind::Unary(UnaryOp::Sin)
+    } else if a.is::<op::Sqrt>() {
+        Kind::Unary(UnaryOp::Sqrt)
+    } else if a.is::<op::Recip>() {
+        Kind::Unary(UnaryOp::Recip)
+    } else if let Some(r) = a.downcast_ref::<op::SumReduce>() {
+        Kind::Reduce(ReduceOp::Sum, r.0)
+    } else if let Some(r) = a.downcast_ref::<op::MaxReduce>() {
+        Kind::Reduce(ReduceOp::Max, r.0)
+    } else if a.is::<op::Contiguous>() {
+        Kind::Contiguous
+    } else {
+        return None;
+    })
+}
+
+/// A scalar constant that can be copied into any group.
+fn constant_of(o: &dyn op::Operator) -> Option<RowOp> {
+    o.as_any().downcast_ref::<op::Constant>().map(|c| match &c.0 {
+        op::ConstantValue::Float(v) => RowOp::Const(*v),
+        op::ConstantValue::Expression(e) => RowOp::Dim(e.clone().into()),
+    })
+}
+
+struct Group {
+    outer: Vec<Dim>,
+    r: Dim,
+    members: Vec<NodeIndex>,
+    /// member -> produces rows (true) or one value per row
+    row: FxHashMap<NodeIndex, bool>,
+}
+
+/// The tracker minus a broadcast last dim, if it has one.
+fn without_broadcast_last(st: &ShapeTracker) -> Option<ShapeTracker> {
+    let n = st.len();
+    if n == 0 || !st.fake[st.indexes[n - 1]] {
+        return None;
+    }
+    let mut s = *st;
+    s.remove_dim(n - 1);
+    Some(s)
+}
+
+struct Node {
+    kind: Kind,
+    /// (source, tracker) per input, in order
+    inputs: Vec<(NodeIndex, ShapeTracker)>,
+    /// logical dims of the output
+    dims: Vec<Dim>,
+}
+
+impl Compiler for RowFusion {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
+        let pinned: FxHashSet<NodeIndex> = remap.to_ids_mut().into_iter().map(|x| *x).collect();
+        let order = petgraph::algo::toposort(&graph.graph, None).expect("graph has a cycle");
+        // describe candidate nodes
+        let mut nodes: FxHashMap<NodeIndex, Node> = FxHashMap::default();
+        for &n in &order {
+            let Some(kind) = kind_of(graph.graph.node_weight(n).unwrap().as_ref()) else { continue };
+            if pinned.contains(&n) || graph.no_delete.contains(&n) || graph.to_retrieve.contains(&n) {
+                continue;
+            }
+            let inputs: Vec<(NodeIndex, ShapeTracker)> = graph.get_sources(n).into_iter().map(|(s, _, st)| (s, st)).collect();
+            let in_dims = logical_dims(&inputs[0].1);
+            let dims = match kind {
+                Kind::Reduce(_, ax) => {
+                    if ax + 1 != in_dims.len() {
+                        continue; // only reductions over the last axis are row reductions
+                    }
+                    in_dims[..ax].to_vec()
+                }
+                // luminal's unary ops map the buffer and pass the view on: only
+                // a plain input gives a plain row
+                Kind::Unary(_) if !is_plain(&inputs[0].1) => continue,
+                _ => in_dims,
+            };
+            if dims.is_empty() && !matches!(kind, Kind::Reduce(..)) {
+                continue;
+            }
+            nodes.insert(n, Node { kind, inputs, dims });
+        }
+        // assign groups in topological order
+        let mut groups: Vec<Group> = vec![];
+        let mut group_of: FxHashMap<NodeIndex, usize> = FxHashMap::default();
+        let mut anc: FxHashMap<NodeIndex, FxHashSet<usize>> = FxHashMap::default();
+        for &n in &order {
+            let srcs: Vec<NodeIndex> = graph
+                .graph
+                .edges_directed(n, Direction::Incoming)
+                .filter(|e| e.weight().as_data().is_some())
+                .map(|e| e.source())
+                .collect();
+            if let Some(node) = nodes.get(&n) {
+                let mut joined = None;
+                for (p, st) in &node.inputs {
+                    let Some(&g) = group_of.get(p) else { continue };
+                    let Some(row) = fits(node, groups[g].row[p], st, &groups[g]) else { continue };
+                    // every edge from the group must fit the same way...
+                    let edges_fit = node.inputs.iter().all(|(q, qst)| {
+                        group_of.get(q) != Some(&g) || fits(node, groups[g].row[q], qst, &groups[g]) == Some(row)
+                    });
+                    // ...and joining must not make the group depend on itself
+                    // through an outside node
+                    let cycle = node.inputs.iter().any(|(q, _)| group_of.get(q) != Some(&g) && anc.get(q).is_some_and(|a| a.contains(&g)));
+                    if edges_fit && !cycle {
+                        joined = Some((g, row));
+                        break;
+                    }
+                }
+                let (g, row) = joined.unwrap_or_else(|| {
+                    let g = groups.len();
+                    let (outer, r, row) = match node.kind {
+                        Kind::Reduce(..) => {
+                            let in_dims = logical_dims(&node.inputs[0].1);
+                            (node.dims.clone(), in_dims[in_dims.len() - 1], false)
+                        }
+                        _ => (node.dims[..node.dims.len() - 1].to_vec(), node.dims[node.dims.len() - 1], true),
+                    };
+                    groups.push(Group { outer, r, members: vec![], row: FxHashMap::default() });
+                    (g, row)
+                });
+                groups[g].members.push(n);
+                groups[g].row.insert(n, row);
+                group_of.insert(n, g);
+            }
+            let mut a: FxHashSet<usize> = FxHashSet::default();
+            for p in &srcs {
+                if let Some(x) = anc.get(p) {
+                    a.extend(x.iter().copied());
+                }
+                if let Some(&g) = group_of.get(p) {
+                    a.insert(g);
+                }
+            }
+            anc.insert(n, a);
+        }
+        // emit a kernel for every group worth one
+        for g in groups.iter().filter(|g| g.members.len() >= 2) {
+            emit(graph, g, &nodes);
+        }
+        // constants no longer read by anyone
+        let dead: Vec<NodeIndex> = graph
+            .graph
+            .node_indices()
+            .filter(|&n| is_const(graph, n) && !graph.no_delete.contains(&n) && graph.graph.edges_directed(n, Direction::Outgoing).next().is_none())
+            .collect();
+        for n in dead {
+            graph.graph.remove_node(n);
+        }
+    }
+}
+
+/// Can `node` join group `g` through an edge (tracker `st`) from a member that
+/// produces rows (`p_row`)? Returns whether the node then produces rows.
+fn fits(node: &Node, p_row: bool, st: &ShapeTracker, g: &Group) -> Option<bool> {
+    let row_dims: Vec<Dim> = g.outer.iter().copied().chain(std::iter::once(g.r)).collect();
+    match node.kind {
+        Kind::Reduce(..) => (p_row && is_plain(st) && shapes_eq(&logical_dims(st), &row_dims)).then_some(false),
+        Kind::Contiguous => None,
+        _ if shapes_eq(&node.dims, &row_dims) => {
+            let ok = if p_row { is_plain(st) } else { without_broadcast_last(st).is_some_and(|s| is_plain(&s)) };
+            ok.then_some(true)
+        }
+        _ if shapes_eq(&node.dims, &g.outer) => (!p_row && is_plain(st)).then_some(false),
+        _ => None,
+    }
+}
+
+fn is_const(graph: &Graph, n: NodeIndex) -> bool {
+    constant_of(graph.graph.node_weight(n).unwrap().as_ref()).is_some()
+}
+
+fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
+    let members: FxHashSet<NodeIndex> = g.members.iter().copied().collect();
+    let mut instrs: Vec<Instr> = vec![];
+    let mut instr_of: FxHashMap<NodeIndex, usize> = FxHashMap::default();
+    // inputs: (source, output, tracker, row) -> kernel input index
+    let mut leaves: Vec<(NodeIndex, u8, ShapeTracker, bool)> = vec![];
+    let mut leaf_instr: FxHashMap<usize, usize> = FxHashMap::default();
+    let mut consts: FxHashMap<NodeIndex, usize> = FxHashMap::default();
+    let mut from = vec![];
+    for &m in &g.members {
+        let node = &nodes[&m];
+        let row = g.row[&m];
+        from.push(format!("{:?}", graph.graph.node_weight(m).unwrap()));
+        let srcs = graph.get_sources(m);
+        let mut operand = |i: usize, want_row: bool, instrs: &mut Vec<Instr>| -> usize {
+            let (src, out, st) = srcs[i];
+            if members.contains(&src) {
+                return instr_of[&src];
+            }
+            if is_const(graph, src) {
+                return *consts.entry(src).or_insert_with(|| {
+                    let op = constant_of(graph.graph.node_weight(src).unwrap().as_ref()).unwrap();
+                    instrs.push(Instr { op, row: false });
+                    instrs.len() - 1
+                });
+            }
+            let key = (src, out, st, want_row);
+            let li = match leaves.iter().position(|l| *l == key) {
+                Some(i) => i,
+                None => {
+                    leaves.push(key);
+                    leaves.len() - 1
+                }
+            };
+            *leaf_instr.entry(li).or_insert_with(|| {
+                instrs.push(Instr { op: RowOp::Input(li), row: want_row });
+                instrs.len() - 1
+            })
+        };
+        let op = match node.kind {
+            Kind::Binary(b) => {
+                let a = operand(0, row, &mut instrs);
+                let c = operand(1, row, &mut instrs);
+                RowOp::Binary(b, a, c)
+            }
+            Kind::Unary(u) => RowOp::Unary(u, operand(0, row, &mut instrs)),
+            Kind::Reduce(r, _) => RowOp::Reduce(r, operand(0, true, &mut instrs)),
+            Kind::Contiguous => {
+                // the copy is the read of its input through its view
+                let i = operand(0, row, &mut instrs);
+                instr_of.insert(m, i);
+                continue;
+            }
+        };
+        instrs.push(Instr { op, row });
+        instr_of.insert(m, instrs.len() - 1);
+    }
+    // outputs: members read from outside the group
+    let mut outs: Vec<(NodeIndex, Vec<(NodeIndex, u8, ShapeTracker)>)> = vec![];
+    for &m in &g.members {
+        let ext: Vec<(NodeIndex, u8, ShapeTracker)> = graph
+            .graph
+            .edges_directed(m, Direction::Outgoing)
+            .filter_map(|e| e.weight().as_data().map(|(i, _, st)| (e.target(), i, st)))
+            .filter(|(t, _, _)| !members.contains(t))
+            .collect();
+        if !ext.is_empty() {
+            outs.push((m, ext));
+        }
+    }
+    let kernel = RowFused {
+        instrs,
+        input_row: leaves.iter().map(|l| l.3).collect(),
+        outputs: outs.iter().map(|(m, _)| instr_of[m]).collect(),
+        outer: g.outer.iter().map(|d| Expression::from(*d)).collect(),
+        row_len: g.r,
+        from,
+    };
+    let mut new = graph.add_op(KernelOp::new(kernel));
+    for (src, out, st, _) in &leaves {
+        new = new.input(*src, *out, *st);
+    }
+    let id = new.finish();
+    for (k, (_, ext)) in outs.iter().enumerate() {
+        for (target, input_order, shape) in ext {
+            graph.graph.add_edge(id, *target, Dependency::Data { input_order: *input_order, output_order: k as u8, shape: *shape });
+        }
+    }
+    for m in &g.members {
+        graph.graph.remove_node(*m);
+    }
+}
