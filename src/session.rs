@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lumind_compilers::passes::Pass;
 use lumind_compilers::{compile, pipeline, DimValues, Executor, Fusion, GraphBuilder};
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
@@ -40,13 +41,18 @@ impl Logits {
 
 impl Session {
     pub fn new(def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion) -> Result<Session> {
+        Session::with_passes(def, weights, opts, fusion, &pipeline(fusion))
+    }
+
+    /// Compile with an explicit list of passes (experiments, inspection).
+    pub fn with_passes(def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion, passes: &[Pass]) -> Result<Session> {
         let t = Instant::now();
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);
         let out = forward(&b, def, &inputs, &opts);
         b.output("logits", &out.logits);
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
-        compile(&mut built, &pipeline(fusion), |_, _| {});
+        compile(&mut built, passes, |_, _| {});
         let mut exec = Executor::new(built);
         let compile_time = t.elapsed();
         for (name, (_, data)) in weights.into_map() {

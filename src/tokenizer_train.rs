@@ -72,6 +72,12 @@ pub fn train(input: &Path, vocab_size: usize, out: &Path) -> Result<()> {
         "chat_template": CHATML_TEMPLATE,
     });
     crate::io::write_atomic(&out.join("tokenizer_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-    eprintln!("trained a {}-token tokenizer on {} records of {}; wrote {}", tok.get_vocab_size(true), index.len(), input.display(), out.display());
+    eprintln!(
+        "trained a {}-token tokenizer on {} records of {}; wrote {}",
+        tok.get_vocab_size(true),
+        index.len(),
+        input.display(),
+        out.display()
+    );
     Ok(())
 }

@@ -38,13 +38,57 @@ fn init_logits_generate() {
     let t = Tensors::load(Path::new(l)).unwrap();
     assert_eq!(t.get("logits").unwrap().0, vec![3, 6400]);
     // greedy is deterministic, with and without the text
-    let a = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--tokens", "1,2,3", "--max-new-tokens", "5", "--json", "--ignore-eos"]);
+    let a = ok(&[
+        "generate",
+        "--model",
+        "models/tiny.toml",
+        "--weights",
+        w,
+        "--tokens",
+        "1,2,3",
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--ignore-eos",
+    ]);
     let j: serde_json::Value = serde_json::from_str(&a).unwrap();
     assert_eq!(j["tokens"].as_array().unwrap().len(), 5);
     assert!(j["text"].is_string());
-    let b = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--tokens", "1,2,3", "--max-new-tokens", "5", "--json", "--ignore-eos", "--fusion", "none"]);
+    let b = ok(&[
+        "generate",
+        "--model",
+        "models/tiny.toml",
+        "--weights",
+        w,
+        "--tokens",
+        "1,2,3",
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--ignore-eos",
+        "--fusion",
+        "none",
+    ]);
     assert_eq!(a, b);
-    let text = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--prompt", "Hello", "--max-new-tokens", "4", "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1"]);
+    let text = ok(&[
+        "generate",
+        "--model",
+        "models/tiny.toml",
+        "--weights",
+        w,
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "1",
+    ]);
     assert!(!text.trim().is_empty());
 }
 
@@ -79,13 +123,51 @@ fn bad_input_names_what_is_wrong() {
     assert!(e.contains("bad.toml") && e.contains("unknown field `num_layers`"), "{e}");
     let e = fails(&["logits", "--model", "models/tiny.toml", "--weights", "nope.safetensors", "--tokens", "1", "--out", "x"]);
     assert!(e.contains("nope.safetensors"), "{e}");
-    let e = fails(&["logits", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-qwen3.safetensors", "--tokens", "1", "--out", "x"]);
+    let e = fails(&[
+        "logits",
+        "--model",
+        "models/tiny-llama.toml",
+        "--weights",
+        "tests/fixtures/oracle/tiny-qwen3.safetensors",
+        "--tokens",
+        "1",
+        "--out",
+        "x",
+    ]);
     assert!(e.contains("tiny-qwen3.safetensors") && e.contains("tensor `"), "{e}");
-    let e = fails(&["logits", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-llama.safetensors", "--tokens", "1,x", "--out", "x"]);
+    let e = fails(&[
+        "logits",
+        "--model",
+        "models/tiny-llama.toml",
+        "--weights",
+        "tests/fixtures/oracle/tiny-llama.safetensors",
+        "--tokens",
+        "1,x",
+        "--out",
+        "x",
+    ]);
     assert!(e.contains("`x` in --tokens is not a token id"), "{e}");
-    let e = fails(&["generate", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-llama.safetensors", "--tokens", "1,999"]);
+    let e = fails(&[
+        "generate",
+        "--model",
+        "models/tiny-llama.toml",
+        "--weights",
+        "tests/fixtures/oracle/tiny-llama.safetensors",
+        "--tokens",
+        "1,999",
+    ]);
     assert!(e.contains("token id 999"), "{e}");
-    let e = fails(&["generate", "--model", "models/tiny-llama.toml", "--weights", "tests/fixtures/oracle/tiny-llama.safetensors", "--tokens", "1", "--top-p", "0"]);
+    let e = fails(&[
+        "generate",
+        "--model",
+        "models/tiny-llama.toml",
+        "--weights",
+        "tests/fixtures/oracle/tiny-llama.safetensors",
+        "--tokens",
+        "1",
+        "--top-p",
+        "0",
+    ]);
     assert!(e.contains("top_p"), "{e}");
     let e = fails(&["logits", "--model", "models/tiny.toml", "--weights", "w", "--tokens", "1", "--out", "x", "--fusion", "max"]);
     assert!(e.contains("unknown fusion strategy `max`"), "{e}");

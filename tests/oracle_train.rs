@@ -55,7 +55,9 @@ fn model(f: &serde_json::Value) -> (ModelDef, Weights) {
 #[test]
 fn gradients_match_pytorch() {
     for f in manifest()["fixtures"].as_array().unwrap() {
-        let Some(gb) = f.get("grad_batch") else { continue };
+        let Some(gb) = f.get("grad_batch") else {
+            continue;
+        };
         let (def, w) = model(f);
         let want = Tensors::load(&root().join(gb["file"].as_str().unwrap())).unwrap();
         let b = batch(&gb["ids"], &gb["labels"]);

@@ -65,7 +65,11 @@ fn loss_falls_and_resume_is_exact() {
     // checkpoint at 8... and at 16 never reached; then resumed
     let b = tempfile::tempdir().unwrap();
     let cfg = config(b.path(), "max_steps = 24", 8);
-    let st = lumind(&["train", "--config", cfg.to_str().unwrap()]).env("LUMIND_TEST_ABORT_AFTER_STEP", "13").stderr(Stdio::null()).status().unwrap();
+    let st = lumind(&["train", "--config", cfg.to_str().unwrap()])
+        .env("LUMIND_TEST_ABORT_AFTER_STEP", "13")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
     assert!(!st.success(), "the run should have died");
     assert_eq!(read(&b.path().join("run")).unwrap().len(), 13);
     let st = lumind(&["train", "--config", cfg.to_str().unwrap(), "--resume"]).status().unwrap();
@@ -138,7 +142,8 @@ fn bad_lines_are_reported_with_file_and_line() {
     std::fs::write(&cfg, text.replace("[optim]", "on_bad_line = \"fail\"\n[optim]").replace("[data]\n", "[data]\n")).unwrap();
     let fixed = std::fs::read_to_string(&cfg).unwrap();
     // move on_bad_line into [data]
-    let fixed = fixed.replace("on_bad_line = \"fail\"\n[optim]", "[optim]").replace("max_seq_len = 64", "max_seq_len = 64\non_bad_line = \"fail\"");
+    let fixed =
+        fixed.replace("on_bad_line = \"fail\"\n[optim]", "[optim]").replace("max_seq_len = 64", "max_seq_len = 64\non_bad_line = \"fail\"");
     std::fs::write(&cfg, fixed).unwrap();
     std::fs::remove_dir_all(d.path().join("run")).unwrap();
     let out = lumind(&["train", "--config", cfg.to_str().unwrap()]).output().unwrap();

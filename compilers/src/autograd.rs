@@ -169,7 +169,15 @@ impl Grad<'_> {
     }
 
     /// Gradients of `sum(a * b, axis)` for a matrix product, as matmuls.
-    fn product(&self, g: &Tensor, a: (NodeIndex, ShapeTracker), b: (NodeIndex, ShapeTracker), axis: usize, roles: &[Role], want: [bool; 2]) -> [Option<Tensor>; 2] {
+    fn product(
+        &self,
+        g: &Tensor,
+        a: (NodeIndex, ShapeTracker),
+        b: (NodeIndex, ShapeTracker),
+        axis: usize,
+        roles: &[Role],
+        want: [bool; 2],
+    ) -> [Option<Tensor>; 2] {
         let dims = shape::logical_dims(&a.1);
         let gi = |l: usize| if l < axis { l } else { l - 1 };
         let of = |r: Role| (0..roles.len()).filter(|&l| roles[l] == r).collect::<Vec<_>>();
@@ -246,10 +254,7 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
     let mut requires: FxHashSet<NodeIndex> = wrt.iter().map(|t| t.id).collect();
     for &n in &order {
         let node = &nodes[&n];
-        if !matches!(node.op, Op::Leaf | Op::NoGrad)
-            && !b.is_stop_grad(n)
-            && node.inputs.iter().any(|(s, _)| requires.contains(s))
-        {
+        if !matches!(node.op, Op::Leaf | Op::NoGrad) && !b.is_stop_grad(n) && node.inputs.iter().any(|(s, _)| requires.contains(s)) {
             requires.insert(n);
         }
     }
@@ -270,7 +275,9 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
         if !requires.contains(&n) || done_muls.contains(&n) {
             continue;
         }
-        let Some(g) = grads.get(&n).cloned() else { continue };
+        let Some(g) = grads.get(&n).cloned() else {
+            continue;
+        };
         let node = &nodes[&n];
         let needs = |i: usize| requires.contains(&node.inputs[i].0);
         let view = |i: usize| b.view(node.inputs[i].0, node.inputs[i].1);
@@ -364,9 +371,7 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
 /// Gradients by name: `d loss / d input` for each named graph input.
 pub fn backward_named(loss: &Tensor, names: &[String]) -> Result<Vec<(String, Option<Tensor>)>, String> {
     let b = loss.builder();
-    let wrt: Vec<Tensor> = names
-        .iter()
-        .map(|n| b.find_input(n).ok_or_else(|| format!("graph has no input `{n}`")))
-        .collect::<Result<_, _>>()?;
+    let wrt: Vec<Tensor> =
+        names.iter().map(|n| b.find_input(n).ok_or_else(|| format!("graph has no input `{n}`"))).collect::<Result<_, _>>()?;
     Ok(names.iter().cloned().zip(backward(loss, &wrt)?).collect())
 }

@@ -246,12 +246,7 @@ impl Executor {
     }
 
     pub fn enable_profile(&mut self) {
-        self.profile = Some(
-            self.steps
-                .iter()
-                .map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() })
-                .collect(),
-        );
+        self.profile = Some(self.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect());
     }
 
     fn take_buffer(&mut self, len: usize) -> Vec<f32> {
@@ -351,9 +346,10 @@ impl Executor {
                         let data = if step.inplace.iter().any(|x| x.1 == i) {
                             empty
                         } else {
-                            let d = self.store[e.slot].as_deref().or(self.temps[e.slot].as_deref()).unwrap_or_else(|| {
-                                panic!("{}: input {i} (slot {}) has no data", step.kernel.name(), e.slot)
-                            });
+                            let d = self.store[e.slot]
+                                .as_deref()
+                                .or(self.temps[e.slot].as_deref())
+                                .unwrap_or_else(|| panic!("{}: input {i} (slot {}) has no data", step.kernel.name(), e.slot));
                             v.check_bounds(d.len(), &step.kernel.name());
                             d
                         };

@@ -44,8 +44,7 @@ pub trait Kernel: Debug + Send + Sync + KernelEq + 'static {
     }
     /// Estimated work for one call, for profiles.
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
-        let bytes = inputs.iter().map(|v| v.numel()).sum::<usize>()
-            + outputs.iter().map(|o| o.iter().product::<usize>()).sum::<usize>();
+        let bytes = inputs.iter().map(|v| v.numel()).sum::<usize>() + outputs.iter().map(|o| o.iter().product::<usize>()).sum::<usize>();
         Cost { flops: 0.0, bytes: 4.0 * bytes as f64 }
     }
     /// Kernels fused from several primops say which (for inspection).
@@ -102,10 +101,8 @@ impl Operator for KernelOp {
         let dims = DimValues::default();
         let mut stack = vec![];
         let views: Vec<View> = inp.iter().map(|(_, st)| View::resolve(st, &dims, &mut stack)).collect();
-        let datas: Vec<Vec<f32>> = inp
-            .iter()
-            .map(|(t, _)| t.borrowed().data.as_any().downcast_ref::<Vec<f32>>().expect("f32 tensor").clone())
-            .collect();
+        let datas: Vec<Vec<f32>> =
+            inp.iter().map(|(t, _)| t.borrowed().data.as_any().downcast_ref::<Vec<f32>>().expect("f32 tensor").clone()).collect();
         let shapes = self.0.output_shapes(&views, &dims);
         let inplace = self.0.inplace();
         let mut outs: Vec<Vec<f32>> = shapes
@@ -120,10 +117,7 @@ impl Operator for KernelOp {
             .iter()
             .zip(&views)
             .enumerate()
-            .map(|(i, (d, v))| Arg {
-                data: if inplace.iter().any(|(_, x)| *x == i) { &[] } else { d },
-                view: *v,
-            })
+            .map(|(i, (d, v))| Arg { data: if inplace.iter().any(|(_, x)| *x == i) { &[] } else { d }, view: *v })
             .collect();
         let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
         self.0.run(&args, &mut refs, &dims);

@@ -73,8 +73,7 @@ pub fn dims_eq(a: &Dim, b: &Dim) -> bool {
     symbols(a, &mut vars);
     symbols(b, &mut vars);
     (0..4).all(|trial| {
-        let map: FxHashMap<char, usize> =
-            vars.iter().enumerate().map(|(i, &c)| (c, 3 + 7 * i + 13 * trial + trial * trial)).collect();
+        let map: FxHashMap<char, usize> = vars.iter().enumerate().map(|(i, &c)| (c, 3 + 7 * i + 13 * trial + trial * trial)).collect();
         a.exec(&map) == b.exec(&map)
     })
 }

@@ -129,10 +129,7 @@ impl GraphBuilder {
     pub fn input(&self, name: &str, dims: &[Dim], kind: InputKind) -> Tensor {
         let mut cx = self.cx.borrow_mut();
         let label = name.to_string();
-        let node = cx.graph.add_op(op::Function(
-            label,
-            Box::new(|_| panic!("graph inputs are set by lumind's executor")),
-        )).finish();
+        let node = cx.graph.add_op(op::Function(label, Box::new(|_| panic!("graph inputs are set by lumind's executor")))).finish();
         cx.inputs.push(InputDecl { name: name.into(), node, dims: dims.to_vec(), kind });
         drop(cx);
         self.wrap(node, ShapeTracker::new(dims))
@@ -516,11 +513,8 @@ impl Tensor {
         }
         let p = t.shape.indexes[axis];
         let (s0, s1) = t.shape.slices[p];
-        t.shape.slices[p] = if s0.to_usize() == Some(0) && shape::is_unbounded(&s1) {
-            (start, end)
-        } else {
-            (add(s0, start), add(s0, end))
-        };
+        t.shape.slices[p] =
+            if s0.to_usize() == Some(0) && shape::is_unbounded(&s1) { (start, end) } else { (add(s0, start), add(s0, end)) };
         t
     }
 
@@ -544,8 +538,7 @@ impl Tensor {
     /// Join along `axis` (pad both, then add).
     pub fn concat(&self, rhs: &Tensor, axis: usize) -> Tensor {
         let (a, b) = (self.dims(), rhs.dims());
-        let same_rest = a.len() == b.len()
-            && (0..a.len()).all(|i| i == axis || dims_eq(&a[i], &b[i]));
+        let same_rest = a.len() == b.len() && (0..a.len()).all(|i| i == axis || dims_eq(&a[i], &b[i]));
         if !same_rest || !self.check_axis("concat", axis) {
             self.fail(format!("concat on axis {axis}: shapes {} and {} do not fit", fmt_dims(&a), fmt_dims(&b)));
             return self.clone();

@@ -22,10 +22,7 @@ pub fn eval(e: &Expression, dims: &DimValues, stack: &mut Vec<i32>) -> usize {
     stack.clear();
     match e.exec_stack(dims, stack) {
         Some(v) => v,
-        None => panic!(
-            "dimension {e:?} uses a symbol with no value (set: {:?})",
-            dims.keys().collect::<Vec<_>>()
-        ),
+        None => panic!("dimension {e:?} uses a symbol with no value (set: {:?})", dims.keys().collect::<Vec<_>>()),
     }
 }
 

@@ -15,7 +15,11 @@ type Build = dyn Fn(&GraphBuilder, &[Tensor]) -> Tensor;
 /// Loss value for the given input values.
 fn eval(shapes: &[Vec<usize>], vals: &[Vec<f32>], f: &Build) -> f32 {
     let b = GraphBuilder::new();
-    let ts: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| b.input(&format!("x{i}"), &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Param)).collect();
+    let ts: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.input(&format!("x{i}"), &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Param))
+        .collect();
     let loss = f(&b, &ts);
     b.output("loss", &loss);
     let mut g = b.finish().unwrap();
@@ -31,7 +35,11 @@ fn check(name: &str, shapes: &[Vec<usize>], f: &Build) {
     let vals: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| data(s.iter().product(), i as u32 + 1)).collect();
     for fusion in Fusion::ALL {
         let b = GraphBuilder::new();
-        let ts: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| b.input(&format!("x{i}"), &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Param)).collect();
+        let ts: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| b.input(&format!("x{i}"), &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Param))
+            .collect();
         let loss = f(&b, &ts);
         let grads = backward(&loss, &ts).unwrap();
         for (i, g) in grads.iter().enumerate() {
@@ -57,7 +65,12 @@ fn check(name: &str, shapes: &[Vec<usize>], f: &Build) {
                 .collect();
             let scale = num.iter().fold(1e-3f32, |a, x| a.max(x.abs()));
             for j in 0..num.len() {
-                assert!((got[j] - num[j]).abs() <= 2e-2 * scale, "{name} ({fusion}): d/dx{i}[{j}] = {} but finite difference {}", got[j], num[j]);
+                assert!(
+                    (got[j] - num[j]).abs() <= 2e-2 * scale,
+                    "{name} ({fusion}): d/dx{i}[{j}] = {} but finite difference {}",
+                    got[j],
+                    num[j]
+                );
             }
         }
     }

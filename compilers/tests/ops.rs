@@ -8,12 +8,15 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// Build with `f`, run under `fusion`, return output "y".
-fn run(fusion: Fusion, inputs: &[(&str, Vec<usize>, Vec<f32>)], dims: &[(char, usize)], f: impl Fn(&GraphBuilder, &[Tensor]) -> Tensor) -> (Vec<usize>, Vec<f32>) {
+fn run(
+    fusion: Fusion,
+    inputs: &[(&str, Vec<usize>, Vec<f32>)],
+    dims: &[(char, usize)],
+    f: impl Fn(&GraphBuilder, &[Tensor]) -> Tensor,
+) -> (Vec<usize>, Vec<f32>) {
     let b = GraphBuilder::new();
-    let ts: Vec<Tensor> = inputs
-        .iter()
-        .map(|(n, s, _)| b.input(n, &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Data))
-        .collect();
+    let ts: Vec<Tensor> =
+        inputs.iter().map(|(n, s, _)| b.input(n, &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Data)).collect();
     let y = f(&b, &ts);
     b.output("y", &y);
     let mut built = b.finish().unwrap();
@@ -74,9 +77,8 @@ fn softmax_permute_slice_pad() {
         want.push(0.0);
     }
     for f in Fusion::ALL {
-        let (s, y) = run(f, &[("x", vec![r, c], x.clone())], &[], |_, t| {
-            t[0].transpose(0, 1).softmax(1).slice(1, d(1), d(3)).pad(1, d(1), d(1))
-        });
+        let (s, y) =
+            run(f, &[("x", vec![r, c], x.clone())], &[], |_, t| t[0].transpose(0, 1).softmax(1).slice(1, d(1), d(3)).pad(1, d(1), d(1)));
         assert_eq!(s, vec![c, 4]);
         close(&y, &want, 1e-5);
     }

@@ -96,7 +96,8 @@ impl JsonlReader<'_> {
         self.buf.resize(len as usize, 0);
         self.file.seek(SeekFrom::Start(off))?;
         self.file.read_exact(&mut self.buf)?;
-        let v = serde_json::from_slice(&self.buf).with_context(|| format!("{}:{line} changed while training", self.index.path.display()))?;
+        let v =
+            serde_json::from_slice(&self.buf).with_context(|| format!("{}:{line} changed while training", self.index.path.display()))?;
         Ok((v, line))
     }
 }

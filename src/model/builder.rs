@@ -195,11 +195,7 @@ impl Forward<'_> {
         let (k, v) = if self.opts.kv_cache {
             let total = add(self.past, s);
             let cache = |name: &str, new: &Tensor| {
-                let c = self.b.input(
-                    &format!("kv.{l}.{name}"),
-                    &[bsz, d(nkv), d(self.opts.max_positions), d(hd)],
-                    InputKind::State,
-                );
+                let c = self.b.input(&format!("kv.{l}.{name}"), &[bsz, d(nkv), d(self.opts.max_positions), d(hd)], InputKind::State);
                 let written = self.b.kernel(KvWrite { axis: 2, pos: self.past }, &[&c, new], &c.dims());
                 written.slice(2, d(0), total)
             };

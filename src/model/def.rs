@@ -140,10 +140,18 @@ pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (inverse frequencies too): runs a model
     /// past its training length.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// YaRN as in transformers: frequencies blended between interpolation and
     /// extrapolation by a ramp; cos/sin scaled by `attention_factor`.
-    Yarn { factor: f64, original_max_position_embeddings: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64 },
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -257,10 +265,7 @@ impl RawModelDef {
             }
             None => {
                 if self.hidden_size % heads != 0 {
-                    bail!(
-                        "`hidden_size` ({}) is not divisible by `num_attention_heads` ({heads}); set `head_dim`",
-                        self.hidden_size
-                    );
+                    bail!("`hidden_size` ({}) is not divisible by `num_attention_heads` ({heads}); set `head_dim`", self.hidden_size);
                 }
                 self.hidden_size / heads
             }
@@ -269,7 +274,9 @@ impl RawModelDef {
             bail!("`head_dim` ({head_dim}) must be even for rotary embeddings");
         }
         let intermediate_size = match (self.intermediate_size, self.intermediate_rule) {
-            (Some(_), Some(_)) => bail!("give either `intermediate_size` or `intermediate_rule`, not both"),
+            (Some(_), Some(_)) => {
+                bail!("give either `intermediate_size` or `intermediate_rule`, not both")
+            }
             (Some(0), None) => bail!("`intermediate_size` must be at least 1"),
             (Some(n), None) => n,
             (None, rule) => rule.unwrap_or(FfnRule::Minimind2).width(self.hidden_size),
@@ -304,18 +311,22 @@ impl RawModelDef {
                         RopeScaling::Linear { factor: r.factor }
                     }
                     "yarn" => {
-                        let orig = r.original_max_position_embeddings.context(
-                            "`rope_scaling.original_max_position_embeddings` is required for `type = \"yarn\"`",
-                        )?;
+                        let orig = r
+                            .original_max_position_embeddings
+                            .context("`rope_scaling.original_max_position_embeddings` is required for `type = \"yarn\"`")?;
                         let (beta_fast, beta_slow) = (r.beta_fast.unwrap_or(32.0), r.beta_slow.unwrap_or(1.0));
                         if orig == 0 || !(beta_fast > beta_slow) {
                             bail!("`rope_scaling` needs original_max_position_embeddings > 0 and beta_fast > beta_slow");
                         }
                         // transformers' default: 0.1 ln(factor) + 1
-                        let attention_factor = r
-                            .attention_factor
-                            .unwrap_or(if r.factor <= 1.0 { 1.0 } else { 0.1 * r.factor.ln() + 1.0 });
-                        RopeScaling::Yarn { factor: r.factor, original_max_position_embeddings: orig, beta_fast, beta_slow, attention_factor }
+                        let attention_factor = r.attention_factor.unwrap_or(if r.factor <= 1.0 { 1.0 } else { 0.1 * r.factor.ln() + 1.0 });
+                        RopeScaling::Yarn {
+                            factor: r.factor,
+                            original_max_position_embeddings: orig,
+                            beta_fast,
+                            beta_slow,
+                            attention_factor,
+                        }
                     }
                     other => bail!("`rope_scaling.type` is `{other}`; expected `linear` or `yarn`"),
                 }

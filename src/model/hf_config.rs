@@ -43,8 +43,7 @@ pub fn hf_config(def: &ModelDef) -> Value {
         "torch_dtype": "float32",
     });
     if let Some(m) = &def.moe {
-        let moe_layers: Vec<usize> =
-            def.layers.iter().enumerate().filter(|(_, l)| matches!(l, LayerFfn::Moe(_))).map(|(i, _)| i).collect();
+        let moe_layers: Vec<usize> = def.layers.iter().enumerate().filter(|(_, l)| matches!(l, LayerFfn::Moe(_))).map(|(i, _)| i).collect();
         let o = c.as_object_mut().unwrap();
         o.insert("use_moe".into(), json!(true));
         o.insert("n_routed_experts".into(), json!(m.n_routed_experts));

@@ -74,7 +74,9 @@ pub fn param_specs(def: &ModelDef) -> Vec<ParamSpec> {
     let mut out = vec![p("model.embed_tokens.weight".into(), vec![v, h], Component::Embedding, emb_init)];
     for (l, ffn) in def.layers.iter().enumerate() {
         let pre = format!("model.layers.{l}");
-        let lin = |n: &str, o: usize, i: usize| p(format!("{pre}.self_attn.{n}.weight"), vec![o, i], Component::Attention, ParamInit::Linear { fan_in: i });
+        let lin = |n: &str, o: usize, i: usize| {
+            p(format!("{pre}.self_attn.{n}.weight"), vec![o, i], Component::Attention, ParamInit::Linear { fan_in: i })
+        };
         out.push(p(format!("{pre}.input_layernorm.weight"), vec![h], Component::Norm, ParamInit::Ones));
         out.push(lin("q_proj", def.q_dim(), h));
         out.push(lin("k_proj", def.kv_dim(), h));
@@ -120,10 +122,7 @@ pub struct ParamCount {
 pub fn count_params(def: &ModelDef) -> ParamCount {
     let specs = param_specs(def);
     let total = specs.iter().map(ParamSpec::numel).sum();
-    let by_component = Component::ALL
-        .iter()
-        .map(|&c| (c, specs.iter().filter(|s| s.component == c).map(ParamSpec::numel).sum()))
-        .collect();
+    let by_component = Component::ALL.iter().map(|&c| (c, specs.iter().filter(|s| s.component == c).map(ParamSpec::numel).sum())).collect();
     let inactive: usize = def
         .layers
         .iter()

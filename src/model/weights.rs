@@ -58,11 +58,8 @@ impl Tensors {
     }
 
     pub fn to_bytes(&self, mut meta: HashMap<String, String>) -> Result<Vec<u8>> {
-        let raw: Vec<(&String, Vec<u8>, &Vec<usize>)> = self
-            .0
-            .iter()
-            .map(|(n, (s, d))| (n, d.iter().flat_map(|v| v.to_le_bytes()).collect(), s))
-            .collect();
+        let raw: Vec<(&String, Vec<u8>, &Vec<usize>)> =
+            self.0.iter().map(|(n, (s, d))| (n, d.iter().flat_map(|v| v.to_le_bytes()).collect(), s)).collect();
         let views: Vec<(&str, TensorView)> = raw
             .iter()
             .map(|(n, b, s)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.to_vec(), b)?)))
@@ -103,10 +100,7 @@ impl Weights {
             if let Some((_, head)) = t.0.remove("lm_head.weight") {
                 match t.get("model.embed_tokens.weight") {
                     Some((_, emb)) if *emb == head => {}
-                    _ => bail!(
-                        "tensor `lm_head.weight` differs from `model.embed_tokens.weight`, but model `{}` ties them",
-                        def.name
-                    ),
+                    _ => bail!("tensor `lm_head.weight` differs from `model.embed_tokens.weight`, but model `{}` ties them", def.name),
                 }
             }
         }

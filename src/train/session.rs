@@ -111,8 +111,7 @@ impl TrainSession {
         let (tokens, targets, dims) = self.inputs(b)?;
         let hyper = hyper_values(lr, step, apply);
         let scale = [loss_scale];
-        let mut out =
-            self.exec.run(&[("tokens", &tokens), ("targets", &targets), ("optim", &hyper), ("loss_scale", &scale)], &dims)?;
+        let mut out = self.exec.run(&[("tokens", &tokens), ("targets", &targets), ("optim", &hyper), ("loss_scale", &scale)], &dims)?;
         Ok(read_loss(&mut out, Some(apply)))
     }
 

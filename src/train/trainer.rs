@@ -76,7 +76,13 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
             );
         }
         metrics::truncate_after(out, c.state.micro_step)?;
-        eprintln!("resuming {} at step {} (epoch {}, record {})", out.display(), c.state.step, c.state.position.epoch, c.state.position.index);
+        eprintln!(
+            "resuming {} at step {} (epoch {}, record {})",
+            out.display(),
+            c.state.step,
+            c.state.position.epoch,
+            c.state.position.index
+        );
         (c.weights, Some(c.optimizer), c.state)
     } else {
         if ckpt_path.exists() {
@@ -116,7 +122,14 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
     Ok(summary)
 }
 
-fn run_loop(cfg: &TrainConfig, def: &ModelDef, tok: &Tokenizer, data: &PretrainData, session: &mut TrainSession, state: &mut RunState) -> Result<Summary> {
+fn run_loop(
+    cfg: &TrainConfig,
+    def: &ModelDef,
+    tok: &Tokenizer,
+    data: &PretrainData,
+    session: &mut TrainSession,
+    state: &mut RunState,
+) -> Result<Summary> {
     let out = cfg.out.as_path();
     let o = &cfg.optim;
     let accum = o.accumulation_steps as u64;
@@ -208,7 +221,12 @@ fn run_loop(cfg: &TrainConfig, def: &ModelDef, tok: &Tokenizer, data: &PretrainD
     save(out, state, session, def)?;
     bar.finish_and_clear();
     if interrupted {
-        eprintln!("interrupted at step {} (micro-step {}); checkpoint saved in {}; continue with --resume", state.step, state.micro_step, out.display());
+        eprintln!(
+            "interrupted at step {} (micro-step {}); checkpoint saved in {}; continue with --resume",
+            state.step,
+            state.micro_step,
+            out.display()
+        );
     } else {
         eprintln!(
             "done: {} steps, {} tokens in {:.1}s ({:.0} tokens/s); final loss {:.4}; weights in {}",

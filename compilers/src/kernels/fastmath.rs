@@ -11,9 +11,8 @@ pub fn exp2(x: f32) -> f32 {
     let n = t - MAGIC;
     let f = xc - n;
     // Taylor coefficients of 2^f = e^(f ln 2)
-    let p = 1.0
-        + f * (0.693_147_2
-            + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_356 + f * 0.000_154_035_3)))));
+    let p =
+        1.0 + f * (0.693_147_2 + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_356 + f * 0.000_154_035_3)))));
     let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let scale = f32::from_bits(((ni + 127).max(0) as u32) << 23);
     let r = p * scale;

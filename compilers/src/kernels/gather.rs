@@ -26,10 +26,7 @@ impl Kernel for Gather {
         for_each_index(ids.view.dims(), |i, idx| {
             let id = ids.view.index(idx).map_or(0.0, |j| ids.data[j]);
             let row = id as usize;
-            assert!(
-                id >= 0.0 && row < vocab && id == row as f32,
-                "Gather: id {id} is not a row of a table with {vocab} rows"
-            );
+            assert!(id >= 0.0 && row < vocab && id == row as f32, "Gather: id {id} is not a row of a table with {vocab} rows");
             let dst = &mut out[i * d..][..d];
             let base = table.view.offset + row as isize * rs;
             if cs == 1 {

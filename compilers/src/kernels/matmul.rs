@@ -107,7 +107,13 @@ impl Kernel for MatMul {
                 }
             })
             .collect();
-        let data = |i: usize| if inputs[i].view.padded { dense[i].0.as_slice() } else { inputs[i].data };
+        let data = |i: usize| {
+            if inputs[i].view.padded {
+                dense[i].0.as_slice()
+            } else {
+                inputs[i].data
+            }
+        };
         let (a, b) = ((data(0), dense[0].1), (data(1), dense[1].1));
         let out = &mut *outputs[0];
         let p = self.plan(&a.1, &b.1);

@@ -1,6 +1,7 @@
 //! CPU kernels. Each is a small struct implementing [`crate::kernel::Kernel`].
 
 pub mod adamw;
+pub mod attention;
 pub mod binary;
 pub mod constant;
 pub mod copy;

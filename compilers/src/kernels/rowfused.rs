@@ -82,7 +82,8 @@ fn leaf_row(v: &View, outer_idx: &[usize], row: bool) -> Option<(isize, usize, u
     }
 }
 
-struct Scratch {
+/// Per-thread working memory of a row program.
+pub struct Scratch {
     rows: Vec<f32>,
     scalars: Vec<f32>,
 }
@@ -110,21 +111,12 @@ impl Kernel for RowFused {
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
         let (outer, r) = self.dims(dims);
         let rows: usize = outer.iter().product();
-        let consts: Vec<f32> = self
-            .instrs
-            .iter()
-            .map(|i| match &i.op {
-                RowOp::Const(v) => *v,
-                RowOp::Dim(e) => eval(e, dims, &mut vec![]) as f32,
-                _ => 0.0,
-            })
-            .collect();
         let outs: Vec<OutPtr> = outputs.iter_mut().map(|o| OutPtr(o.as_mut_ptr(), o.len())).collect();
         let n = self.instrs.len();
         let work = rows * r * n.max(1);
         let chunk = if work < (1 << 16) { rows.max(1) } else { (rows / (4 * rayon::current_num_threads())).max(1) };
         let run_rows = |start: usize, end: usize| {
-            let mut s = Scratch { rows: vec![0.0; n * r], scalars: consts.clone() };
+            let mut s = self.scratch(r, dims);
             let mut idx = vec![0usize; outer.len()];
             for row in start..end {
                 let mut rest = row;
@@ -132,7 +124,8 @@ impl Kernel for RowFused {
                     idx[d] = rest % outer[d];
                     rest /= outer[d];
                 }
-                self.row(row, &idx, r, inputs, &outs, &mut s);
+                self.eval_row(&idx, r, inputs, None, &mut s);
+                self.write_row(row, r, &outs, &s);
             }
         };
         if chunk >= rows {
@@ -150,16 +143,46 @@ impl Kernel for RowFused {
 }
 
 impl RowFused {
-    /// Run the program on one row.
-    fn row(&self, row: usize, idx: &[usize], r: usize, inputs: &[Arg], outs: &[OutPtr], s: &mut Scratch) {
+    /// Working memory for rows of length `r`, constants filled in.
+    pub fn scratch(&self, r: usize, dims: &DimValues) -> Scratch {
+        let scalars = self
+            .instrs
+            .iter()
+            .map(|i| match &i.op {
+                RowOp::Const(v) => *v,
+                RowOp::Dim(e) => eval(e, dims, &mut vec![]) as f32,
+                _ => 0.0,
+            })
+            .collect();
+        Scratch { rows: vec![0.0; self.instrs.len() * r], scalars }
+    }
+
+    /// The row of output `o` after `eval_row`.
+    pub fn output_row<'a>(&self, o: usize, r: usize, s: &'a Scratch) -> &'a [f32] {
+        let k = self.outputs[o];
+        &s.rows[k * r..(k + 1) * r]
+    }
+
+    /// Run the program on the row at outer index `idx`. `given` supplies the
+    /// row of one input directly (fused attention computes its scores row).
+    pub fn eval_row(&self, idx: &[usize], r: usize, inputs: &[Arg], given: Option<(usize, &[f32])>, s: &mut Scratch) {
         for (k, ins) in self.instrs.iter().enumerate() {
             if ins.row {
                 // split scratch so the destination row and earlier rows can be borrowed together
                 let (before, rest) = s.rows.split_at_mut(k * r);
                 let dst = &mut rest[..r];
-                let src = |j: usize| -> Operand { if self.instrs[j].row { Operand::Row(&before[j * r..(j + 1) * r]) } else { Operand::Scalar(s.scalars[j]) } };
+                let src = |j: usize| -> Operand {
+                    if self.instrs[j].row {
+                        Operand::Row(&before[j * r..(j + 1) * r])
+                    } else {
+                        Operand::Scalar(s.scalars[j])
+                    }
+                };
                 match &ins.op {
-                    RowOp::Input(i) => load_row(&inputs[*i], idx, dst),
+                    RowOp::Input(i) => match given {
+                        Some((g, row)) if g == *i => dst.copy_from_slice(row),
+                        _ => load_row(&inputs[*i], idx, dst),
+                    },
                     RowOp::Const(_) | RowOp::Dim(_) => dst.fill(s.scalars[k]),
                     RowOp::Unary(op, a) => match src(*a) {
                         Operand::Row(x) => unary_row(*op, x, dst),
@@ -188,6 +211,10 @@ impl RowFused {
                 s.scalars[k] = v;
             }
         }
+    }
+
+    /// Write this row's outputs.
+    fn write_row(&self, row: usize, r: usize, outs: &[OutPtr], s: &Scratch) {
         for (o, &k) in self.outputs.iter().enumerate() {
             let OutPtr(p, len) = outs[o];
             // SAFETY: output `o` holds rows x (R or 1) values; this row's slot

@@ -48,9 +48,7 @@ impl Kernel for Unary {
             out.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v));
         } else {
             use rayon::prelude::*;
-            out.par_chunks_mut(8192)
-                .zip(x.par_chunks(8192))
-                .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v)));
+            out.par_chunks_mut(8192).zip(x.par_chunks(8192)).for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v)));
         }
     }
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {

@@ -33,8 +33,7 @@ impl<const N: usize> Walk<N> {
                 continue;
             }
             let r = w.rank;
-            let mergeable = r > 0
-                && (0..N).all(|v| w.strides[v][r - 1] == views[v].strides[d] * size as isize);
+            let mergeable = r > 0 && (0..N).all(|v| w.strides[v][r - 1] == views[v].strides[d] * size as isize);
             if mergeable {
                 w.shape[r - 1] *= size;
                 for v in 0..N {

@@ -17,9 +17,7 @@ pub struct MatMulPass;
 /// is what makes `sum(a * b)` a matrix product rather than a dot per row.
 fn is_product(a: &ShapeTracker, b: &ShapeTracker, axis: usize) -> bool {
     let fake = |st: &ShapeTracker, l: usize| st.fake[st.indexes[l]];
-    !fake(a, axis)
-        && !fake(b, axis)
-        && (0..a.len()).any(|l| l != axis && fake(a, l) != fake(b, l))
+    !fake(a, axis) && !fake(b, axis) && (0..a.len()).any(|l| l != axis && fake(a, l) != fake(b, l))
 }
 
 impl Compiler for MatMulPass {

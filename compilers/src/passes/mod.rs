@@ -4,6 +4,7 @@
 //! a list of named passes; [`compile`] runs them in order and can show the
 //! graph after each one (that is what `lumind inspect` prints).
 
+pub mod attention;
 pub mod lower;
 pub mod matmul;
 pub mod rowfusion;
@@ -89,6 +90,7 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
     p.push(Pass::new("MatMul", matmul::MatMulPass));
     if fusion == Fusion::Full {
         p.push(Pass::new("RowFusion", rowfusion::RowFusion));
+        p.push(Pass::new("AttentionFusion", attention::AttentionFusion));
     }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));
     p

@@ -110,7 +110,9 @@ impl Compiler for RowFusion {
         // describe candidate nodes
         let mut nodes: FxHashMap<NodeIndex, Node> = FxHashMap::default();
         for &n in &order {
-            let Some(kind) = kind_of(graph.graph.node_weight(n).unwrap().as_ref()) else { continue };
+            let Some(kind) = kind_of(graph.graph.node_weight(n).unwrap().as_ref()) else {
+                continue;
+            };
             if pinned.contains(&n) || graph.no_delete.contains(&n) || graph.to_retrieve.contains(&n) {
                 continue;
             }
@@ -138,21 +140,20 @@ impl Compiler for RowFusion {
         let mut group_of: FxHashMap<NodeIndex, usize> = FxHashMap::default();
         let mut anc: FxHashMap<NodeIndex, FxHashSet<usize>> = FxHashMap::default();
         for &n in &order {
-            let srcs: Vec<NodeIndex> = graph
-                .graph
-                .edges_directed(n, Direction::Incoming)
-                .filter(|e| e.weight().as_data().is_some())
-                .map(|e| e.source())
-                .collect();
+            let srcs: Vec<NodeIndex> =
+                graph.graph.edges_directed(n, Direction::Incoming).filter(|e| e.weight().as_data().is_some()).map(|e| e.source()).collect();
             if let Some(node) = nodes.get(&n) {
                 let mut joined = None;
                 for (p, st) in &node.inputs {
                     let Some(&g) = group_of.get(p) else { continue };
-                    let Some(row) = fits(node, groups[g].row[p], st, &groups[g]) else { continue };
+                    let Some(row) = fits(node, groups[g].row[p], st, &groups[g]) else {
+                        continue;
+                    };
                     // every edge from the group must fit the same way...
-                    let edges_fit = node.inputs.iter().all(|(q, qst)| {
-                        group_of.get(q) != Some(&g) || fits(node, groups[g].row[q], qst, &groups[g]) == Some(row)
-                    });
+                    let edges_fit = node
+                        .inputs
+                        .iter()
+                        .all(|(q, qst)| group_of.get(q) != Some(&g) || fits(node, groups[g].row[q], qst, &groups[g]) == Some(row));
                     // ...and joining must not make the group depend on itself
                     // through an outside node
                     let cycle = node.inputs.iter().any(|(q, _)| group_of.get(q) != Some(&g) && anc.get(q).is_some_and(|a| a.contains(&g)));
@@ -196,7 +197,9 @@ impl Compiler for RowFusion {
         let dead: Vec<NodeIndex> = graph
             .graph
             .node_indices()
-            .filter(|&n| is_const(graph, n) && !graph.no_delete.contains(&n) && graph.graph.edges_directed(n, Direction::Outgoing).next().is_none())
+            .filter(|&n| {
+                is_const(graph, n) && !graph.no_delete.contains(&n) && graph.graph.edges_directed(n, Direction::Outgoing).next().is_none()
+            })
             .collect();
         for n in dead {
             graph.graph.remove_node(n);
