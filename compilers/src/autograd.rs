@@ -24,7 +24,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::kernel::kernel_of;
 use crate::kernels::{gather::Gather, gather::ScatterAdd, iota::Iota, topk::TopKMask};
-use crate::shape::{self, is_unbounded, product, sub, Dim};
+use crate::shape::{self, is_unbounded, product, sub, without_broadcast, Dim};
 use crate::tensor::{GraphBuilder, Tensor};
 
 /// What a node computes, as far as differentiation cares.
@@ -123,17 +123,6 @@ enum Role {
     Both,
 }
 
-/// The tracker without its broadcast dims: the operand as it is stored.
-fn without_fakes(st: &ShapeTracker) -> ShapeTracker {
-    let mut s = *st;
-    for l in (0..s.len()).rev() {
-        if is_fake(&s, l) {
-            s.remove_dim(l);
-        }
-    }
-    s
-}
-
 struct Grad<'a> {
     b: &'a GraphBuilder,
 }
@@ -186,7 +175,7 @@ impl Grad<'_> {
         let (bt, mt, nt, k) = (size(&batch), size(&m), size(&n), dims[axis]);
         // an operand viewed without broadcast dims, permuted to [batch, rows, K]
         let operand = |x: &(NodeIndex, ShapeTracker), rows: &[usize]| {
-            let real = without_fakes(&x.1);
+            let real = without_broadcast(&x.1);
             // real dims keep D's order; find each D axis's position among them
             let pos = |l: usize| (0..l).filter(|&j| !is_fake(&x.1, j)).count();
             let order: Vec<usize> = batch.iter().chain(rows).chain(std::iter::once(&axis)).map(|&l| pos(l)).collect();
@@ -204,7 +193,7 @@ impl Grad<'_> {
             let mut perm: Vec<usize> = (0..d_order.len()).collect();
             perm.sort_by_key(|&i| d_order[i]);
             let r = r.permute(&perm);
-            self.undo_view(r, &without_fakes(&x.1), x.0)
+            self.undo_view(r, &without_broadcast(&x.1), x.0)
         };
         let gperm = |first: &[usize], second: &[usize], rows: Dim, cols: Dim| {
             let order: Vec<usize> = batch.iter().chain(first).chain(second).map(|&l| gi(l)).collect();

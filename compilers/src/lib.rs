@@ -5,6 +5,7 @@
 
 pub mod autograd;
 pub mod executor;
+pub mod inspect;
 pub mod kernel;
 pub mod kernels;
 pub mod losses;

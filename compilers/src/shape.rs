@@ -118,6 +118,17 @@ pub fn logical_dims(st: &ShapeTracker) -> Vec<Dim> {
         .collect()
 }
 
+/// The tracker without its broadcast (fake) dims: the buffer as it is stored.
+pub fn without_broadcast(st: &ShapeTracker) -> ShapeTracker {
+    let mut s = *st;
+    for l in (0..s.len()).rev() {
+        if s.fake[s.indexes[l]] {
+            s.remove_dim(l);
+        }
+    }
+    s
+}
+
 /// No permute, broadcast, slice or pad: the tracker reads its buffer as is.
 pub fn is_plain(st: &ShapeTracker) -> bool {
     st.is_contiguous() && !st.is_sliced() && !st.is_padded()

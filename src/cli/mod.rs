@@ -5,6 +5,8 @@ mod generate;
 mod grad;
 mod info;
 mod init;
+mod inspect;
+mod job;
 mod logits;
 mod tokenizer;
 mod train;
@@ -39,6 +41,8 @@ enum Cmd {
     Train(train::Args),
     /// Tokenizer tools
     Tokenizer(tokenizer::Args),
+    /// Show the graph of a job after every compiler pass (DOT, JSON, HTML)
+    Inspect(inspect::Args),
 }
 
 /// Run the command line; returns the process exit code.
@@ -55,6 +59,7 @@ pub fn main() -> i32 {
         Cmd::Info(a) => info::run(a),
         Cmd::Train(a) => train::run(a),
         Cmd::Tokenizer(a) => tokenizer::run(a),
+        Cmd::Inspect(a) => inspect::run(a),
     };
     match r {
         Ok(()) => 0,

@@ -12,7 +12,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::rowfused::RowFused;
+use super::reduce::ReduceOp;
+use super::rowfused::{RowFused, RowOp, Scratch};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -41,7 +42,9 @@ impl Ptr {
 
 impl Kernel for Attention {
     fn name(&self) -> String {
-        "Attention".into()
+        // the same shape also matches a gated MLP: x Wg -> silu * up -> Wd
+        let softmax = self.program.instrs.iter().any(|i| matches!(i.op, RowOp::Reduce(ReduceOp::Max, _)));
+        if softmax { "Attention" } else { "GatedMLP" }.into()
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         let (q, v) = (&inputs[0], &inputs[2]);
@@ -63,87 +66,70 @@ impl Kernel for Attention {
         let outer = q.view.dims()[..rank - 2].to_vec();
         let (t, kd, hd) = (q.view.shape[rank - 2], q.view.shape[rank - 1], v.view.shape[rank - 2]);
         // program inputs: the scores slot is filled per row
-        let mut prog: Vec<Arg> = Vec::with_capacity(inputs.len() - 2);
         let mut rest = inputs[3..].iter();
-        for i in 0..self.program.input_row.len() {
-            prog.push(if i == self.scores_input { Arg { data: &[], view: q.view } } else { *rest.next().unwrap() });
-        }
+        let prog: Vec<Arg> = (0..self.program.input_row.len())
+            .map(|i| if i == self.scores_input { Arg { data: &[], view: q.view } } else { *rest.next().unwrap() })
+            .collect();
         let out = Ptr(outputs[0].as_mut_ptr());
-        // block over the innermost outer dim when it is a query dim (keys shared)
-        let last = outer.len().saturating_sub(1);
-        let blocked = !outer.is_empty() && k.view.strides[last] == 0 && v.view.strides[last] == 0;
-        let (n_blk, blk) = if blocked { (outer[last], BLOCK) } else { (1, 1) };
-        let other: usize = if blocked { outer[..last].iter().product() } else { outer.iter().product() };
-        let per_other = n_blk.div_ceil(blk);
-        let tasks = other * per_other;
         let out_strides = crate::view::contiguous_strides(&[outer.clone(), vec![hd]].concat());
-        let task = |task: usize| {
-            let (o, b) = (task / per_other, task % per_other);
+        // Block over the largest query dim (one that keys and values do not
+        // vary along): the sequence when prefilling, the query heads of one
+        // kv head when decoding. Every other outer index is its own task.
+        let bd = (0..outer.len()).filter(|&d| k.view.strides[d] == 0 && v.view.strides[d] == 0).max_by_key(|&d| outer[d]);
+        let (n_blk, blk) = bd.map_or((1, 1), |d| (outer[d], BLOCK.min(outer[d])));
+        let per_other = n_blk.div_ceil(blk);
+        let others: usize = outer.iter().product::<usize>() / n_blk;
+        let tasks = others * per_other;
+        let row_stride = |view: &View| bd.map_or(0, |d| view.strides[d]);
+        let out_rs = bd.map_or(0, |d| out_strides[d] as isize);
+        let task = |bufs: &mut (Vec<f32>, Vec<f32>, Scratch), task: usize, par: Parallelism| {
+            let (scores, probs, s) = bufs;
+            let (mut o, b) = (task / per_other, task % per_other);
             let mut idx = vec![0usize; outer.len()];
-            let mut rest = o;
-            let lead = if blocked { last } else { outer.len() };
-            for d in (0..lead).rev() {
-                idx[d] = rest % outer[d];
-                rest /= outer[d];
+            for d in (0..outer.len()).rev().filter(|&d| Some(d) != bd) {
+                idx[d] = o % outer[d];
+                o /= outer[d];
             }
-            let rows = if blocked { (n_blk - b * blk).min(blk) } else { 1 };
-            if blocked {
-                idx[last] = b * blk;
+            let rows = (n_blk - b * blk).min(blk);
+            if let Some(d) = bd {
+                idx[d] = b * blk;
             }
-            let at =
-                |view: &View| -> isize { view.offset + idx.iter().enumerate().map(|(d, &i)| i as isize * view.strides[d]).sum::<isize>() };
+            let at = |view: &View| view.offset + idx.iter().enumerate().map(|(d, &i)| i as isize * view.strides[d]).sum::<isize>();
             let (qo, ko, vo) = (at(&q.view), at(&k.view), at(&v.view));
             let oo: isize = idx.iter().enumerate().map(|(d, &i)| (i * out_strides[d]) as isize).sum();
-            let row_stride = |view: &View| if blocked { view.strides[last] } else { 0 };
-            let mut scores = vec![0f32; rows * t];
-            let mut probs = vec![0f32; rows * t];
             // SAFETY: views were bounds-checked by the executor; each task
             // writes its own rows of the output.
-            {
-                unsafe {
-                    // scores[rows, t] = q[rows, K] @ k^T[K, t]
-                    gemm::gemm(
-                        rows,
-                        t,
-                        kd,
-                        scores.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
-                        q.data.as_ptr().offset(qo),
-                        q.view.strides[rank - 1],
-                        row_stride(&q.view),
-                        k.data.as_ptr().offset(ko),
-                        k.view.strides[rank - 2],
-                        k.view.strides[rank - 1],
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+            unsafe {
+                // scores[rows, t] = q[rows, K] @ k^T[K, t]
+                gemm::gemm(
+                    rows,
+                    t,
+                    kd,
+                    scores.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    q.data.as_ptr().offset(qo),
+                    q.view.strides[rank - 1],
+                    row_stride(&q.view),
+                    k.data.as_ptr().offset(ko),
+                    k.view.strides[rank - 2],
+                    k.view.strides[rank - 1],
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
             }
-            let mut s = self.program.scratch(t, dims);
             let mut ridx = idx.clone();
             for r in 0..rows {
-                if blocked {
-                    ridx[last] = idx[last] + r;
+                if let Some(d) = bd {
+                    ridx[d] = idx[d] + r;
                 }
-                self.program.eval_row(&ridx, t, &prog, Some((self.scores_input, &scores[r * t..(r + 1) * t])), &mut s);
-                probs[r * t..(r + 1) * t].copy_from_slice(self.program.output_row(0, t, &s));
-            }
-            if rows == 1 && v.view.strides[rank - 2] == 1 {
-                // out[hd] = sum_j p[j] v[j, :]
-                let o = unsafe { std::slice::from_raw_parts_mut(out.get().offset(oo), hd) };
-                o.fill(0.0);
-                let vs = v.view.strides[rank - 1];
-                for (j, &pj) in probs.iter().enumerate() {
-                    let vr = &v.data[(vo + j as isize * vs) as usize..][..hd];
-                    o.iter_mut().zip(vr).for_each(|(a, &b)| *a += pj * b);
-                }
-                return;
+                self.program.eval_row(&ridx, t, &prog, Some((self.scores_input, &scores[r * t..(r + 1) * t])), s);
+                probs[r * t..(r + 1) * t].copy_from_slice(self.program.output_row(0, t, s));
             }
             unsafe {
                 // out[rows, hd] = p[rows, t] @ v[t, hd]
@@ -153,7 +139,7 @@ impl Kernel for Attention {
                     t,
                     out.get().offset(oo),
                     1,
-                    hd as isize,
+                    out_rs,
                     false,
                     probs.as_ptr(),
                     1,
@@ -166,15 +152,20 @@ impl Kernel for Attention {
                     false,
                     false,
                     false,
-                    Parallelism::None,
+                    par,
                 );
             }
         };
-        if tasks > 1 && rayon::current_num_threads() > 1 {
-            let per_thread = tasks.div_ceil(rayon::current_num_threads());
-            (0..tasks).into_par_iter().with_min_len(per_thread.min(8)).for_each(task);
+        let init = || (vec![0f32; blk * t], vec![0f32; blk * t], self.program.scratch(t, dims));
+        let threads = rayon::current_num_threads();
+        if tasks >= threads && threads > 1 {
+            (0..tasks).into_par_iter().for_each_init(init, |bufs, i| task(bufs, i, Parallelism::None));
         } else {
-            (0..tasks).for_each(task);
+            // fewer blocks than threads (one decoded token through a gated
+            // MLP): let gemm split each product instead
+            let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+            let mut bufs = init();
+            (0..tasks).for_each(|i| task(&mut bufs, i, par));
         }
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {

@@ -86,6 +86,9 @@ impl Kernel for MatMul {
     fn name(&self) -> String {
         "MatMul".into()
     }
+    fn fused_from(&self) -> Vec<String> {
+        vec!["Mul".into(), format!("SumReduce({})", self.axis)]
+    }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         assert_eq!(inputs[0].dims(), inputs[1].dims(), "MatMul operands of different shapes");
         let mut s = inputs[0].dims().to_vec();

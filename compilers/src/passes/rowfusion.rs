@@ -24,7 +24,7 @@ use crate::kernels::binary::BinaryOp;
 use crate::kernels::reduce::ReduceOp;
 use crate::kernels::rowfused::{Instr, RowFused, RowOp};
 use crate::kernels::unary::UnaryOp;
-use crate::shape::{is_plain, logical_dims, shapes_eq, Dim};
+use crate::shape::{is_plain, logical_dims, shapes_eq, without_broadcast, Dim};
 
 #[derive(Debug, Default)]
 pub struct RowFusion;
@@ -125,9 +125,16 @@ impl Compiler for RowFusion {
                     }
                     in_dims[..ax].to_vec()
                 }
-                // luminal's unary ops map the buffer and pass the view on: only
-                // a plain input gives a plain row
-                Kind::Unary(_) if !is_plain(&inputs[0].1) => continue,
+                // luminal's unary ops map their input's buffer and pass the view
+                // on to their readers: the node is the buffer's shape, so only
+                // broadcasts may sit on its input edge
+                Kind::Unary(_) => {
+                    let real = without_broadcast(&inputs[0].1);
+                    if !is_plain(&real) {
+                        continue;
+                    }
+                    logical_dims(&real)
+                }
                 _ => in_dims,
             };
             if dims.is_empty() && !matches!(kind, Kind::Reduce(..)) {
@@ -214,6 +221,10 @@ fn fits(node: &Node, p_row: bool, st: &ShapeTracker, g: &Group) -> Option<bool> 
     match node.kind {
         Kind::Reduce(..) => (p_row && is_plain(st) && shapes_eq(&logical_dims(st), &row_dims)).then_some(false),
         Kind::Contiguous => None,
+        // (its input edge holds no more than broadcasts: checked when described)
+        Kind::Unary(_) if shapes_eq(&node.dims, &row_dims) => p_row.then_some(true),
+        Kind::Unary(_) if shapes_eq(&node.dims, &g.outer) => (!p_row).then_some(false),
+        Kind::Unary(_) => None,
         _ if shapes_eq(&node.dims, &row_dims) => {
             let ok = if p_row { is_plain(st) } else { without_broadcast_last(st).is_some_and(|s| is_plain(&s)) };
             ok.then_some(true)
@@ -241,8 +252,11 @@ fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
         let row = g.row[&m];
         from.push(format!("{:?}", graph.graph.node_weight(m).unwrap()));
         let srcs = graph.get_sources(m);
+        let unary = matches!(node.kind, Kind::Unary(_));
         let mut operand = |i: usize, want_row: bool, instrs: &mut Vec<Instr>| -> usize {
             let (src, out, st) = srcs[i];
+            // a unary op maps its input's buffer: read it without the broadcasts
+            let st = if unary { without_broadcast(&st) } else { st };
             if members.contains(&src) {
                 return instr_of[&src];
             }

@@ -1,0 +1,50 @@
+//! `lumind inspect`: the graph of a job after every compiler pass.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
+use lumind_compilers::{compile, pipeline, Fusion};
+
+use super::job::{build_job_graph, Job};
+use crate::model::ModelDef;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model definition (models/*.toml)
+    #[arg(long)]
+    model: PathBuf,
+    /// Which graph: forward (whole sequence), decode (one token with a KV
+    /// cache) or train (forward, loss, backward, AdamW)
+    #[arg(long, default_value = "forward")]
+    job: Job,
+    #[arg(long, default_value = "full")]
+    fusion: Fusion,
+    /// Output directory: NN-pass.dot, NN-pass.json (egraph-serialize),
+    /// summary.txt, report.html
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let def = ModelDef::load(&a.model)?;
+    let mut built = build_job_graph(&def, a.job)?;
+    let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
+    compile(&mut built, &pipeline(a.fusion), |pass, g| {
+        let s = Snapshot::take(pass, g, snaps.last());
+        snaps.push(s);
+    });
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    for (i, s) in snaps.iter().enumerate() {
+        let stem = a.out.join(format!("{i:02}-{}", s.pass));
+        std::fs::write(stem.with_extension("dot"), s.dot())?;
+        s.egraph().to_json_file(stem.with_extension("json"))?;
+    }
+    let title = format!("{} / {} / fusion {}", def.name, a.job, a.fusion);
+    let summary = format!("{title}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
+    std::fs::write(a.out.join("summary.txt"), &summary)?;
+    std::fs::write(a.out.join("report.html"), html_report(&title, &snaps))?;
+    print!("{}", summary_table(&snaps));
+    eprintln!("wrote {} passes (DOT, egraph JSON), summary.txt and report.html to {}", snaps.len(), a.out.display());
+    Ok(())
+}
