@@ -2,6 +2,7 @@
 //! declarative TOML definitions, built as lazy luminal graphs and compiled
 //! into fused CPU kernels. See the README for the tour.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod generate;

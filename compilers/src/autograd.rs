@@ -195,9 +195,18 @@ impl Grad<'_> {
             let r = r.permute(&perm);
             self.undo_view(r, &without_broadcast(&x.1), x.0)
         };
+        // G as [batch, first, second]. When G already holds those blocks in
+        // order (or with the last two swapped) this is a free reshape (plus a
+        // transposed view), not a copy.
         let gperm = |first: &[usize], second: &[usize], rows: Dim, cols: Dim| {
             let order: Vec<usize> = batch.iter().chain(first).chain(second).map(|&l| gi(l)).collect();
-            g.permute(&order).reshape(&[bt, rows, cols])
+            let swapped: Vec<usize> = batch.iter().chain(second).chain(first).map(|&l| gi(l)).collect();
+            let identity = |o: &[usize]| o.iter().enumerate().all(|(i, &x)| i == x);
+            if identity(&swapped) && !identity(&order) {
+                g.reshape(&[bt, cols, rows]).transpose(1, 2)
+            } else {
+                g.permute(&order).reshape(&[bt, rows, cols])
+            }
         };
         let da = want[0].then(|| {
             // dA[batch, M, K] = G[batch, M, N] @ B[batch, N, K]

@@ -1,6 +1,7 @@
 //! The `lumind` command line.
 
 mod args;
+mod bench;
 mod generate;
 mod grad;
 mod info;
@@ -8,6 +9,7 @@ mod init;
 mod inspect;
 mod job;
 mod logits;
+mod profile;
 mod tokenizer;
 mod train;
 
@@ -43,6 +45,10 @@ enum Cmd {
     Tokenizer(tokenizer::Args),
     /// Show the graph of a job after every compiler pass (DOT, JSON, HTML)
     Inspect(inspect::Args),
+    /// Time per kernel of a compiled job
+    Profile(profile::Args),
+    /// Prefill, decode (and training) speed per fusion strategy
+    Bench(bench::Args),
 }
 
 /// Run the command line; returns the process exit code.
@@ -60,6 +66,8 @@ pub fn main() -> i32 {
         Cmd::Train(a) => train::run(a),
         Cmd::Tokenizer(a) => tokenizer::run(a),
         Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Profile(a) => profile::run(a),
+        Cmd::Bench(a) => bench::run(a),
     };
     match r {
         Ok(()) => 0,

@@ -57,12 +57,25 @@ impl Kernel for AdamW {
         let step_size = lr / bc1;
         let decay = 1.0 - lr * self.weight_decay;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
-        for i in 0..p.len() {
-            let gi = g[i] * clip;
-            p[i] *= decay;
-            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-            p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            for i in 0..p.len() {
+                let gi = g[i] * clip;
+                p[i] *= decay;
+                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+            }
+        };
+        if p.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            let c = 1 << 14;
+            p.par_chunks_mut(c)
+                .zip(m.par_chunks_mut(c))
+                .zip(v.par_chunks_mut(c))
+                .zip(g.par_chunks(c))
+                .for_each(|(((p, m), v), g)| update(p, m, v, g));
+        } else {
+            update(p, m, v, g);
         }
         acc.fill(0.0);
     }

@@ -76,9 +76,13 @@ impl Kernel for Attention {
         // vary along): the sequence when prefilling, the query heads of one
         // kv head when decoding. Every other outer index is its own task.
         let bd = (0..outer.len()).filter(|&d| k.view.strides[d] == 0 && v.view.strides[d] == 0).max_by_key(|&d| outer[d]);
-        let (n_blk, blk) = bd.map_or((1, 1), |d| (outer[d], BLOCK.min(outer[d])));
-        let per_other = n_blk.div_ceil(blk);
+        let n_blk = bd.map_or(1, |d| outer[d]);
         let others: usize = outer.iter().product::<usize>() / n_blk;
+        // enough blocks to keep every thread busy, as large as that allows
+        let threads = rayon::current_num_threads();
+        let blk =
+            if others >= threads { BLOCK } else { n_blk.div_ceil(threads.div_ceil(others)).next_multiple_of(16).max(16) }.min(n_blk).max(1);
+        let per_other = n_blk.div_ceil(blk);
         let tasks = others * per_other;
         let row_stride = |view: &View| bd.map_or(0, |d| view.strides[d]);
         let out_rs = bd.map_or(0, |d| out_strides[d] as isize);
@@ -97,31 +101,37 @@ impl Kernel for Attention {
             let at = |view: &View| view.offset + idx.iter().enumerate().map(|(d, &i)| i as isize * view.strides[d]).sum::<isize>();
             let (qo, ko, vo) = (at(&q.view), at(&k.view), at(&v.view));
             let oo: isize = idx.iter().enumerate().map(|(d, &i)| (i * out_strides[d]) as isize).sum();
-            // SAFETY: views were bounds-checked by the executor; each task
-            // writes its own rows of the output.
-            unsafe {
-                // scores[rows, t] = q[rows, K] @ k^T[K, t]
-                gemm::gemm(
-                    rows,
-                    t,
-                    kd,
-                    scores.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    false,
-                    q.data.as_ptr().offset(qo),
-                    q.view.strides[rank - 1],
-                    row_stride(&q.view),
-                    k.data.as_ptr().offset(ko),
-                    k.view.strides[rank - 2],
-                    k.view.strides[rank - 1],
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
+            // one query row against keys stored as rows of K (decoding): dot products
+            let split = !matches!(par, Parallelism::None);
+            if rows == 1 && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 {
+                super::matmul::gemv_with(q.data, qo, k.data, ko, k.view.strides[rank - 2], kd, &mut scores[..t], split);
+            } else {
+                // SAFETY: views were bounds-checked by the executor; each task
+                // writes its own rows of the output.
+                unsafe {
+                    // scores[rows, t] = q[rows, K] @ k^T[K, t]
+                    gemm::gemm(
+                        rows,
+                        t,
+                        kd,
+                        scores.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        false,
+                        q.data.as_ptr().offset(qo),
+                        q.view.strides[rank - 1],
+                        row_stride(&q.view),
+                        k.data.as_ptr().offset(ko),
+                        k.view.strides[rank - 2],
+                        k.view.strides[rank - 1],
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
             }
             let mut ridx = idx.clone();
             for r in 0..rows {
@@ -130,6 +140,13 @@ impl Kernel for Attention {
                 }
                 self.program.eval_row(&ridx, t, &prog, Some((self.scores_input, &scores[r * t..(r + 1) * t])), s);
                 probs[r * t..(r + 1) * t].copy_from_slice(self.program.output_row(0, t, s));
+            }
+            if rows == 1 && v.view.strides[rank - 1] == 1 {
+                // out[h] = dot(p, v[h]) with v's rows contiguous along t
+                // SAFETY: this task's output row
+                let o = unsafe { std::slice::from_raw_parts_mut(out.get().offset(oo), hd) };
+                super::matmul::gemv_with(&probs[..t], 0, v.data, vo, v.view.strides[rank - 2], t, o, split);
+                return;
             }
             unsafe {
                 // out[rows, hd] = p[rows, t] @ v[t, hd]
@@ -157,7 +174,6 @@ impl Kernel for Attention {
             }
         };
         let init = || (vec![0f32; blk * t], vec![0f32; blk * t], self.program.scratch(t, dims));
-        let threads = rayon::current_num_threads();
         if tasks >= threads && threads > 1 {
             (0..tasks).into_par_iter().for_each_init(init, |bufs, i| task(bufs, i, Parallelism::None));
         } else {

@@ -125,6 +125,10 @@ impl Kernel for MatMul {
             return;
         }
         let batches: usize = p.loops.iter().map(|l| l.0).product();
+        if batches == 1 && p.m == 1 && p.inner == (1, 1) && p.out_col == 1 && p.n >= 64 {
+            gemv(a.0, a.1.offset, b.0, b.1.offset, p.col.1, p.k, out);
+            return;
+        }
         let flops = 2 * p.m * p.n * p.k;
         let threads = rayon::current_num_threads();
         let a_ptr = SendPtr(a.0.as_ptr());
@@ -181,5 +185,31 @@ impl Kernel for MatMul {
         let distinct = |v: &View| (0..v.rank).filter(|&d| v.strides[d] != 0).map(|d| v.shape[d]).product::<usize>();
         let out: usize = outputs[0].iter().product();
         Cost { flops, bytes: 4.0 * (distinct(a) + distinct(b) + out) as f64 }
+    }
+}
+
+/// One row times a matrix stored as rows of K (a weight `[N, K]` read as its
+/// transpose): `out[j] = dot(a, b[j])`, streaming each weight row once,
+/// output rows split across threads when `parallel`. Decoding is this,
+/// bound by memory bandwidth; `gemm`'s general path does not split it well.
+pub(crate) fn gemv(a: &[f32], a_off: isize, b: &[f32], b_off: isize, b_row: isize, k: usize, out: &mut [f32]) {
+    gemv_with(a, a_off, b, b_off, b_row, k, out, rayon::current_num_threads() > 1 && out.len() * k >= 1 << 16)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemv_with(a: &[f32], a_off: isize, b: &[f32], b_off: isize, b_row: isize, k: usize, out: &mut [f32], parallel: bool) {
+    let x = &a[a_off as usize..][..k];
+    let row = |j: usize| &b[(b_off + j as isize * b_row) as usize..][..k];
+    if parallel {
+        let chunk = out.len().div_ceil(rayon::current_num_threads() * 4);
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+            for (i, v) in o.iter_mut().enumerate() {
+                *v = super::reduce::dot(x, row(c * chunk + i));
+            }
+        });
+    } else {
+        for (j, v) in out.iter_mut().enumerate() {
+            *v = super::reduce::dot(x, row(j));
+        }
     }
 }

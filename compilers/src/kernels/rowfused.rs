@@ -82,10 +82,13 @@ fn leaf_row(v: &View, outer_idx: &[usize], row: bool) -> Option<(isize, usize, u
     }
 }
 
-/// Per-thread working memory of a row program.
+/// Per-thread working memory of a row program (not shared between threads).
 pub struct Scratch {
     rows: Vec<f32>,
     scalars: Vec<f32>,
+    /// where each row instruction's current row is: its scratch row, or
+    /// straight in an input buffer when that row is contiguous (no copy)
+    at: Vec<*const f32>,
 }
 
 impl Kernel for RowFused {
@@ -154,35 +157,49 @@ impl RowFused {
                 _ => 0.0,
             })
             .collect();
-        Scratch { rows: vec![0.0; self.instrs.len() * r], scalars }
+        let rows = vec![0.0; self.instrs.len() * r];
+        let at = (0..self.instrs.len()).map(|k| rows[k * r..].as_ptr()).collect();
+        Scratch { rows, scalars, at }
     }
 
     /// The row of output `o` after `eval_row`.
     pub fn output_row<'a>(&self, o: usize, r: usize, s: &'a Scratch) -> &'a [f32] {
-        let k = self.outputs[o];
-        &s.rows[k * r..(k + 1) * r]
+        // SAFETY: `at` points at r valid values (a scratch row or an input row)
+        unsafe { std::slice::from_raw_parts(s.at[self.outputs[o]], r) }
     }
 
     /// Run the program on the row at outer index `idx`. `given` supplies the
     /// row of one input directly (fused attention computes its scores row).
     pub fn eval_row(&self, idx: &[usize], r: usize, inputs: &[Arg], given: Option<(usize, &[f32])>, s: &mut Scratch) {
+        // SAFETY (the raw rows below): `s.at[j]` points at r values that stay
+        // valid for this call: a scratch row (distinct from the one being
+        // written) or a row of an input buffer.
+        let row_of = |at: &[*const f32], j: usize| unsafe { std::slice::from_raw_parts(at[j], r) };
         for (k, ins) in self.instrs.iter().enumerate() {
             if ins.row {
-                // split scratch so the destination row and earlier rows can be borrowed together
-                let (before, rest) = s.rows.split_at_mut(k * r);
-                let dst = &mut rest[..r];
+                if let RowOp::Input(i) = &ins.op {
+                    let direct = match given {
+                        Some((g, row)) if g == *i => Some(row.as_ptr()),
+                        _ => direct_row(&inputs[*i], idx, r),
+                    };
+                    if let Some(p) = direct {
+                        s.at[k] = p;
+                        continue;
+                    }
+                }
+                let dst_ptr = s.rows[k * r..].as_mut_ptr();
+                s.at[k] = dst_ptr;
+                // SAFETY: scratch row k, written only here
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst_ptr, r) };
                 let src = |j: usize| -> Operand {
                     if self.instrs[j].row {
-                        Operand::Row(&before[j * r..(j + 1) * r])
+                        Operand::Row(row_of(&s.at, j))
                     } else {
                         Operand::Scalar(s.scalars[j])
                     }
                 };
                 match &ins.op {
-                    RowOp::Input(i) => match given {
-                        Some((g, row)) if g == *i => dst.copy_from_slice(row),
-                        _ => load_row(&inputs[*i], idx, dst),
-                    },
+                    RowOp::Input(i) => load_row(&inputs[*i], idx, dst),
                     RowOp::Const(_) | RowOp::Dim(_) => dst.fill(s.scalars[k]),
                     RowOp::Unary(op, a) => match src(*a) {
                         Operand::Row(x) => unary_row(*op, x, dst),
@@ -201,7 +218,7 @@ impl RowFused {
                     RowOp::Unary(op, a) => op.apply(s.scalars[*a]),
                     RowOp::Binary(op, a, b) => op.apply(s.scalars[*a], s.scalars[*b]),
                     RowOp::Reduce(op, a) => {
-                        let x = &s.rows[a * r..(a + 1) * r];
+                        let x = row_of(&s.at, *a);
                         match op {
                             ReduceOp::Sum => sum(x),
                             ReduceOp::Max => x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
@@ -222,7 +239,7 @@ impl RowFused {
             unsafe {
                 if self.instrs[k].row {
                     debug_assert!((row + 1) * r <= len);
-                    std::ptr::copy_nonoverlapping(s.rows[k * r..].as_ptr(), p.add(row * r), r);
+                    std::ptr::copy_nonoverlapping(s.at[k], p.add(row * r), r);
                 } else {
                     debug_assert!(row < len);
                     *p.add(row) = s.scalars[k];
@@ -235,6 +252,16 @@ impl RowFused {
 enum Operand<'a> {
     Row(&'a [f32]),
     Scalar(f32),
+}
+
+/// An input's row as it lies in its buffer, when it is contiguous and whole.
+fn direct_row(a: &Arg, idx: &[usize], r: usize) -> Option<*const f32> {
+    let v = &a.view;
+    if v.strides[v.rank - 1] != 1 && r > 1 {
+        return None;
+    }
+    let (off, lo, hi) = leaf_row(v, idx, true)?;
+    (lo == 0 && hi == r).then(|| a.data[off as usize..][..r].as_ptr())
 }
 
 fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {

@@ -1,0 +1,124 @@
+//! Measurements shared by `lumind bench`, `lumind profile` and the criterion
+//! benches: prefill and decode speed of a compiled model, a training step,
+//! and this machine's memory read bandwidth (the bound on decoding).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use lumind_compilers::optim::AdamWConfig;
+use lumind_compilers::Fusion;
+
+use crate::model::builder::ForwardOptions;
+use crate::model::params::count_params;
+use crate::model::{ModelDef, Weights};
+use crate::session::Session;
+use crate::train::graph::Update;
+use crate::train::{Batch, TrainSession};
+
+/// Token ids that look like text to nobody but stay inside the vocabulary.
+pub fn synthetic_tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
+    (0..n).map(|i| (3 + (i * 7919 + seed * 104729) % (vocab - 3)) as u32).collect()
+}
+
+/// Median of `reps` timings of `f`.
+pub fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Ok(v[v.len() / 2])
+}
+
+/// Bytes of weights a decode step reads (f32).
+pub fn weight_bytes(def: &ModelDef) -> f64 {
+    4.0 * count_params(def).active as f64
+}
+
+/// FLOPs of a forward pass over `n` tokens with `past` cached, logits for
+/// the last position only (matmuls and attention; elementwise work is
+/// negligible beside them).
+pub fn forward_flops(def: &ModelDef, n: usize, past: usize) -> f64 {
+    use crate::model::params::{param_specs, Component};
+    let head = (def.vocab_size * def.hidden_size) as f64;
+    let body = count_params(def).active as f64
+        - param_specs(def)
+            .iter()
+            .filter(|s| matches!(s.component, Component::Embedding | Component::LmHead))
+            .map(|s| s.numel())
+            .sum::<usize>() as f64;
+    // attention: q k^T and p v per layer, each 2 * heads * head_dim per (query, key)
+    let keys = (past as f64 + (past + n) as f64) / 2.0 + 0.5;
+    let attn = 4.0 * (def.num_hidden_layers * def.num_attention_heads * def.head_dim) as f64 * keys;
+    2.0 * body * n as f64 + 2.0 * head + attn * n as f64
+}
+
+/// Single-thread streaming read bandwidth in bytes/s (sum over 256 MiB).
+pub fn read_bandwidth() -> f64 {
+    let n = 64 << 20;
+    let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut best = f64::MAX;
+    let mut sink = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        sink += lumind_compilers::kernels::reduce::sum(&data);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink);
+    (n * 4) as f64 / best
+}
+
+/// A generation session (KV cache, last-position logits) with random weights.
+pub fn generation_session(def: &ModelDef, fusion: Fusion, positions: usize) -> Result<Session> {
+    Session::new(def, Weights::init(def, 0, None), ForwardOptions::generation(positions), fusion)
+}
+
+/// Prefill `n` tokens into an empty cache; tokens/s.
+pub fn prefill(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
+    let toks = synthetic_tokens(n, s.def.vocab_size, 1);
+    let _ = s.run(&toks, 1, 0)?;
+    let t = median(reps, || {
+        let l = s.run(&toks, 1, 0)?;
+        s.recycle(l);
+        Ok(())
+    })?;
+    Ok(n as f64 / t.as_secs_f64())
+}
+
+/// Decode `n` tokens one by one after a one-token prompt; tokens/s.
+pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
+    let toks = synthetic_tokens(n + 1, s.def.vocab_size, 2);
+    let t = median(reps, || {
+        let l = s.run(&toks[..1], 1, 0)?;
+        s.recycle(l);
+        for i in 1..=n {
+            let l = s.run(&toks[i..i + 1], 1, i)?;
+            s.recycle(l);
+        }
+        Ok(())
+    })?;
+    Ok(n as f64 / t.as_secs_f64())
+}
+
+/// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
+/// tokens; tokens/s.
+pub fn train_step(def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
+    let mut s = TrainSession::new(def, Weights::init(def, 0, None), seq, Update::AdamW(AdamWConfig::default()), fusion)?;
+    let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..batch)
+        .map(|r| {
+            let ids = synthetic_tokens(seq, def.vocab_size, r + 3);
+            let labels = ids.iter().map(|&x| x as i64).collect();
+            (ids, labels)
+        })
+        .collect();
+    let b = Batch::from_labels(&rows);
+    let mut step = 1;
+    s.step(&b, 1e-4, step, true, 1.0)?;
+    let t = median(reps, || {
+        step += 1;
+        s.step(&b, 1e-4, step, true, 1.0).map(|_| ())
+    })?;
+    Ok((batch * seq) as f64 / t.as_secs_f64())
+}

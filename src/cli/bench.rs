@@ -1,0 +1,105 @@
+//! `lumind bench`: a llama-bench-style table per fusion strategy.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use lumind_compilers::Fusion;
+use serde_json::json;
+
+use crate::bench::{decode, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes};
+use crate::model::params::{count_params, human};
+use crate::model::ModelDef;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model definition (random weights are used)
+    #[arg(long)]
+    model: PathBuf,
+    /// Strategies to compare, comma-separated
+    #[arg(long, default_value = "none,generic,full", value_delimiter = ',')]
+    fusion: Vec<Fusion>,
+    /// Prefill lengths (ppN)
+    #[arg(long, default_value = "64,256", value_delimiter = ',')]
+    pp: Vec<usize>,
+    /// Decoded tokens (tgN)
+    #[arg(long, default_value_t = 128)]
+    tg: usize,
+    /// Also time a training step on BATCHxSEQ tokens, e.g. 4x256
+    #[arg(long)]
+    train: Option<String>,
+    /// Repetitions per measurement (the median is reported)
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let def = ModelDef::load(&a.model)?;
+    let threads = rayon::current_num_threads();
+    let bw = read_bandwidth();
+    let bytes = weight_bytes(&def);
+    let bound = bw / bytes;
+    let train = match &a.train {
+        Some(s) => {
+            let (b, t) = s.split_once('x').ok_or_else(|| anyhow::anyhow!("--train expects BATCHxSEQ, e.g. 4x256"))?;
+            Some((b.parse::<usize>()?, t.parse::<usize>()?))
+        }
+        None => None,
+    };
+    if !a.json {
+        println!(
+            "model {} ({} params, {:.1} MB of f32 weights read per decoded token), {threads} threads",
+            def.name,
+            human(count_params(&def).total),
+            bytes / 1e6
+        );
+        println!("memory read bandwidth (1 thread): {:.1} GB/s -> decode bound {:.1} tokens/s\n", bw / 1e9, bound);
+        println!("| {:<8} | {:<10} | {:>11} | {:>9} | {:>8} | {:>10} |", "fusion", "test", "tokens/s", "GFLOP/s", "GB/s", "compile ms");
+        println!("|{:-<10}|{:-<12}|{:-<13}|{:-<11}|{:-<10}|{:-<12}|", "", "", "", "", "", "");
+    }
+    let mut rows = vec![];
+    let positions = a.pp.iter().copied().max().unwrap_or(1).max(a.tg + 1);
+    for &fusion in &a.fusion {
+        let t = Instant::now();
+        let mut s = generation_session(&def, fusion, positions)?;
+        let compile_ms = s.compile_time.as_secs_f64() * 1e3;
+        let _ = t;
+        let mut row = |test: String, tps: f64, gflops: f64, gbs: f64| {
+            if !a.json {
+                println!("| {:<8} | {:<10} | {:>11.1} | {:>9.1} | {:>8.1} | {:>10.1} |", fusion.name(), test, tps, gflops, gbs, compile_ms);
+            }
+            rows.push(
+                json!({"fusion": fusion.name(), "test": test, "tokens_per_s": tps, "gflops": gflops, "gbs": gbs, "compile_ms": compile_ms}),
+            );
+        };
+        for &n in &a.pp {
+            let tps = prefill(&mut s, n, a.reps)?;
+            row(format!("pp{n}"), tps, tps * forward_flops(&def, n, 0) / n as f64 / 1e9, 0.0);
+        }
+        if a.tg > 0 {
+            let tps = decode(&mut s, a.tg, a.reps.min(3))?;
+            row(format!("tg{}", a.tg), tps, tps * forward_flops(&def, 1, a.tg / 2) / 1e9, tps * bytes / 1e9);
+        }
+        if let Some((b, seq)) = train {
+            let tps = train_step(&def, fusion, b, seq, a.reps.min(3))?;
+            row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0);
+        }
+    }
+    if a.json {
+        let out = json!({
+            "model": def.name,
+            "threads": threads,
+            "read_bandwidth_gbs": bw / 1e9,
+            "weight_mb": bytes / 1e6,
+            "decode_bound_tokens_per_s": bound,
+            "results": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("\ntg GB/s = weight bytes per token x tokens/s; the decode bound assumes every weight is read once per token at the 1-thread bandwidth.");
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `lumind profile`: time per kernel of a compiled job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use lumind_compilers::executor::StepStats;
+use lumind_compilers::inspect::op_name;
+use lumind_compilers::Fusion;
+
+use super::job::Job;
+use crate::bench::{generation_session, synthetic_tokens};
+use crate::model::builder::ForwardOptions;
+use crate::model::{ModelDef, Weights};
+use crate::session::Session;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model definition
+    #[arg(long)]
+    model: PathBuf,
+    /// Weights (default: seeded random weights)
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// forward (a whole sequence), decode (one token after a prompt) or
+    /// train (forward, backward, AdamW)
+    #[arg(long, default_value = "forward")]
+    job: Job,
+    #[arg(long, default_value = "full")]
+    fusion: Fusion,
+    /// Sequence length (prompt length for decode)
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Profiled runs (after one warm-up)
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Rows of the per-node table
+    #[arg(long, default_value_t = 25)]
+    top: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let def = ModelDef::load(&a.model)?;
+    let weights = match &a.weights {
+        Some(p) => Weights::load(&def, p)?,
+        None => Weights::init(&def, 0, None),
+    };
+    let (stats, graph_names, tokens_per_run) = match a.job {
+        Job::Forward => {
+            let mut s = Session::new(&def, weights, ForwardOptions::full(a.tokens), a.fusion)?;
+            let toks = synthetic_tokens(a.tokens * a.batch, def.vocab_size, 1);
+            s.run(&toks, a.batch, 0)?;
+            s.exec.enable_profile();
+            for _ in 0..a.runs {
+                let l = s.run(&toks, a.batch, 0)?;
+                s.recycle(l);
+            }
+            (s.exec.profile.clone().unwrap(), names(&s.exec), a.tokens * a.batch)
+        }
+        Job::Decode => {
+            let mut s = generation_session(&def, a.fusion, a.tokens + a.runs + 1)?;
+            let toks = synthetic_tokens(a.tokens + a.runs + 1, def.vocab_size, 1);
+            s.run(&toks[..a.tokens], 1, 0)?;
+            s.exec.enable_profile();
+            for i in 0..a.runs {
+                let l = s.run(&toks[a.tokens + i..a.tokens + i + 1], 1, a.tokens + i)?;
+                s.recycle(l);
+            }
+            (s.exec.profile.clone().unwrap(), names(&s.exec), 1)
+        }
+        Job::Train => {
+            use crate::train::graph::Update;
+            use crate::train::{Batch, TrainSession};
+            let mut s = TrainSession::new(&def, weights, a.tokens, Update::AdamW(Default::default()), a.fusion)?;
+            let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..a.batch)
+                .map(|r| {
+                    let ids = synthetic_tokens(a.tokens, def.vocab_size, r);
+                    let l = ids.iter().map(|&x| x as i64).collect();
+                    (ids, l)
+                })
+                .collect();
+            let b = Batch::from_labels(&rows);
+            s.step(&b, 1e-4, 1, true, 1.0)?;
+            s.exec.enable_profile();
+            for i in 0..a.runs {
+                s.step(&b, 1e-4, 2 + i as u64, true, 1.0)?;
+            }
+            (s.exec.profile.clone().unwrap(), names(&s.exec), a.tokens * a.batch)
+        }
+    };
+    print_profile(&def.name, a.job, a.fusion, &stats, &graph_names, a.runs, tokens_per_run, a.top);
+    Ok(())
+}
+
+fn names(exec: &lumind_compilers::Executor) -> BTreeMap<usize, String> {
+    exec.graph.graph.node_indices().map(|n| (n.index(), op_name(&exec.graph, n))).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_profile(
+    model: &str,
+    job: Job,
+    fusion: Fusion,
+    stats: &[StepStats],
+    names: &BTreeMap<usize, String>,
+    runs: usize,
+    tokens: usize,
+    top: usize,
+) {
+    let total: f64 = stats.iter().map(|s| s.time.as_secs_f64()).sum();
+    let per_run = total / runs as f64;
+    println!(
+        "{model} / {job} / fusion {fusion}: {} kernels, {:.2} ms per run ({:.0} tokens/s)\n",
+        stats.len(),
+        per_run * 1e3,
+        tokens as f64 / per_run
+    );
+    let line = |name: &str, calls: u64, t: f64, flops: f64, bytes: f64| {
+        println!(
+            "{:<44} {:>6} {:>10.3} {:>6.1}% {:>9.1} {:>8.1}",
+            name,
+            calls,
+            t * 1e3 / runs as f64,
+            100.0 * t / total,
+            flops / t / 1e9,
+            bytes / t / 1e9
+        );
+    };
+    println!("{:<44} {:>6} {:>10} {:>7} {:>9} {:>8}", "kernel (by type)", "calls", "ms/run", "share", "GFLOP/s", "GB/s");
+    let mut by: BTreeMap<String, (u64, f64, f64, f64)> = BTreeMap::new();
+    for s in stats {
+        let e = by.entry(s.kernel.split('(').next().unwrap().to_string()).or_default();
+        e.0 += s.calls;
+        e.1 += s.time.as_secs_f64();
+        e.2 += s.cost.flops;
+        e.3 += s.cost.bytes;
+    }
+    let mut by: Vec<_> = by.into_iter().collect();
+    by.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    for (k, (c, t, f, b)) in &by {
+        line(k, *c / runs as u64, *t, *f, *b);
+    }
+    println!("\n{:<44} {:>6} {:>10} {:>7} {:>9} {:>8}", "slowest nodes", "calls", "ms/run", "share", "GFLOP/s", "GB/s");
+    let mut v: Vec<&StepStats> = stats.iter().collect();
+    v.sort_by(|a, b| b.time.cmp(&a.time));
+    for s in v.into_iter().take(top) {
+        let name = format!("#{} {}", s.node.index(), names.get(&s.node.index()).map_or(s.kernel.as_str(), |n| n.as_str()));
+        line(&name, s.calls / runs as u64, s.time.as_secs_f64(), s.cost.flops, s.cost.bytes);
+    }
+}
