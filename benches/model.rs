@@ -1,0 +1,41 @@
+//! Prefill and decode of minimind-small-T (random weights) under each fusion
+//! strategy; `lumind bench` prints the same as a table with ratios.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lumind::bench::{generation_session, synthetic_tokens};
+use lumind::compilers::Fusion;
+use lumind::model::ModelDef;
+
+fn model(c: &mut Criterion) {
+    let def = ModelDef::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/minimind-small-T.toml")).unwrap();
+    let toks = synthetic_tokens(257, def.vocab_size, 1);
+    let mut g = c.benchmark_group("minimind-small-T prefill 256");
+    g.sample_size(10);
+    for fusion in Fusion::ALL {
+        let mut s = generation_session(&def, fusion, 512).unwrap();
+        g.bench_function(BenchmarkId::from_parameter(fusion), |b| {
+            b.iter(|| {
+                let l = s.run(&toks[..256], 1, 0).unwrap();
+                s.recycle(l);
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("minimind-small-T decode 1 token at 256");
+    g.sample_size(30);
+    for fusion in Fusion::ALL {
+        let mut s = generation_session(&def, fusion, 512).unwrap();
+        let l = s.run(&toks[..256], 1, 0).unwrap();
+        s.recycle(l);
+        g.bench_function(BenchmarkId::from_parameter(fusion), |b| {
+            b.iter(|| {
+                let l = s.run(&toks[256..257], 1, 256).unwrap();
+                s.recycle(l);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, model);
+criterion_main!(benches);

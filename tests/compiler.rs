@@ -1,0 +1,88 @@
+//! The compiler shows its work: fusion happens where it should, every
+//! strategy gives the same numbers (see also tests/oracle.rs), and
+//! `inspect`, `profile` and `bench` run on every shipped model.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use lumind::compilers::inspect::Snapshot;
+use lumind::compilers::{compile, pipeline, Fusion, GraphBuilder};
+use lumind::model::builder::{declare_inputs, forward, ForwardOptions};
+use lumind::model::ModelDef;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn final_ops(model: &str, fusion: Fusion, opts: ForwardOptions) -> std::collections::BTreeMap<String, usize> {
+    let def = ModelDef::load(root().join(format!("models/{model}.toml"))).unwrap();
+    let b = GraphBuilder::new();
+    let inputs = declare_inputs(&b, &def);
+    b.output("logits", &forward(&b, &def, &inputs, &opts).logits);
+    let mut built = b.finish().unwrap();
+    compile(&mut built, &pipeline(fusion), |_, _| {});
+    Snapshot::take("final", &built.graph, None).op_counts()
+}
+
+#[test]
+fn full_fusion_fuses_attention_mlp_and_norms() {
+    for opts in [ForwardOptions::full(64), ForwardOptions::generation(64)] {
+        let ops = final_ops("tiny-llama", Fusion::Full, opts.clone());
+        assert_eq!(ops.get("Attention"), Some(&2), "one attention kernel per layer: {ops:?}");
+        assert_eq!(ops.get("GatedMLP"), Some(&2), "one gated MLP kernel per layer: {ops:?}");
+        assert!(ops.get("RowFused").is_some_and(|&n| n >= 4), "{ops:?}");
+        for primop in ["Exp2", "MaxReduce", "SumReduce", "Sqrt"] {
+            assert!(!ops.contains_key(primop), "{primop} left unfused: {ops:?}");
+        }
+        // at most the last residual add, which generation reads through a
+        // last-position slice, stays on its own
+        assert!(ops.get("Add").copied().unwrap_or(0) <= 1, "{ops:?}");
+        let none = final_ops("tiny-llama", Fusion::None, opts);
+        assert!(!none.contains_key("RowFused") && !none.contains_key("Attention"), "{none:?}");
+        assert!(none.contains_key("Exp2") && none.contains_key("MatMul"));
+    }
+}
+
+fn lumind(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lumind")).args(args).current_dir(root()).output().unwrap();
+    assert!(out.status.success(), "lumind {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+#[test]
+fn inspect_and_profile_work_on_every_shipped_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut models: Vec<PathBuf> = std::fs::read_dir(root().join("models")).unwrap().map(|e| e.unwrap().path()).collect();
+    models.sort();
+    for m in &models {
+        let m = m.to_str().unwrap();
+        let out = dir.path().join("insp");
+        let table = lumind(&["inspect", "--model", m, "--out", out.to_str().unwrap()]);
+        assert!(table.contains("LowerToKernels"), "{m}: {table}");
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        assert!(html.contains("<svg") && !html.contains("http://") || html.contains("xmlns=\"http://www.w3.org/2000/svg\""), "{m}");
+        assert!(!html.contains("<script src") && !html.contains("<link"), "the report must not load anything");
+        let eg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("00-built.json")).unwrap()).unwrap();
+        assert!(eg["nodes"].as_object().is_some_and(|n| !n.is_empty()), "{m}: egraph JSON has nodes");
+        let prof = lumind(&["profile", "--model", m, "--tokens", "4", "--runs", "1", "--top", "3"]);
+        assert!(prof.contains("ms/run") && prof.contains("MatMul"), "{m}: {prof}");
+    }
+    for job in ["decode", "train"] {
+        let out = dir.path().join(job);
+        lumind(&["inspect", "--model", "models/tiny-moe.toml", "--job", job, "--out", out.to_str().unwrap()]);
+        lumind(&["profile", "--model", "models/tiny-moe.toml", "--job", job, "--tokens", "8", "--runs", "1"]);
+    }
+}
+
+#[test]
+fn bench_reports_every_strategy() {
+    let json = lumind(&["bench", "--model", "models/tiny.toml", "--pp", "8", "--tg", "4", "--train", "2x8", "--reps", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    for f in ["none", "generic", "full"] {
+        for t in ["pp8", "tg4", "train2x8"] {
+            assert!(rows.iter().any(|r| r["fusion"] == f && r["test"] == t && r["tokens_per_s"].as_f64().unwrap() > 0.0), "{f} {t}");
+        }
+    }
+    assert!(v["decode_bound_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
