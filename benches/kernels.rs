@@ -11,8 +11,11 @@ fn data(n: usize) -> Vec<f32> {
 /// Compile `f` over inputs of the given shapes; returns a runner.
 fn graph(shapes: &[Vec<usize>], fusion: Fusion, f: impl Fn(&[Tensor]) -> Tensor) -> impl FnMut() {
     let b = GraphBuilder::new();
-    let ts: Vec<Tensor> =
-        shapes.iter().enumerate().map(|(i, s)| b.input(&format!("x{i}"), &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Param)).collect();
+    let ts: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.input(&format!("x{i}"), &s.iter().map(|&x| d(x)).collect::<Vec<_>>(), InputKind::Param))
+        .collect();
     b.output("y", &f(&ts));
     let mut built = b.finish().unwrap();
     compile(&mut built, &pipeline(fusion), |_, _| {});

@@ -3,13 +3,18 @@
 //! into fused CPU kernels. See the README for the tour.
 
 pub mod bench;
+pub mod bundle;
+pub mod chat_template;
 pub mod cli;
+pub mod conversation;
 pub mod data;
 pub mod generate;
 pub mod io;
+pub mod lora;
 pub mod model;
 pub mod rng;
 pub mod sampling;
+pub mod server;
 pub mod session;
 pub mod tokenizer;
 pub mod tokenizer_train;

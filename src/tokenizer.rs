@@ -49,7 +49,7 @@ impl Tokenizer {
         }
     }
 
-    fn from_parts(inner: tokenizers::Tokenizer, config: serde_json::Value) -> Result<Tokenizer> {
+    pub fn from_parts(inner: tokenizers::Tokenizer, config: serde_json::Value) -> Result<Tokenizer> {
         let id = |key: &str, default: &str| -> Result<u32> {
             let name = config.get(key).and_then(|v| v.as_str().or_else(|| v.get("content")?.as_str())).unwrap_or(default);
             inner.token_to_id(name).ok_or_else(|| anyhow!("special token `{name}` ({key}) is not in the vocabulary"))

@@ -36,3 +36,36 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
         .map(|t| t.parse::<u32>().with_context(|| format!("`{t}` in --tokens is not a token id")))
         .collect()
 }
+
+/// Sampling flags shared by `chat`.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<crate::sampling::SamplingParams> {
+        let p = crate::sampling::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        };
+        p.validate().map_err(anyhow::Error::msg)?;
+        Ok(p)
+    }
+}

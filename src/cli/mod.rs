@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod chat;
 mod generate;
 mod grad;
 mod info;
@@ -9,7 +10,9 @@ mod init;
 mod inspect;
 mod job;
 mod logits;
+mod model_source;
 mod profile;
+mod serve;
 mod tokenizer;
 mod train;
 
@@ -49,6 +52,10 @@ enum Cmd {
     Profile(profile::Args),
     /// Prefill, decode (and training) speed per fusion strategy
     Bench(bench::Args),
+    /// Chat in the terminal
+    Chat(chat::Args),
+    /// Serve an OpenAI-compatible API and a web chat page
+    Serve(serve::Args),
 }
 
 /// Run the command line; returns the process exit code.
@@ -68,6 +75,8 @@ pub fn main() -> i32 {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Profile(a) => profile::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Chat(a) => chat::run(a),
+        Cmd::Serve(a) => serve::run(a),
     };
     match r {
         Ok(()) => 0,

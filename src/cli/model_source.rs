@@ -1,0 +1,78 @@
+//! Where `chat` and `serve` get their model: files given on the command
+//! line, or the bundle appended to this executable (`lumind bundle`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lumind_compilers::Fusion;
+
+use crate::model::weights::Tensors;
+use crate::model::{ModelDef, Weights};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelSource {
+    /// Model definition (models/*.toml); not needed in a bundled executable
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Weights (safetensors); not needed in a bundled executable
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Compiler strategy: none, generic or full
+    #[arg(long, default_value = "full")]
+    pub fusion: Fusion,
+    /// A LoRA adapter directory (PEFT layout) applied on the weights
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+pub struct Loaded {
+    pub def: ModelDef,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    pub fusion: Fusion,
+}
+
+impl ModelSource {
+    pub fn load(&self, tokenizer: Option<&Path>) -> Result<Loaded> {
+        let (def, weights, bundled_tok) = match (&self.model, &self.weights) {
+            (Some(m), Some(w)) => {
+                let def = ModelDef::load(m)?;
+                let w = Weights::load(&def, w)?;
+                (def, w, None)
+            }
+            (None, None) => match crate::bundle::current()? {
+                Some(b) => {
+                    let def = ModelDef::parse(&b.manifest.model_toml).context("the bundled model definition")?;
+                    let st = safetensors::SafeTensors::deserialize(&b.weights).context("the bundled weights")?;
+                    let mut t = Tensors::default();
+                    for (name, v) in st.tensors() {
+                        let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                        t.insert(name, v.shape().to_vec(), data);
+                    }
+                    let w = Weights::check(&def, t).context("the bundled weights")?;
+                    let inner = tokenizers::Tokenizer::from_bytes(b.manifest.tokenizer_json.as_bytes())
+                        .map_err(|e| anyhow::anyhow!("bundled tokenizer: {e}"))?;
+                    let cfg: serde_json::Value = serde_json::from_str(&b.manifest.tokenizer_config)?;
+                    (def, w, Some(Tokenizer::from_parts(inner, cfg)?))
+                }
+                None => bail!("give --model and --weights (this executable carries no bundled model)"),
+            },
+            _ => bail!("give both --model and --weights"),
+        };
+        let tokenizer = match (tokenizer, bundled_tok) {
+            (Some(dir), _) => Tokenizer::load(dir)?,
+            (None, Some(t)) => t,
+            (None, None) => Tokenizer::default_minimind(),
+        };
+        if tokenizer.vocab_size() > def.vocab_size {
+            bail!("the tokenizer has {} tokens but model `{}` only {}", tokenizer.vocab_size(), def.name, def.vocab_size);
+        }
+        let weights = match &self.adapter {
+            Some(dir) => crate::lora::merge_adapter(&def, weights, dir)?,
+            None => weights,
+        };
+        Ok(Loaded { def, weights, tokenizer, fusion: self.fusion })
+    }
+}

@@ -1,0 +1,51 @@
+//! `lumind serve`: the OpenAI-compatible server and web chat page.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::model_source::ModelSource;
+use crate::chat_template::ChatTemplate;
+use crate::generate::Generator;
+use crate::model::builder::ForwardOptions;
+use crate::server::worker::Worker;
+use crate::server::{serve, App};
+use crate::session::Session;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelSource,
+    /// Tokenizer directory (default: the built-in MiniMind tokenizer)
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Address to listen on (loopback unless told otherwise)
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, default_value_t = 8998)]
+    pub port: u16,
+    /// Context length (tokens); default: the model's, at most 2048
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Requests that may wait for the generator; more get 503
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let loaded = a.model.load(a.tokenizer.as_deref())?;
+    let def = loaded.def.clone();
+    let context = a.context.unwrap_or(def.max_position_embeddings.min(2048)).min(def.max_position_embeddings);
+    let tok = Arc::new(loaded.tokenizer);
+    let template = ChatTemplate::for_tokenizer(&tok)?;
+    let (weights, fusion, d) = (loaded.weights, loaded.fusion, def.clone());
+    let worker = Worker::start(
+        move || Ok(Generator::new(Session::new(&d, weights, ForwardOptions::generation(context), fusion)?)),
+        tok.clone(),
+        a.queue,
+    )?;
+    let app = App { model_id: def.name.clone(), context, tok, template, worker };
+    serve(app, SocketAddr::new(a.host, a.port))
+}

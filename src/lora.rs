@@ -1,0 +1,73 @@
+//! LoRA adapters in the PEFT layout (`adapter_config.json` +
+//! `adapter_model.safetensors` with tensors
+//! `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight`
+//! [out, r]), and folding them into the base weights: `W += (alpha/r) B A`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::weights::Tensors;
+use crate::model::{ModelDef, Weights};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdapterConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub peft_type: Option<String>,
+}
+
+/// PEFT's tensor names for a module (`model.layers.0.self_attn.q_proj`).
+pub fn peft_names(module: &str) -> (String, String) {
+    (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
+}
+
+/// Read an adapter directory: its config and (module, A, B) triples.
+pub fn load_adapter(dir: &Path) -> Result<(AdapterConfig, Vec<(String, (Vec<usize>, Vec<f32>), (Vec<usize>, Vec<f32>))>)> {
+    let cfg_path = dir.join("adapter_config.json");
+    let cfg: AdapterConfig =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?)
+            .with_context(|| format!("{} is not a LoRA adapter config", cfg_path.display()))?;
+    let t = Tensors::load(&dir.join("adapter_model.safetensors"))?;
+    let mut out = vec![];
+    for name in t.0.keys().filter(|n| n.ends_with(".lora_A.weight")) {
+        let module = name.trim_start_matches("base_model.model.").trim_end_matches(".lora_A.weight").to_string();
+        let (an, bn) = peft_names(&module);
+        let a = t.get(&an).cloned().with_context(|| format!("adapter has no `{an}`"))?;
+        let b = t.get(&bn).cloned().with_context(|| format!("adapter has `{an}` but no `{bn}`"))?;
+        out.push((module, a, b));
+    }
+    if out.is_empty() {
+        bail!("{}: no lora_A/lora_B tensors", dir.display());
+    }
+    Ok((cfg, out))
+}
+
+/// Fold an adapter into the weights.
+pub fn merge_adapter(def: &ModelDef, mut w: Weights, dir: &Path) -> Result<Weights> {
+    let (cfg, mods) = load_adapter(dir)?;
+    let scale = (cfg.lora_alpha / cfg.r as f64) as f32;
+    for (module, (ash, a), (bsh, b)) in mods {
+        let wname = format!("{module}.weight");
+        let (wsh, wv) =
+            w.0 .0.get_mut(&wname).with_context(|| format!("adapter module `{module}` is not a parameter of `{}`", def.name))?;
+        let (out, inp) = (wsh[0], wsh[1]);
+        let r = ash[0];
+        if ash != vec![r, inp] || bsh != vec![out, r] {
+            bail!("adapter `{module}`: A {ash:?} and B {bsh:?} do not fit the weight {wsh:?}");
+        }
+        for o in 0..out {
+            for k in 0..r {
+                let bo = b[o * r + k] * scale;
+                if bo != 0.0 {
+                    let row = &mut wv[o * inp..(o + 1) * inp];
+                    row.iter_mut().zip(&a[k * inp..(k + 1) * inp]).for_each(|(x, &ai)| *x += bo * ai);
+                }
+            }
+        }
+    }
+    Ok(w)
+}

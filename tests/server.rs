@@ -1,0 +1,253 @@
+//! `lumind serve` over real HTTP on loopback: the OpenAI API, its errors,
+//! concurrent clients, a bounded queue, disconnects and draining on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn weights() -> PathBuf {
+    let p = std::env::temp_dir().join(format!("lumind-serve-test-{}.safetensors", std::process::id()));
+    if !p.exists() {
+        let st = Command::new(env!("CARGO_BIN_EXE_lumind"))
+            .args(["init", "--model", "models/tiny.toml", "--seed", "3", "--out", p.to_str().unwrap()])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    p
+}
+
+fn start(extra: &[&str]) -> Server {
+    let w = weights();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lumind"))
+        .args(["serve", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--port", "0", "--context", "256"])
+        .args(extra)
+        .current_dir(root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break format!("http://{}", rest.split_whitespace().next().unwrap());
+        }
+    };
+    // keep draining stderr so the server never blocks on it
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    Server { child, url }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn post(s: &Server, body: &str) -> (u16, Value) {
+    let mut r = agent().post(&format!("{}/v1/chat/completions", s.url)).header("Content-Type", "application/json").send(body).unwrap();
+    let status = r.status().as_u16();
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    (status, v)
+}
+
+fn chat(messages: Value, extra: Value) -> String {
+    let mut b = json!({"messages": messages});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b.to_string()
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+#[test]
+fn completions_streaming_and_stop() {
+    let s = start(&[]);
+    let mut r = agent().get(&format!("{}/health", s.url)).call().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap()).unwrap()["status"], "ok");
+    let mut r = agent().get(&format!("{}/v1/models", s.url)).call().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap()).unwrap()["data"][0]["id"], "tiny");
+    let mut r = agent().get(&format!("{}/", s.url)).call().unwrap();
+    let page = r.body_mut().read_to_string().unwrap();
+    assert!(page.contains("/v1/chat/completions") && !page.contains("<script src"), "self-contained chat page");
+
+    // plain completion
+    let (st, v) = post(&s, &chat(user("Hello"), json!({"model": "tiny", "max_tokens": 12, "temperature": 0})));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().unwrap() + 12);
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+
+    // streaming gives the same text, in chunks, ending with [DONE]
+    let mut r = agent()
+        .post(&format!("{}/v1/chat/completions", s.url))
+        .send(chat(user("Hello"), json!({"max_tokens": 12, "temperature": 0, "stream": true})))
+        .unwrap();
+    assert!(r.headers().get("content-type").unwrap().to_str().unwrap().starts_with("text/event-stream"));
+    let body = r.body_mut().read_to_string().unwrap();
+    let datas: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*datas.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = datas[..datas.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(chunks.len() >= 3);
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, text);
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+
+    // a stop sequence cuts the text before it
+    let mid: String = text.chars().skip(text.chars().count() / 2).take(2).collect();
+    let (_, v) = post(&s, &chat(user("Hello"), json!({"max_tokens": 12, "temperature": 0, "stop": [mid.clone()]})));
+    let cut = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(text.starts_with(cut) && !cut.contains(&mid) && cut.len() < text.len());
+
+    // sampling with a seed repeats; another seed differs
+    let sample = |seed: u64| {
+        post(&s, &chat(user("Tell me"), json!({"max_tokens": 16, "temperature": 1.0, "top_p": 0.95, "seed": seed}))).1["choices"][0]
+            ["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(sample(7), sample(7));
+    assert_ne!(sample(7), sample(8));
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let s = start(&[]);
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "body"),
+        (json!({"model": "tiny"}).to_string(), 400, "messages"),
+        (json!({"messages": "hi"}).to_string(), 400, "messages"),
+        (json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string(), 400, "messages[0].role"),
+        (json!({"messages": [{"role": "user"}]}).to_string(), 400, "messages[0].content"),
+        (chat(user("x"), json!({"model": "gpt-4"})), 404, "model"),
+        (chat(user("x"), json!({"max_tokens": 0})), 400, "max_tokens"),
+        (chat(user("x"), json!({"max_tokens": 100000})), 400, "max_tokens"),
+        (chat(user("x"), json!({"temperature": 5})), 400, "temperature"),
+        (chat(user("x"), json!({"stream": "yes"})), 400, "stream"),
+        (chat(user("x"), json!({"n": 3})), 400, "n"),
+        (chat(user(&"lorem ipsum dolor ".repeat(200)), json!({})), 400, "messages"),
+        ("a".repeat(2 << 20), 413, "body"),
+    ];
+    for (body, status, param) in cases {
+        let (st, v) = post(&s, &body);
+        assert_eq!(st, status, "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    let (_, v) = post(&s, &chat(user(&"lorem ipsum dolor ".repeat(200)), json!({})));
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    // still healthy after all that
+    let (st, _) = post(&s, &chat(user("x"), json!({"max_tokens": 2})));
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn concurrent_clients_queue_and_disconnects_free_the_worker() {
+    let s = start(&["--queue", "2"]);
+    // several clients at once: all answered (queued one after another)
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut r = agent()
+                    .post(&format!("{url}/v1/chat/completions"))
+                    .send(chat(user(&format!("client {i}")), json!({"max_tokens": 20})))
+                    .unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(codes.iter().all(|&c| c == 200 || c == 503), "{codes:?}");
+    assert!(codes.iter().filter(|&&c| c == 200).count() >= 2);
+
+    // more requests than the queue holds: the extra ones get 503
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut r = agent()
+                    .post(&format!("{url}/v1/chat/completions"))
+                    .send(chat(user(&format!("c{i}")), json!({"max_tokens": 200})))
+                    .unwrap();
+                let st = r.status().as_u16();
+                let body = r.body_mut().read_to_string().unwrap();
+                (st, body)
+            })
+        })
+        .collect();
+    let res: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let busy: Vec<&(u16, String)> = res.iter().filter(|r| r.0 == 503).collect();
+    assert!(!busy.is_empty(), "a queue of 2 cannot hold 6 requests: {:?}", res.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(busy[0].1.contains("busy"));
+
+    // a streaming client that leaves stops its generation: the next request
+    // does not wait for the abandoned 230 tokens
+    let mut r =
+        agent().post(&format!("{url}/v1/chat/completions")).send(chat(user("long"), json!({"max_tokens": 230, "stream": true}))).unwrap();
+    let mut reader = r.body_mut().as_reader();
+    let mut first = [0u8; 64];
+    reader.read_exact(&mut first).unwrap();
+    drop(reader);
+    drop(r);
+    let t = Instant::now();
+    let (st, _) = post(&s, &chat(user("next"), json!({"max_tokens": 1})));
+    assert_eq!(st, 200);
+    let quick = t.elapsed();
+    // the same 230 tokens, not abandoned, for comparison
+    let t = Instant::now();
+    let (st, _) = post(&s, &chat(user("long"), json!({"max_tokens": 230, "temperature": 0})));
+    assert_eq!(st, 200);
+    assert!(quick < t.elapsed(), "after a disconnect the next request waited {quick:?} (a full generation takes {:?})", t.elapsed());
+}
+
+#[test]
+fn sigterm_drains_then_exits() {
+    let mut s = start(&[]);
+    let url = s.url.clone();
+    let pending = std::thread::spawn(move || {
+        post(&Server { child: Command::new("true").spawn().unwrap(), url }, &chat(user("drain"), json!({"max_tokens": 230})))
+    });
+    std::thread::sleep(Duration::from_millis(40));
+    Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    let (st, v) = pending.join().unwrap();
+    assert_eq!(st, 200, "the request in flight completes: {v}");
+    let t = Instant::now();
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
