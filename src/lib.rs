@@ -8,6 +8,8 @@ pub mod chat_template;
 pub mod cli;
 pub mod conversation;
 pub mod data;
+pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod io;
 pub mod lora;

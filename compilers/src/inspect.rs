@@ -154,6 +154,19 @@ impl Snapshot {
             let d = n.inputs.iter().filter_map(|(s, _)| depth.get(s)).map(|d| d + 1).max().unwrap_or(0);
             depth.insert(n.id, d);
         }
+        // leaves (inputs, constants) sit just before their first reader
+        let mut first_use: FxHashMap<NodeIndex, usize> = FxHashMap::default();
+        for n in &self.nodes {
+            for (s, _) in &n.inputs {
+                let e = first_use.entry(*s).or_insert(usize::MAX);
+                *e = (*e).min(depth[&n.id]);
+            }
+        }
+        for n in self.nodes.iter().filter(|n| n.inputs.is_empty()) {
+            if let Some(&u) = first_use.get(&n.id) {
+                depth.insert(n.id, u.saturating_sub(1));
+            }
+        }
         let mut layers: BTreeMap<usize, Vec<&NodeInfo>> = BTreeMap::new();
         for n in &self.nodes {
             layers.entry(depth[&n.id]).or_default().push(n);
@@ -277,7 +290,7 @@ pub fn html_report(title: &str, snaps: &[Snapshot]) -> String {
     let mut h = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;margin:12px}} pre{{background:#f6f6f8;padding:8px;overflow:auto}}\
-         .panes{{display:flex;gap:8px}} .pane{{flex:1;border:1px solid #ccd;height:75vh;overflow:auto}}\
+         .panes{{display:flex;gap:8px}} .panes>div{{flex:1;min-width:0}} .pane{{border:1px solid #ccd;height:75vh;overflow:auto}}\
          .bar{{margin:4px 0}} .g{{display:none;transform-origin:0 0}}</style></head><body>\
          <h2>{t}</h2><pre>{sum}</pre><details><summary>what fused into what</summary><pre>{fus}</pre></details>\
          <p>Orange: fused kernels (hover for what they replace); green: nodes the pass added; blue: graph inputs.</p><div class=\"panes\">",
@@ -286,7 +299,7 @@ pub fn html_report(title: &str, snaps: &[Snapshot]) -> String {
         fus = esc(&fusion_report(snaps)),
     );
     for pane in 0..2 {
-        let _ = write!(h, "<div style=\"flex:1\"><div class=\"bar\"><select id=\"sel{pane}\" onchange=\"show({pane})\">");
+        let _ = write!(h, "<div><div class=\"bar\"><select id=\"sel{pane}\" onchange=\"show({pane})\">");
         for (i, sn) in snaps.iter().enumerate() {
             let selected = if (pane == 0 && i == 0) || (pane == 1 && i + 1 == snaps.len()) { " selected" } else { "" };
             let _ = write!(h, "<option value=\"{i}\"{selected}>{i}: {}</option>", esc(&sn.pass));

@@ -3,6 +3,8 @@
 mod args;
 mod bench;
 mod chat;
+mod eval;
+mod export;
 mod generate;
 mod grad;
 mod info;
@@ -56,6 +58,14 @@ enum Cmd {
     Chat(chat::Args),
     /// Serve an OpenAI-compatible API and a web chat page
     Serve(serve::Args),
+    /// Score a model: multiple choice (C-Eval format) or perplexity
+    Eval(eval::Args),
+    /// Write a transformers directory (config.json, model.safetensors, tokenizer)
+    Export(export::ExportArgs),
+    /// Read a transformers or MiniMind directory into a definition and weights
+    Import(export::ImportArgs),
+    /// Write one executable carrying the model, weights and tokenizer
+    Bundle(export::BundleArgs),
 }
 
 /// Run the command line; returns the process exit code.
@@ -77,6 +87,10 @@ pub fn main() -> i32 {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Chat(a) => chat::run(a),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Eval(a) => eval::run(a),
+        Cmd::Export(a) => export::run_export(a),
+        Cmd::Import(a) => export::run_import(a),
+        Cmd::Bundle(a) => export::run_bundle(a),
     };
     match r {
         Ok(()) => 0,

@@ -1,0 +1,141 @@
+//! Using a model: export to / import from transformers (checked against the
+//! fixture tools/reference/check_export.py wrote from transformers), bundled
+//! executables, the terminal chat, and scoring.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use lumind::compilers::Fusion;
+use lumind::export::{export, import};
+use lumind::model::builder::ForwardOptions;
+use lumind::model::params::param_specs;
+use lumind::model::weights::Tensors;
+use lumind::model::{ModelDef, Weights};
+use lumind::session::Session;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lumind(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lumind"));
+    c.args(args).current_dir(root()).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+    run(c, stdin)
+}
+
+fn run(mut c: Command, stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn export_matches_transformers_and_imports_back() {
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/export/manifest.json")).unwrap()).unwrap();
+    for f in m["fixtures"].as_array().unwrap() {
+        let def = ModelDef::load(root().join(f["model"].as_str().unwrap())).unwrap();
+        let w = Weights::load(&def, &root().join(f["weights"].as_str().unwrap())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        export(&def, &w, None, dir.path()).unwrap();
+        // the same config.json transformers loaded
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(config, f["config"], "{}: config.json changed since the fixture", def.name);
+        // import it back: same parameters, same weights
+        let (_, def2, w2) = import(dir.path(), &def.name).unwrap();
+        assert_eq!(param_specs(&def2), param_specs(&def), "{}", def.name);
+        assert_eq!(w2, w);
+        // and the imported model gives transformers' logits
+        let tokens: Vec<u32> = f["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let mut s = Session::new(&def2, w2, ForwardOptions::full(16), Fusion::Full).unwrap();
+        let got = s.run(&tokens, 1, 0).unwrap().data;
+        let want = Tensors::load(&root().join(f["hf_logits"].as_str().unwrap())).unwrap().get("logits").unwrap().1.clone();
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-4, "{}: lumind vs transformers logits differ by {diff}", def.name);
+        if def.is_moe() {
+            assert!(dir.path().join("modeling_lumind_moe.py").exists() && config["auto_map"].is_object());
+        }
+    }
+}
+
+#[test]
+fn import_reads_minimind_configs() {
+    // a MiniMind-style config.json (MiniMindForCausalLM names, no intermediate size)
+    let dir = tempfile::tempdir().unwrap();
+    let def = ModelDef::load(root().join("models/tiny-moe.toml")).unwrap();
+    let w = Weights::load(&def, &root().join("tests/fixtures/oracle/tiny-moe.safetensors")).unwrap();
+    w.save(&dir.path().join("model.safetensors")).unwrap();
+    let cfg = serde_json::json!({"architectures": ["MiniMindForCausalLM"], "model_type": "minimind", "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+        "max_position_embeddings": 256, "intermediate_size": 96, "use_moe": true, "n_routed_experts": 4, "n_shared_experts": 1,
+        "num_experts_per_tok": 2, "norm_topk_prob": true, "moe_intermediate_size": 48, "moe_layers": [1], "flash_attn": true});
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let (toml, def2, w2) = import(dir.path(), "mm").unwrap();
+    assert_eq!(param_specs(&def2), param_specs(&def), "{toml}");
+    assert_eq!(w2, w);
+    // no weights: a clear error
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let e = import(dir.path(), "mm").unwrap_err().to_string();
+    assert!(e.contains("no model.safetensors"), "{e}");
+}
+
+fn tiny_weights(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.safetensors");
+    let (ok, _, err) = lumind(&["init", "--model", "models/tiny.toml", "--seed", "5", "--out", p.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    p
+}
+
+#[test]
+fn terminal_chat_and_bundled_executable() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny_weights(dir.path());
+    let script = "Hello there\n/system You are terse.\nAnd again?\n/reset\n/bogus\nLast one\n/quit\n";
+    let (ok, out, err) = lumind(&["chat", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--max-new-tokens", "8", "--seed", "1"], Some(script));
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("tokens/s").count(), 3, "three replies: {err}");
+    assert!(err.contains("system prompt set") && err.contains("conversation cleared") && err.contains("unknown command /bogus"), "{err}");
+    assert!(out.lines().count() >= 3, "{out}");
+
+    // one executable with everything inside, run from an empty directory
+    let exe = dir.path().join("tiny-chat");
+    let (ok, _, err) = lumind(&["bundle", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--out", exe.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = Command::new(&exe);
+    c.args(["chat", "--max-new-tokens", "4"]).current_dir(empty.path());
+    let (ok, _, err) = run(c, Some("Hi\n/quit\n"));
+    assert!(ok && err.contains("chatting with `tiny`") && err.contains("tokens/s"), "{err}");
+    let mut c = Command::new(&exe);
+    c.args(["chat"]).current_dir(empty.path());
+    let (ok, _, err) = run(c, Some("/quit\n"));
+    assert!(ok, "{err}");
+    // without a bundle, chat needs files
+    let (ok, _, err) = lumind(&["chat"], Some("/quit\n"));
+    assert!(!ok && err.contains("--model and --weights"), "{err}");
+}
+
+#[test]
+fn scoring_choice_and_perplexity() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny_weights(dir.path());
+    let w = w.to_str().unwrap();
+    let (ok, out, err) = lumind(&["eval", "choice", "--model", "models/tiny.toml", "--weights", w, "--data", "data/ceval"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("arithmetic") && out.contains("chinese_poetry") && out.contains("shakespeare"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("total") && l.contains(" 60 ")), "{out}");
+    let bad = dir.path().join("bad_val.csv");
+    std::fs::write(&bad, "id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n").unwrap();
+    let (ok, _, err) = lumind(&["eval", "choice", "--model", "models/tiny.toml", "--weights", w, "--data", bad.to_str().unwrap()], None);
+    assert!(!ok && err.contains("bad_val.csv:2") && err.contains("not A, B, C or D"), "{err}");
+    let (ok, out, err) = lumind(&["eval", "ppl", "--model", "models/tiny.toml", "--weights", w, "--data", "data/pretrain_eval.jsonl", "--limit", "5"], None);
+    assert!(ok, "{err}");
+    let ppl: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // random weights: about as perplexed as a uniform guess over 6400 tokens
+    assert!(ppl > 1000.0 && ppl < 100000.0, "{out}");
+}

@@ -1,0 +1,53 @@
+// End to end: the web chat page served by `lumind serve`, in headless
+// Chromium. Types a question, sees the answer arrive in pieces, asks again
+// (the history is sent along), resets. Usage: node chat_page.mjs URL [SCREENSHOT]
+import { chromium } from 'playwright-core';
+
+const [url, shot] = process.argv.slice(2);
+const fail = (msg) => { console.error('FAIL: ' + msg); process.exit(1); };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync'],
+});
+try {
+  const page = await browser.newPage();
+  const requests = [];
+  page.on('request', (r) => { if (!r.url().startsWith(url)) requests.push(r.url()); });
+  await page.goto(url);
+  await page.waitForFunction(() => document.getElementById('model').textContent.length > 0);
+  await page.fill('#max_tokens', '120');
+  await page.fill('#seed', '1');
+
+  // count how often the answer bubble changes while it streams
+  await page.evaluate(() => {
+    window.updates = 0;
+    new MutationObserver(() => { window.updates++; }).observe(document.getElementById('messages'), { subtree: true, childList: true, characterData: true });
+  });
+  await page.fill('#input', 'Hello! Who are you?');
+  await page.click('#send');
+  await page.waitForSelector('.msg.assistant[data-done]', { timeout: 60000 });
+  const first = await page.locator('.msg.assistant').first();
+  if (await first.getAttribute('data-done') !== '1') fail('the reply ended in an error: ' + await first.textContent());
+  const answer = await first.textContent();
+  const updates = await page.evaluate(() => window.updates);
+  if (!answer || answer.length === 0) fail('empty answer');
+  if (updates < 4) fail(`the answer did not stream (only ${updates} updates)`);
+  if (!(await page.textContent('#status')).includes('tokens/s')) fail('no tokens/s after the reply');
+
+  // a second turn keeps the history
+  await page.fill('#input', 'And again?');
+  await page.press('#input', 'Enter');
+  await page.waitForFunction(() => document.querySelectorAll('.msg.assistant[data-done]').length === 2, null, { timeout: 60000 });
+  if (await page.locator('.msg.user').count() !== 2) fail('history lost');
+  if (shot) await page.screenshot({ path: shot, fullPage: true });
+
+  // reset clears it
+  await page.click('#reset');
+  if (await page.locator('.msg').count() !== 0) fail('reset did not clear the conversation');
+  if (requests.length) fail('the page loaded something from elsewhere: ' + requests.join(', '));
+  console.log(`ok: streamed answer of ${answer.length} characters in ${updates} updates; second turn and reset work`);
+} finally {
+  await browser.close();
+}
