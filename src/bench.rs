@@ -105,7 +105,14 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
 /// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
 /// tokens; tokens/s.
 pub fn train_step(def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
-    let mut s = TrainSession::new(def, Weights::init(def, 0, None), seq, Update::AdamW(AdamWConfig::default()), fusion)?;
+    let mut s = TrainSession::new(
+        def,
+        Weights::init(def, 0, None),
+        seq,
+        crate::train::graph::Stage::LanguageModel,
+        Update::AdamW(AdamWConfig::default()),
+        fusion,
+    )?;
     let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..batch)
         .map(|r| {
             let ids = synthetic_tokens(seq, def.vocab_size, r + 3);

@@ -41,7 +41,8 @@ pub fn read_choice_files(path: &Path) -> Result<Vec<(String, Vec<Question>)>> {
     for f in files {
         let mut r = csv::Reader::from_path(&f).with_context(|| format!("cannot read {}", f.display()))?;
         let headers = r.headers().with_context(|| format!("{}: no header row", f.display()))?.clone();
-        let col = |name: &str| headers.iter().position(|h| h.trim() == name).with_context(|| format!("{}: no column `{name}`", f.display()));
+        let col =
+            |name: &str| headers.iter().position(|h| h.trim() == name).with_context(|| format!("{}: no column `{name}`", f.display()));
         let (q, a, b, c, d, ans) = (col("question")?, col("A")?, col("B")?, col("C")?, col("D")?, col("answer")?);
         let mut qs = vec![];
         for (i, rec) in r.records().enumerate() {

@@ -112,7 +112,10 @@ pub fn definition_from_config(c: &Value, name: &str, has_lm_head: bool) -> Resul
     if let Some(r) = get(c, &["rope_scaling"]).filter(|r| r.is_object()) {
         let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|v| v.as_str()).unwrap_or("none");
         if kind == "linear" || kind == "yarn" {
-            t.push_str(&format!("\n[rope_scaling]\ntype = {kind:?}\nfactor = {:?}\n", r.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0)));
+            t.push_str(&format!(
+                "\n[rope_scaling]\ntype = {kind:?}\nfactor = {:?}\n",
+                r.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0)
+            ));
             for k in ["original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor"] {
                 if kind == "yarn" {
                     if let Some(v) = r.get(k).and_then(|v| v.as_f64()) {
@@ -132,11 +135,15 @@ pub fn definition_from_config(c: &Value, name: &str, has_lm_head: bool) -> Resul
 /// Read a transformers-style directory: (definition TOML text, definition, weights).
 pub fn import(dir: &Path, name: &str) -> Result<(String, ModelDef, Weights)> {
     let cfg_path = dir.join("config.json");
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?)
-        .with_context(|| format!("{} is not JSON", cfg_path.display()))?;
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?)
+            .with_context(|| format!("{} is not JSON", cfg_path.display()))?;
     let st = dir.join("model.safetensors");
     if !st.exists() {
-        bail!("{} has no model.safetensors (only safetensors weights can be imported; convert .bin files with transformers first)", dir.display());
+        bail!(
+            "{} has no model.safetensors (only safetensors weights can be imported; convert .bin files with transformers first)",
+            dir.display()
+        );
     }
     let mut t = Tensors::load(&st)?;
     // some checkpoints carry rotary tables; they are derived, not parameters

@@ -71,3 +71,26 @@ pub fn merge_adapter(def: &ModelDef, mut w: Weights, dir: &Path) -> Result<Weigh
     }
     Ok(w)
 }
+
+/// Write adapters in the PEFT layout.
+pub fn save_adapter(dir: &Path, cfg: &crate::train::graph::LoraConfig, adapters: &Tensors) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut modules: Vec<String> =
+        adapters.0.keys().filter_map(|n| n.strip_suffix(".lora_A.weight")).filter_map(|m| m.rsplit('.').next().map(String::from)).collect();
+    modules.sort();
+    modules.dedup();
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha.unwrap_or(cfg.rank as f64),
+        "target_modules": modules,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "base_model_name_or_path": null,
+    });
+    crate::io::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    adapters.save(&dir.join("adapter_model.safetensors"))
+}

@@ -18,7 +18,7 @@ use lumind::compilers::optim::AdamWConfig;
 use lumind::compilers::Fusion;
 use lumind::model::weights::Tensors;
 use lumind::model::{ModelDef, Weights};
-use lumind::train::graph::Update;
+use lumind::train::graph::{Stage, Update};
 use lumind::train::schedule::minimind_lr;
 use lumind::train::{Batch, TrainSession};
 
@@ -63,7 +63,7 @@ fn gradients_match_pytorch() {
         let b = batch(&gb["ids"], &gb["labels"]);
         let scalar = |n: &str| want.get(n).unwrap().1[0];
         for fusion in Fusion::ALL {
-            let mut s = TrainSession::new(&def, w.clone(), 16, Update::OutputGrads, fusion).unwrap();
+            let mut s = TrainSession::new(&def, w.clone(), 16, Stage::LanguageModel, Update::OutputGrads, fusion).unwrap();
             let (loss, grads) = s.grads(&b).unwrap();
             assert!(close(loss.loss, scalar("loss"), 1e-5), "{} ({fusion}): loss {} vs {}", def.name, loss.loss, scalar("loss"));
             assert!(close(loss.ce, scalar("ce"), 1e-5), "{}: cross-entropy", def.name);
@@ -92,7 +92,7 @@ fn adamw_steps_match_pytorch() {
         let accum = run["accum"].as_u64().unwrap();
         let lr = run["lr"].as_f64().unwrap() as f32;
         let batches: Vec<Batch> = run["batches"].as_array().unwrap().iter().map(|b| batch(&b["ids"], &b["labels"])).collect();
-        let mut s = TrainSession::new(&def, w, 16, Update::AdamW(AdamWConfig::default()), Fusion::Full).unwrap();
+        let mut s = TrainSession::new(&def, w, 16, Stage::LanguageModel, Update::AdamW(AdamWConfig::default()), Fusion::Full).unwrap();
         let total = batches.len() as u64;
         for (i, b) in batches.iter().enumerate() {
             let micro = i as u64 + 1;

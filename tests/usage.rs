@@ -37,7 +37,8 @@ fn run(mut c: Command, stdin: Option<&str>) -> (bool, String, String) {
 
 #[test]
 fn export_matches_transformers_and_imports_back() {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/export/manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/export/manifest.json")).unwrap()).unwrap();
     for f in m["fixtures"].as_array().unwrap() {
         let def = ModelDef::load(root().join(f["model"].as_str().unwrap())).unwrap();
         let w = Weights::load(&def, &root().join(f["weights"].as_str().unwrap())).unwrap();
@@ -96,7 +97,10 @@ fn terminal_chat_and_bundled_executable() {
     let dir = tempfile::tempdir().unwrap();
     let w = tiny_weights(dir.path());
     let script = "Hello there\n/system You are terse.\nAnd again?\n/reset\n/bogus\nLast one\n/quit\n";
-    let (ok, out, err) = lumind(&["chat", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--max-new-tokens", "8", "--seed", "1"], Some(script));
+    let (ok, out, err) = lumind(
+        &["chat", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--max-new-tokens", "8", "--seed", "1"],
+        Some(script),
+    );
     assert!(ok, "{err}");
     assert_eq!(err.matches("tokens/s").count(), 3, "three replies: {err}");
     assert!(err.contains("system prompt set") && err.contains("conversation cleared") && err.contains("unknown command /bogus"), "{err}");
@@ -104,7 +108,8 @@ fn terminal_chat_and_bundled_executable() {
 
     // one executable with everything inside, run from an empty directory
     let exe = dir.path().join("tiny-chat");
-    let (ok, _, err) = lumind(&["bundle", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--out", exe.to_str().unwrap()], None);
+    let (ok, _, err) =
+        lumind(&["bundle", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--out", exe.to_str().unwrap()], None);
     assert!(ok, "{err}");
     let empty = tempfile::tempdir().unwrap();
     let mut c = Command::new(&exe);
@@ -133,7 +138,8 @@ fn scoring_choice_and_perplexity() {
     std::fs::write(&bad, "id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n").unwrap();
     let (ok, _, err) = lumind(&["eval", "choice", "--model", "models/tiny.toml", "--weights", w, "--data", bad.to_str().unwrap()], None);
     assert!(!ok && err.contains("bad_val.csv:2") && err.contains("not A, B, C or D"), "{err}");
-    let (ok, out, err) = lumind(&["eval", "ppl", "--model", "models/tiny.toml", "--weights", w, "--data", "data/pretrain_eval.jsonl", "--limit", "5"], None);
+    let (ok, out, err) =
+        lumind(&["eval", "ppl", "--model", "models/tiny.toml", "--weights", w, "--data", "data/pretrain_eval.jsonl", "--limit", "5"], None);
     assert!(ok, "{err}");
     let ppl: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
     // random weights: about as perplexed as a uniform guess over 6400 tokens

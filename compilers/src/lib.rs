@@ -8,6 +8,7 @@ pub mod executor;
 pub mod inspect;
 pub mod kernel;
 pub mod kernels;
+pub mod lora;
 pub mod losses;
 pub mod optim;
 pub mod passes;

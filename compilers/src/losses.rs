@@ -43,3 +43,26 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     let count = sum_all(&target_mask(targets));
     picked.div(&count).scale(-1.0)
 }
+
+/// `log(1 + exp(u))`, computed as `max(u, 0) + log(1 + exp(-|u|))` so it
+/// never overflows.
+pub fn softplus(u: &Tensor) -> Tensor {
+    let pos = u.full_like(0.0).lt(u); // 1 where u > 0
+    let relu = u.mul(&pos);
+    let abs = u.mul(&pos.scale(2.0).add_scalar(-1.0));
+    relu.add(&abs.scale(-1.0).exp().add_scalar(1.0).ln())
+}
+
+/// The DPO loss of MiniMind (and the DPO paper): with `policy` and
+/// `reference` the summed log-probabilities of each row (`[b]`, chosen rows
+/// and rejected rows), and `pairs` (`[n, b]`) +1 at each pair's chosen row
+/// and -1 at its rejected row, `logits = pairs @ (policy - reference)` and
+/// `loss = mean(-logsigmoid(beta * logits))`. Returns (loss, logits `[n]`).
+pub fn dpo_loss(policy: &Tensor, reference: &Tensor, pairs: &Tensor, beta: f32) -> (Tensor, Tensor) {
+    let b = policy.dim(0);
+    let diff = policy.sub(reference).reshape(&[b, d(1)]);
+    let n = pairs.dim(0);
+    let logits = pairs.matmul(&diff).reshape(&[n]);
+    let loss = softplus(&logits.scale(-beta)).mean(0);
+    (loss, logits)
+}

@@ -171,6 +171,31 @@ impl GraphBuilder {
         cx.outputs.push(OutputDecl { name: name.into(), node: t.id, dims });
     }
 
+    /// Make everything that reads `from` (but `except`) read `to` instead;
+    /// outputs naming `from` follow. For graph transforms such as LoRA.
+    pub fn redirect_consumers(&self, from: NodeIndex, to: NodeIndex, except: NodeIndex) {
+        use petgraph::visit::EdgeRef;
+        let mut cx = self.cx.borrow_mut();
+        let edges: Vec<_> = cx
+            .graph
+            .graph
+            .edges_directed(from, petgraph::Direction::Outgoing)
+            .filter(|e| e.target() != except)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
+        for (id, target, w) in edges {
+            cx.graph.graph.remove_edge(id);
+            cx.graph.graph.add_edge(to, target, w);
+        }
+        for o in cx.outputs.iter_mut().filter(|o| o.node == from) {
+            o.node = to;
+        }
+        if cx.graph.to_retrieve.remove(&from) {
+            cx.graph.to_retrieve.insert(to);
+            cx.graph.no_delete.insert(to);
+        }
+    }
+
     /// Keep a node that nothing reads (an in-place update) through compilation.
     pub fn keep(&self, t: &Tensor) {
         self.cx.borrow_mut().graph.no_delete.insert(t.id);

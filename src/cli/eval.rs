@@ -57,7 +57,12 @@ pub fn run(a: Args) -> Result<()> {
             let template = if raw { None } else { Some(ChatTemplate::for_tokenizer(&tok)?) };
             let letters = letter_ids(&tok)?;
             let files = read_choice_files(&data)?;
-            let longest = files.iter().flat_map(|f| f.1.iter()).map(|q| q.question.len() + q.options.iter().map(|o| o.len()).sum::<usize>()).max().unwrap_or(0);
+            let longest = files
+                .iter()
+                .flat_map(|f| f.1.iter())
+                .map(|q| q.question.len() + q.options.iter().map(|o| o.len()).sum::<usize>())
+                .max()
+                .unwrap_or(0);
             let ctx = (longest + 64).min(def.max_position_embeddings);
             let mut s = Session::new(&def, w, ForwardOptions::generation(ctx), model.fusion)?;
             println!("{:<28} {:>9} {:>9} {:>9}", "subject", "questions", "correct", "accuracy");

@@ -44,11 +44,19 @@ pub struct ImportArgs {
 }
 
 pub fn run_import(a: ImportArgs) -> Result<()> {
-    let name = a.name.unwrap_or_else(|| a.from.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or("imported".into()));
+    let name = a.name.unwrap_or_else(|| {
+        a.from.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or("imported".into())
+    });
     let (toml, def, w) = import(&a.from, &name)?;
     crate::io::write_atomic(&a.out_model, toml.as_bytes())?;
     w.save(&a.out_weights)?;
-    eprintln!("imported `{}` ({} parameters): {} + {}", def.name, human(count_params(&def).total), a.out_model.display(), a.out_weights.display());
+    eprintln!(
+        "imported `{}` ({} parameters): {} + {}",
+        def.name,
+        human(count_params(&def).total),
+        a.out_model.display(),
+        a.out_weights.display()
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use super::args::{parse_tokens, ModelArgs};
-use crate::train::graph::Update;
+use crate::train::graph::{Stage, Update};
 use crate::train::{Batch, TrainSession};
 
 #[derive(clap::Args)]
@@ -28,7 +28,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--tokens needs at least two ids (the loss scores each next token)");
     }
     let (def, w) = a.model.load()?;
-    let mut s = TrainSession::new(&def, w, tokens.len(), Update::OutputGrads, a.model.fusion)?;
+    let mut s = TrainSession::new(&def, w, tokens.len(), Stage::LanguageModel, Update::OutputGrads, a.model.fusion)?;
     let labels: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let batch = Batch::from_labels(&[(tokens, labels)]);
     let (loss, mut grads) = s.grads(&batch)?;

@@ -10,7 +10,7 @@ use lumind_compilers::GraphBuilder;
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::ModelDef;
-use crate::train::graph::{build, Update};
+use crate::train::graph::{build, Stage, Update};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
@@ -54,7 +54,7 @@ pub fn options(job: Job, positions: usize) -> ForwardOptions {
 /// The uncompiled graph of a job.
 pub fn build_job_graph(def: &ModelDef, job: Job) -> Result<BuiltGraph> {
     match job {
-        Job::Train => build(def, POSITIONS, &Update::AdamW(AdamWConfig::default())),
+        Job::Train => Ok(build(def, POSITIONS, &Stage::LanguageModel, &Update::AdamW(AdamWConfig::default()))?.graph),
         _ => {
             let b = GraphBuilder::new();
             let inputs = declare_inputs(&b, def);

@@ -73,7 +73,14 @@ pub fn run(a: Args) -> Result<()> {
         Job::Train => {
             use crate::train::graph::Update;
             use crate::train::{Batch, TrainSession};
-            let mut s = TrainSession::new(&def, weights, a.tokens, Update::AdamW(Default::default()), a.fusion)?;
+            let mut s = TrainSession::new(
+                &def,
+                weights,
+                a.tokens,
+                crate::train::graph::Stage::LanguageModel,
+                Update::AdamW(Default::default()),
+                a.fusion,
+            )?;
             let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..a.batch)
                 .map(|r| {
                     let ids = synthetic_tokens(a.tokens, def.vocab_size, r);

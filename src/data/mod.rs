@@ -1,4 +1,5 @@
 //! Training data: JSONL files, pretraining records, batches.
 
+pub mod chat;
 pub mod jsonl;
 pub mod pretrain;

@@ -10,9 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::pretrain::Position;
-use crate::model::def::ModelDef;
-use crate::model::params::param_specs;
-use crate::model::weights::{Tensors, Weights};
+use crate::model::weights::Tensors;
 
 /// Where a run is.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -34,7 +32,8 @@ pub struct RunState {
 
 pub struct Checkpoint {
     pub state: RunState,
-    pub weights: Weights,
+    /// the trained tensors (model weights, or LoRA adapters)
+    pub trained: Tensors,
     pub optimizer: Tensors,
 }
 
@@ -42,31 +41,30 @@ pub fn path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
-pub fn save(out: &Path, state: &RunState, weights: &Weights, optimizer: &Tensors) -> Result<()> {
+/// Write the checkpoint (trained tensors, optimizer state, run state).
+pub fn save(out: &Path, state: &RunState, trained: &Tensors, optimizer: &Tensors) -> Result<()> {
     let mut all = optimizer.clone();
-    for (n, v) in &weights.0 .0 {
+    for (n, v) in &trained.0 {
         all.0.insert(n.clone(), v.clone());
     }
     let meta: HashMap<String, String> = [("lumind_run_state".to_string(), serde_json::to_string(state)?)].into();
-    all.save_with_metadata(&path(out), meta)?;
-    weights.save(&out.join("model.safetensors"))
+    all.save_with_metadata(&path(out), meta)
 }
 
-pub fn load(out: &Path, def: &ModelDef) -> Result<Checkpoint> {
+/// Read a checkpoint; `trained` names the tensors that are not optimizer state.
+pub fn load(out: &Path, trained: &[(String, Vec<usize>)]) -> Result<Checkpoint> {
     let p = path(out);
     let meta = Tensors::load_metadata(&p)?;
     let state: RunState = serde_json::from_str(meta.get("lumind_run_state").context("not a lumind checkpoint (no run state)")?)
         .with_context(|| format!("{}: unreadable run state", p.display()))?;
     let mut all = Tensors::load(&p)?;
-    let mut w = Tensors::default();
-    for s in param_specs(def) {
-        match all.0.remove(&s.name) {
-            Some(v) => {
-                w.0.insert(s.name, v);
-            }
-            None => bail!("{}: no tensor `{}`: the checkpoint is of another model than `{}`", p.display(), s.name, def.name),
+    let mut t = Tensors::default();
+    for (name, shape) in trained {
+        match all.0.remove(name) {
+            Some((s, v)) if &s == shape => t.insert(name.clone(), s, v),
+            Some((s, _)) => bail!("{}: tensor `{name}` has shape {s:?}, the run trains {shape:?}", p.display()),
+            None => bail!("{}: no tensor `{name}`: the checkpoint belongs to another model or stage", p.display()),
         }
     }
-    let weights = Weights::check(def, w).with_context(|| format!("{}", p.display()))?;
-    Ok(Checkpoint { state, weights, optimizer: all })
+    Ok(Checkpoint { state, trained: t, optimizer: all })
 }

@@ -9,9 +9,26 @@ use serde::{Deserialize, Serialize};
 use crate::data::jsonl::OnBadLine;
 use crate::data::pretrain::PadTo;
 
+/// Which training stage a config runs.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StageName {
+    /// next-token prediction on `{"text": ...}` lines
+    #[default]
+    Pretrain,
+    /// supervised fine-tuning on `{"conversations": [...]}` (assistant tokens scored)
+    Sft,
+    /// LoRA adapters trained on conversations, base weights frozen
+    Lora,
+    /// preference alignment on `{"chosen": [...], "rejected": [...]}`
+    Dpo,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    #[serde(default)]
+    pub stage: StageName,
     /// model definition (models/*.toml)
     pub model: PathBuf,
     /// start from these weights instead of a random init
@@ -30,6 +47,36 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub sft: SftConfig,
+    pub lora: Option<crate::train::graph::LoraConfig>,
+    #[serde(default)]
+    pub dpo: DpoConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {
+    /// score every assistant reply (`all`) or only the last one (`last`)
+    #[serde(default)]
+    pub loss_on: crate::data::chat::LossOn,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DpoConfig {
+    #[serde(default = "default_beta")]
+    pub beta: f32,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        DpoConfig { beta: default_beta() }
+    }
+}
+
+fn default_beta() -> f32 {
+    0.1
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -136,7 +183,33 @@ impl TrainConfig {
             bail!("`checkpoint.every` and `log.every` must be at least 1");
         }
         self.fusion.parse::<lumind_compilers::Fusion>().map_err(|e| anyhow::anyhow!("`fusion`: {e}"))?;
+        if matches!(self.stage, StageName::Lora | StageName::Dpo) && self.weights.is_none() {
+            bail!("stage `{:?}` starts from trained weights: set `weights`", self.stage);
+        }
+        if self.stage != StageName::Lora && self.lora.is_some() {
+            bail!("a `[lora]` table is only used with `stage = \"lora\"`");
+        }
+        if let Some(l) = &self.lora {
+            if l.rank == 0 {
+                bail!("`lora.rank` must be at least 1");
+            }
+        }
+        if !(self.dpo.beta > 0.0) {
+            bail!("`dpo.beta` must be positive");
+        }
         Ok(())
+    }
+
+    /// The graph transform this config trains with.
+    pub fn stage(&self) -> crate::train::graph::Stage {
+        use crate::train::graph::Stage;
+        match self.stage {
+            StageName::Pretrain | StageName::Sft => Stage::LanguageModel,
+            StageName::Lora => {
+                Stage::Lora(self.lora.clone().unwrap_or(crate::train::graph::LoraConfig { rank: 8, alpha: None, targets: vec![] }))
+            }
+            StageName::Dpo => Stage::Dpo { beta: self.dpo.beta },
+        }
     }
 
     /// What must not change between a checkpoint and its resumption for

@@ -1,14 +1,26 @@
-//! The training graph: forward + loss + backward (+ AdamW) built from the same
-//! definition as inference. Stages differ only in the transforms applied.
+//! Training graphs: forward + loss + backward (+ AdamW), built from the same
+//! definition as inference. The stages differ only in the transforms applied
+//! to that one forward graph:
+//!
+//! - pretrain and SFT: cross-entropy of the next tokens (SFT's targets are
+//!   masked to the assistant's replies by the data), plus the MoE aux loss;
+//!   every parameter trains;
+//! - LoRA: low-rank branches injected beside the targeted products; the base
+//!   weights are frozen graph buffers and only the adapters are
+//!   differentiated, so only they have optimizer state;
+//! - DPO: a second forward over the same tokens with a frozen reference copy
+//!   of the weights, the DPO loss over chosen/rejected pairs, gradients for
+//!   the policy only.
 
 use lumind_compilers::autograd::backward;
-use lumind_compilers::losses::cross_entropy;
+use lumind_compilers::lora::inject;
+use lumind_compilers::losses::{cross_entropy, dpo_loss, target_log_probs};
 use lumind_compilers::optim::{adamw, AdamWConfig};
 use lumind_compilers::shape::{d, sym};
 use lumind_compilers::tensor::BuiltGraph;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
 
-use crate::model::builder::{declare_inputs, forward, ForwardOptions, ModelInputs};
+use crate::model::builder::{forward, ForwardOptions, ModelInputs};
 use crate::model::def::ModelDef;
 use crate::model::params::param_specs;
 
@@ -22,41 +34,150 @@ pub enum Update {
     AdamW(AdamWConfig),
 }
 
-/// The language-model loss of a batch: cross-entropy of the logits against
-/// `targets` (`[b, s]`, the next token per position or -100), plus the MoE
-/// auxiliary loss. Returns (total, cross-entropy, aux).
-pub fn lm_loss(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, max_positions: usize) -> (Tensor, Tensor, Option<Tensor>) {
-    let opts = ForwardOptions { aux_loss: true, ..ForwardOptions::full(max_positions) };
+/// LoRA settings.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    /// scale = alpha / rank; alpha = rank gives MiniMind's unscaled `W x + B A x`
+    pub alpha: Option<f64>,
+    /// module names to adapt (`q_proj`, `o_proj`, ...); default: every
+    /// square linear layer, as MiniMind does
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+fn default_rank() -> usize {
+    8
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f32 {
+        (self.alpha.unwrap_or(self.rank as f64) / self.rank as f64) as f32
+    }
+
+    /// The modules (`model.layers.0.self_attn.q_proj`) adapted in `def`, with (out, in).
+    pub fn modules(&self, def: &ModelDef) -> Vec<(String, usize, usize)> {
+        param_specs(def)
+            .into_iter()
+            .filter(|s| s.shape.len() == 2 && s.name.ends_with(".weight") && s.name.starts_with("model.layers."))
+            .filter(|s| {
+                let module = s.name.trim_end_matches(".weight");
+                let last = module.rsplit('.').next().unwrap_or("");
+                if self.targets.is_empty() {
+                    s.shape[0] == s.shape[1]
+                } else {
+                    self.targets.iter().any(|t| t == last || module.ends_with(t.as_str()))
+                }
+            })
+            .map(|s| (s.name.trim_end_matches(".weight").to_string(), s.shape[0], s.shape[1]))
+            .collect()
+    }
+}
+
+/// A training stage.
+#[derive(Clone, Debug)]
+pub enum Stage {
+    /// pretraining and SFT (the data decides what is scored)
+    LanguageModel,
+    Lora(LoraConfig),
+    Dpo {
+        beta: f32,
+    },
+}
+
+/// A built training graph and what it trains.
+pub struct TrainGraph {
+    pub graph: BuiltGraph,
+    /// (name, shape) of every trained tensor, in order
+    pub trainable: Vec<(String, Vec<usize>)>,
+    /// names of frozen model weights the graph reads (LoRA base, DPO reference)
+    pub frozen: Vec<(String, String)>,
+}
+
+/// Declare the token input and a parameter set under `prefix` of kind `kind`.
+fn declare(b: &GraphBuilder, def: &ModelDef, tokens: &Tensor, prefix: &str, kind: InputKind) -> ModelInputs {
+    let params = param_specs(def)
+        .into_iter()
+        .map(|s| {
+            let dims: Vec<_> = s.shape.iter().map(|&x| d(x)).collect();
+            (s.name.clone(), b.input(&format!("{prefix}{}", s.name), &dims, kind))
+        })
+        .collect();
+    ModelInputs { tokens: tokens.clone(), params }
+}
+
+fn lm_forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, positions: usize) -> (Tensor, Option<Tensor>) {
+    let opts = ForwardOptions { aux_loss: true, ..ForwardOptions::full(positions) };
     let out = forward(b, def, inputs, &opts);
-    let targets = b.input("targets", &[sym('b'), sym('s')], InputKind::Data);
-    let ce = cross_entropy(&out.logits, &targets);
-    let total = match &out.aux_loss {
-        Some(a) => ce.add(a),
-        None => ce.clone(),
-    };
-    (total, ce, out.aux_loss)
+    (out.logits, out.aux_loss)
 }
 
-/// Build the pretraining graph of a model: outputs `loss`, `ce`, `aux` and
-/// either gradients or (with AdamW) `grad_norm`.
-pub fn build(def: &ModelDef, max_positions: usize, update: &Update) -> anyhow::Result<BuiltGraph> {
+fn plus_aux(x: Tensor, aux: &Option<Tensor>) -> Tensor {
+    match aux {
+        Some(a) => x.add(a),
+        None => x,
+    }
+}
+
+/// Build the training graph of a stage. Outputs `loss`, `ce`, `aux` (and
+/// for DPO `dpo_logits`), then gradients or `grad_norm`.
+pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -> anyhow::Result<TrainGraph> {
     let b = GraphBuilder::new();
-    let inputs = declare_inputs(&b, def);
-    let (total, ce, aux) = lm_loss(&b, def, &inputs, max_positions);
-    finish(b, def, &inputs, total, ce, aux, update)
-}
-
-/// Differentiate `total` w.r.t. every parameter and add the update.
-pub fn finish(
-    b: GraphBuilder,
-    def: &ModelDef,
-    inputs: &ModelInputs,
-    total: Tensor,
-    ce: Tensor,
-    aux: Option<Tensor>,
-    update: &Update,
-) -> anyhow::Result<BuiltGraph> {
-    let names: Vec<String> = param_specs(def).into_iter().map(|s| s.name).collect();
+    let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);
+    let targets = b.input("targets", &[sym('b'), sym('s')], InputKind::Data);
+    let specs = param_specs(def);
+    let (total, ce, aux, wrt, trainable, frozen) = match stage {
+        Stage::LanguageModel => {
+            let inputs = declare(&b, def, &tokens, "", InputKind::Param);
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
+            let ce = cross_entropy(&logits, &targets);
+            let wrt: Vec<Tensor> = specs.iter().map(|s| inputs.params[&s.name].clone()).collect();
+            let trainable = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
+            (plus_aux(ce.clone(), &aux), ce, aux, wrt, trainable, vec![])
+        }
+        Stage::Lora(cfg) => {
+            let inputs = declare(&b, def, &tokens, "", InputKind::Buffer);
+            let (mut wrt, mut trainable) = (vec![], vec![]);
+            let _g = b.scope("lora");
+            for (module, out, inp) in cfg.modules(def) {
+                let (an, bn) = crate::lora::peft_names(&module);
+                let a = b.input(&an, &[d(cfg.rank), d(inp)], InputKind::Param);
+                let bb = b.input(&bn, &[d(out), d(cfg.rank)], InputKind::Param);
+                inject(&inputs.params[&format!("{module}.weight")], &a, &bb, cfg.scale());
+                trainable.push((an, vec![cfg.rank, inp]));
+                trainable.push((bn, vec![out, cfg.rank]));
+                wrt.push(a);
+                wrt.push(bb);
+            }
+            drop(_g);
+            if wrt.is_empty() {
+                anyhow::bail!("no module of `{}` matches the LoRA targets {:?}", def.name, cfg.targets);
+            }
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
+            let ce = cross_entropy(&logits, &targets);
+            let frozen = specs.iter().map(|s| (s.name.clone(), s.name.clone())).collect();
+            (plus_aux(ce.clone(), &aux), ce, aux, wrt, trainable, frozen)
+        }
+        Stage::Dpo { beta } => {
+            let policy = declare(&b, def, &tokens, "", InputKind::Param);
+            let reference = declare(&b, def, &tokens, "ref.", InputKind::Buffer);
+            let (pl, aux) = lm_forward(&b, def, &policy, positions);
+            let rl = {
+                let _g = b.scope("reference");
+                lm_forward(&b, def, &reference, positions).0
+            };
+            let pairs = b.input("pairs", &[sym('n'), sym('b')], InputKind::Data);
+            let seq = |logits: &Tensor| target_log_probs(logits, &targets).sum(1);
+            let (loss, logits) = dpo_loss(&seq(&pl), &seq(&rl), &pairs, *beta);
+            b.output("dpo_logits", &logits);
+            let wrt: Vec<Tensor> = specs.iter().map(|s| policy.params[&s.name].clone()).collect();
+            let trainable = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
+            let frozen = specs.iter().map(|s| (s.name.clone(), format!("ref.{}", s.name))).collect();
+            (plus_aux(loss.clone(), &aux), loss, aux, wrt, trainable, frozen)
+        }
+    };
     b.output("loss", &total);
     b.output("ce", &ce);
     b.output("aux", &aux.unwrap_or_else(|| b.constant(0.0)));
@@ -64,29 +185,24 @@ pub fn finish(
         Update::OutputGrads => total,
         Update::AdamW(_) => total.mul(&b.input("loss_scale", &[], InputKind::Data)),
     };
-    let params: Vec<Tensor> = names.iter().map(|n| inputs.params[n].clone()).collect();
-    let grads = backward(&scaled, &params).map_err(anyhow::Error::msg)?;
+    let grads = backward(&scaled, &wrt).map_err(anyhow::Error::msg)?;
+    let with_grads: Vec<(String, Tensor, Tensor)> = trainable
+        .iter()
+        .zip(wrt.iter().zip(grads))
+        .map(|((n, _), (p, g))| (n.clone(), p.clone(), g.unwrap_or_else(|| p.full_like(0.0))))
+        .collect();
     match update {
         Update::OutputGrads => {
-            for (n, g) in names.iter().zip(&grads) {
-                let g = g.clone().unwrap_or_else(|| inputs.params[n].full_like(0.0));
-                b.output(&format!("grad.{n}"), &g);
+            for (n, _, g) in &with_grads {
+                b.output(&format!("grad.{n}"), g);
             }
         }
         Update::AdamW(cfg) => {
             let hyper = b.input("optim", &[d(3)], InputKind::Data);
-            let with_grads: Vec<(String, Tensor, Tensor)> = names
-                .iter()
-                .zip(grads)
-                .map(|(n, g)| {
-                    let p = inputs.params[n].clone();
-                    let g = g.unwrap_or_else(|| p.full_like(0.0));
-                    (n.clone(), p, g)
-                })
-                .collect();
             let norm = adamw(&with_grads, &hyper, cfg);
             b.output("grad_norm", &norm);
         }
     }
-    b.finish().map_err(|e| anyhow::anyhow!("building the training graph of `{}`: {e}", def.name))
+    let graph = b.finish().map_err(|e| anyhow::anyhow!("building the training graph of `{}`: {e}", def.name))?;
+    Ok(TrainGraph { graph, trainable, frozen })
 }

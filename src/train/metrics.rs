@@ -26,6 +26,12 @@ pub struct Metrics {
     pub tokens: u64,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// DPO: share of pairs the policy prefers more than the reference does
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_acc: Option<f32>,
+    /// DPO: mean reward margin `beta * ((pi_c - pi_r) - (ref_c - ref_r))`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_margin: Option<f32>,
 }
 
 /// JSON has no NaN: serde_json writes it as `null`; read that back as NaN.

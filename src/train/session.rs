@@ -1,32 +1,37 @@
-//! A compiled training graph and the state it updates in place: weights,
-//! AdamW moments and accumulated gradients.
-
-use std::collections::BTreeMap;
+//! A compiled training graph and the state it updates in place: the trained
+//! tensors (weights, or LoRA adapters), AdamW moments and accumulated
+//! gradients; frozen weights (LoRA's base, DPO's reference) sit beside them
+//! as buffers.
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::{hyper_values, state_names};
 use lumind_compilers::{compile, pipeline, DimValues, Executor, Fusion};
 
-use super::graph::{build, Update};
+use super::graph::{build, Stage, Update};
 use crate::model::def::ModelDef;
-use crate::model::params::param_specs;
 use crate::model::rope;
 use crate::model::weights::{Tensors, Weights};
+use crate::rng::Rng;
 
 /// Losses of one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepLoss {
-    /// cross-entropy + aux
+    /// the stage's loss + aux
     pub loss: f32,
+    /// cross-entropy (DPO: the DPO loss)
     pub ce: f32,
     pub aux: f32,
     /// global norm of the accumulated gradient (before clipping), when the
     /// step applied an update
     pub grad_norm: Option<f32>,
+    /// DPO: share of pairs whose policy margin exceeds the reference's, and
+    /// the mean reward margin `beta * logits`
+    pub dpo: Option<(f32, f32)>,
 }
 
 /// A batch: `batch` rows of `seq` token ids and the target of each position
-/// (the next token, or -100 where nothing is scored).
+/// (the next token, or -100 where nothing is scored). For DPO the first half
+/// of the rows are chosen answers, the second half the rejected ones.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub batch: usize,
@@ -59,22 +64,56 @@ impl Batch {
 pub struct TrainSession {
     pub def: ModelDef,
     pub exec: Executor,
+    pub stage: Stage,
     update: Update,
     pub max_positions: usize,
+    pub trainable: Vec<(String, Vec<usize>)>,
+    pub frozen: Vec<(String, String)>,
+}
+
+/// LoRA adapters as MiniMind starts them: A ~ N(0, 0.02), B = 0.
+pub fn init_adapters(trainable: &[(String, Vec<usize>)], seed: u64) -> Tensors {
+    let mut t = Tensors::default();
+    for (name, shape) in trainable {
+        let n: usize = shape.iter().product();
+        let data = if name.ends_with("lora_A.weight") {
+            let mut rng = Rng::for_name(seed, name);
+            (0..n).map(|_| rng.normal() * 0.02).collect()
+        } else {
+            vec![0.0; n]
+        };
+        t.insert(name.clone(), shape.clone(), data);
+    }
+    t
 }
 
 impl TrainSession {
-    pub fn new(def: &ModelDef, weights: Weights, max_positions: usize, update: Update, fusion: Fusion) -> Result<TrainSession> {
-        let mut built = build(def, max_positions, &update)?;
-        compile(&mut built, &pipeline(fusion), |_, _| {});
-        let mut exec = Executor::new(built);
-        for (name, (_, data)) in weights.into_map() {
-            exec.set(&name, data)?;
+    /// `weights` are the model's (the base for LoRA, the policy and reference
+    /// for DPO); `trained` overrides the trained tensors (LoRA adapters; a
+    /// checkpoint's weights).
+    pub fn new(def: &ModelDef, weights: Weights, positions: usize, stage: Stage, update: Update, fusion: Fusion) -> Result<TrainSession> {
+        let mut g = build(def, positions, &stage, &update)?;
+        compile(&mut g.graph, &pipeline(fusion), |_, _| {});
+        let mut exec = Executor::new(g.graph);
+        let w = weights.into_map();
+        for (name, input) in &g.frozen {
+            exec.set(input, w[name].1.clone())?;
         }
-        let (cos, sin) = rope::tables(def, max_positions);
+        if !matches!(stage, Stage::Lora(_)) {
+            for (name, (_, data)) in w {
+                exec.set(&name, data)?;
+            }
+        }
+        let (cos, sin) = rope::tables(def, positions);
         exec.set("rope.cos", cos)?;
         exec.set("rope.sin", sin)?;
-        Ok(TrainSession { def: def.clone(), exec, update, max_positions })
+        let mut s =
+            TrainSession { def: def.clone(), exec, stage, update, max_positions: positions, trainable: g.trainable, frozen: g.frozen };
+        if matches!(s.stage, Stage::Lora(_)) {
+            let init = init_adapters(&s.trainable, 0);
+            s.set_trained(&init)?;
+        }
+        Ok(s)
     }
 
     fn inputs(&self, b: &Batch) -> Result<(Vec<f32>, Vec<f32>, DimValues)> {
@@ -86,19 +125,46 @@ impl TrainSession {
         }
         let tokens = b.tokens.iter().map(|&t| t as f32).collect();
         let targets = b.targets.iter().map(|&t| t as f32).collect();
-        let dims: DimValues = [('b', b.batch), ('s', b.seq)].into_iter().collect();
+        let mut dims: DimValues = [('b', b.batch), ('s', b.seq)].into_iter().collect();
+        if matches!(self.stage, Stage::Dpo { .. }) {
+            if b.batch % 2 != 0 {
+                bail!("a DPO batch holds chosen and rejected rows in equal numbers, got {} rows", b.batch);
+            }
+            dims.insert('n', b.batch / 2);
+        }
         Ok((tokens, targets, dims))
     }
 
-    /// Loss and gradients by parameter name (graph built with `OutputGrads`).
-    pub fn grads(&mut self, b: &Batch) -> Result<(StepLoss, Tensors)> {
+    /// `[n, b]`: +1 at each pair's chosen row, -1 at its rejected row.
+    fn pairs(b: &Batch) -> Vec<f32> {
+        let n = b.batch / 2;
+        let mut p = vec![0.0; n * b.batch];
+        for i in 0..n {
+            p[i * b.batch + i] = 1.0;
+            p[i * b.batch + n + i] = -1.0;
+        }
+        p
+    }
+
+    fn run(&mut self, b: &Batch, extra: &[(&str, &[f32])]) -> Result<lumind_compilers::Outputs> {
         let (tokens, targets, dims) = self.inputs(b)?;
-        let mut out = self.exec.run(&[("tokens", &tokens), ("targets", &targets)], &dims)?;
-        let loss = read_loss(&mut out, None);
+        let pairs = Self::pairs(b);
+        let mut args: Vec<(&str, &[f32])> = vec![("tokens", &tokens), ("targets", &targets)];
+        if matches!(self.stage, Stage::Dpo { .. }) {
+            args.push(("pairs", &pairs));
+        }
+        args.extend_from_slice(extra);
+        Ok(self.exec.run(&args, &dims)?)
+    }
+
+    /// Loss and gradients of the trained tensors (graph built with `OutputGrads`).
+    pub fn grads(&mut self, b: &Batch) -> Result<(StepLoss, Tensors)> {
+        let mut out = self.run(b, &[])?;
+        let loss = read_loss(&mut out, None, &self.stage);
         let mut t = Tensors::default();
-        for s in param_specs(&self.def) {
-            let (shape, data) = out.take(&format!("grad.{}", s.name)).context("missing gradient output")?;
-            t.insert(s.name, shape, data);
+        for (name, _) in &self.trainable {
+            let (shape, data) = out.take(&format!("grad.{name}")).context("missing gradient output")?;
+            t.insert(name.clone(), shape, data);
         }
         Ok((loss, t))
     }
@@ -108,29 +174,44 @@ impl TrainSession {
     /// at learning rate `lr` and clear the accumulator.
     pub fn step(&mut self, b: &Batch, lr: f32, step: u64, apply: bool, loss_scale: f32) -> Result<StepLoss> {
         assert!(matches!(self.update, Update::AdamW(_)), "session was built without an optimizer");
-        let (tokens, targets, dims) = self.inputs(b)?;
         let hyper = hyper_values(lr, step, apply);
         let scale = [loss_scale];
-        let mut out = self.exec.run(&[("tokens", &tokens), ("targets", &targets), ("optim", &hyper), ("loss_scale", &scale)], &dims)?;
-        Ok(read_loss(&mut out, Some(apply)))
+        let mut out = self.run(b, &[("optim", &hyper), ("loss_scale", &scale)])?;
+        Ok(read_loss(&mut out, Some(apply), &self.stage))
     }
 
-    /// Current weights.
-    pub fn weights(&self) -> Weights {
+    /// The trained tensors (model weights, or LoRA adapters under PEFT names).
+    pub fn trained(&self) -> Tensors {
         let mut t = Tensors::default();
-        for s in param_specs(&self.def) {
-            t.insert(s.name.clone(), s.shape.clone(), self.exec.get(&s.name).expect("weights are set").to_vec());
+        for (name, shape) in &self.trainable {
+            t.insert(name.clone(), shape.clone(), self.exec.get(name).expect("trained tensors are set").to_vec());
         }
-        Weights(t)
+        t
+    }
+
+    /// The model weights (pretraining, SFT, DPO's policy).
+    pub fn weights(&self) -> Weights {
+        Weights(self.trained())
+    }
+
+    pub fn set_trained(&mut self, t: &Tensors) -> Result<()> {
+        for (name, shape) in &self.trainable {
+            let (s, v) = t.get(name).with_context(|| format!("no tensor `{name}`"))?;
+            if s != shape {
+                bail!("tensor `{name}` has shape {s:?}, expected {shape:?}");
+            }
+            self.exec.set(name, v.clone())?;
+        }
+        Ok(())
     }
 
     /// AdamW moments and accumulated gradients (absent before the first step).
     pub fn optimizer_state(&self) -> Tensors {
         let mut t = Tensors::default();
-        for s in param_specs(&self.def) {
-            for n in state_names(&s.name) {
+        for (name, shape) in &self.trainable {
+            for n in state_names(name) {
                 if let Some(v) = self.exec.get(&n) {
-                    t.insert(n, s.shape.clone(), v.to_vec());
+                    t.insert(n, shape.clone(), v.to_vec());
                 }
             }
         }
@@ -143,23 +224,18 @@ impl TrainSession {
         }
         Ok(())
     }
-
-    pub fn set_weights(&mut self, w: Weights) -> Result<()> {
-        for (name, (_, data)) in w.into_map() {
-            self.exec.set(&name, data)?;
-        }
-        Ok(())
-    }
 }
 
-fn read_loss(out: &mut lumind_compilers::Outputs, apply: Option<bool>) -> StepLoss {
+fn read_loss(out: &mut lumind_compilers::Outputs, apply: Option<bool>, stage: &Stage) -> StepLoss {
     let mut scalar = |n: &str| out.take(n).map(|(_, v)| v[0]).unwrap_or(0.0);
     let (loss, ce, aux) = (scalar("loss"), scalar("ce"), scalar("aux"));
     let norm = scalar("grad_norm");
-    StepLoss { loss, ce, aux, grad_norm: (apply == Some(true)).then_some(norm) }
-}
-
-/// Names of every tensor a checkpoint holds besides the weights.
-pub fn optimizer_names(def: &ModelDef) -> BTreeMap<String, Vec<usize>> {
-    param_specs(def).into_iter().flat_map(|s| state_names(&s.name).map(|n| (n, s.shape.clone()))).collect()
+    let dpo = match stage {
+        Stage::Dpo { beta } => out.take("dpo_logits").map(|(_, l)| {
+            let n = l.len().max(1) as f32;
+            (l.iter().filter(|&&x| x > 0.0).count() as f32 / n, l.iter().map(|x| beta * x).sum::<f32>() / n)
+        }),
+        _ => None,
+    };
+    StepLoss { loss, ce, aux, grad_norm: (apply == Some(true)).then_some(norm), dpo }
 }

@@ -17,11 +17,62 @@ use super::graph::Update;
 use super::metrics::{self, Metrics};
 use super::schedule::lr_at;
 use super::session::TrainSession;
+use crate::data::chat::{ChatData, Kind};
 use crate::data::pretrain::{Position, PretrainData};
 use crate::model::{ModelDef, Weights};
 use crate::tokenizer::Tokenizer;
+use crate::train::config::StageName;
+use crate::train::Batch;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Where a stage's batches come from.
+pub enum Data {
+    Text(PretrainData),
+    Chat(ChatData),
+}
+
+impl Data {
+    pub fn open(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Data> {
+        let d = &cfg.data;
+        Ok(match cfg.stage {
+            StageName::Pretrain => Data::Text(PretrainData::open(&d.train, d.max_seq_len, d.pad_to, d.on_bad_line, cfg.seed)?),
+            StageName::Sft | StageName::Lora => {
+                Data::Chat(ChatData::open(&d.train, Kind::Sft, tok, d.max_seq_len, cfg.sft.loss_on, d.on_bad_line, cfg.seed)?)
+            }
+            StageName::Dpo => {
+                Data::Chat(ChatData::open(&d.train, Kind::Pairs, tok, d.max_seq_len, cfg.sft.loss_on, d.on_bad_line, cfg.seed)?)
+            }
+        })
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Text(d) => d.len(),
+            Data::Chat(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn skipped(&self) -> usize {
+        match self {
+            Data::Text(d) => d.index.skipped,
+            Data::Chat(d) => d.index.skipped,
+        }
+    }
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        match self {
+            Data::Text(d) => d.order(epoch),
+            Data::Chat(d) => d.order(epoch),
+        }
+    }
+    pub fn batch(&self, tok: &Tokenizer, order: &[usize], pos: Position, n: usize) -> Result<(Batch, Position)> {
+        match self {
+            Data::Text(d) => d.batch(tok, order, pos, n),
+            Data::Chat(d) => d.batch(tok, order, pos, n),
+        }
+    }
+}
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,24 +109,34 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
     if tok.vocab_size() > def.vocab_size {
         bail!("the tokenizer has {} tokens but model `{}` only {} (vocab_size)", tok.vocab_size(), def.name, def.vocab_size);
     }
-    let data = PretrainData::open(&cfg.data.train, cfg.data.max_seq_len, cfg.data.pad_to, cfg.data.on_bad_line, cfg.seed)?;
+    let data = Data::open(cfg, &tok)?;
+    let stage = cfg.stage();
     let fusion: Fusion = cfg.fusion.parse().map_err(anyhow::Error::msg)?;
     let adamw = AdamWConfig { max_grad_norm: cfg.optim.grad_clip, weight_decay: cfg.optim.weight_decay, ..AdamWConfig::default() };
     let ckpt_path = checkpoint::path(out);
 
-    let (weights, optimizer, mut state) = if resume {
+    let weights = match &cfg.weights {
+        Some(p) => Weights::load(&def, p)?,
+        None => Weights::init(&def, cfg.seed, None),
+    };
+    let t_compile = Instant::now();
+    let mut session = TrainSession::new(&def, weights, cfg.data.max_seq_len, stage.clone(), Update::AdamW(adamw), fusion)?;
+    let compile_ms = t_compile.elapsed().as_secs_f64() * 1e3;
+    let mut state = if resume {
         if !ckpt_path.exists() {
             bail!("--resume: no checkpoint at {}", ckpt_path.display());
         }
-        let c = checkpoint::load(out, &def)?;
+        let c = checkpoint::load(out, &session.trainable)?;
         if c.state.fingerprint != cfg.fingerprint() {
             bail!(
-                "--resume: {} was made with a different config (model, data, optimizer or seed changed); \
+                "--resume: {} was made with a different config (model, data, stage, optimizer or seed changed); \
                  restore that config or train into another `out`",
                 ckpt_path.display()
             );
         }
         metrics::truncate_after(out, c.state.micro_step)?;
+        session.set_trained(&c.trained)?;
+        session.set_optimizer_state(&c.optimizer)?;
         eprintln!(
             "resuming {} at step {} (epoch {}, record {})",
             out.display(),
@@ -83,42 +144,35 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
             c.state.position.epoch,
             c.state.position.index
         );
-        (c.weights, Some(c.optimizer), c.state)
+        c.state
     } else {
         if ckpt_path.exists() {
             bail!("{} already holds a checkpoint: pass --resume to continue it, or set another `out`", out.display());
         }
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-        let w = match &cfg.weights {
-            Some(p) => Weights::load(&def, p)?,
-            None => Weights::init(&def, cfg.seed, None),
-        };
-        let st = RunState { seed: cfg.seed, fingerprint: cfg.fingerprint(), ..Default::default() };
-        (w, None, st)
+        RunState { seed: cfg.seed, fingerprint: cfg.fingerprint(), ..Default::default() }
     };
     std::fs::write(out.join("config.toml"), toml::to_string(cfg)?).with_context(|| format!("cannot write to {}", out.display()))?;
 
-    let t_compile = Instant::now();
-    let mut session = TrainSession::new(&def, weights, cfg.data.max_seq_len, Update::AdamW(adamw), fusion)?;
-    if let Some(o) = &optimizer {
-        session.set_optimizer_state(o)?;
-    }
     eprintln!(
-        "training `{}` on {} ({} records{}), {} steps of {} x {} sequences; graph compiled in {:.0} ms",
+        "{:?} `{}` on {} ({} records{}), {} steps of {} x {} {}; {} trained tensors; graph compiled in {:.0} ms",
+        cfg.stage,
         def.name,
         cfg.data.train.display(),
         data.len(),
-        if data.index.skipped > 0 { format!(", {} bad lines skipped", data.index.skipped) } else { String::new() },
+        if data.skipped() > 0 { format!(", {} bad lines skipped", data.skipped()) } else { String::new() },
         total_steps(cfg, data.len()),
         cfg.optim.accumulation_steps,
         cfg.optim.batch_size,
-        t_compile.elapsed().as_secs_f64() * 1e3
+        if cfg.stage == StageName::Dpo { "pairs" } else { "sequences" },
+        session.trainable.len(),
+        compile_ms
     );
     install_ctrl_c();
     INTERRUPTED.store(false, Ordering::SeqCst);
     let summary = run_loop(cfg, &def, &tok, &data, &mut session, &mut state)?;
-    metrics::plot(out, &format!("{} pretraining loss", def.name))?;
+    metrics::plot(out, &format!("{} {:?} loss", def.name, cfg.stage))?;
     Ok(summary)
 }
 
@@ -126,7 +180,7 @@ fn run_loop(
     cfg: &TrainConfig,
     def: &ModelDef,
     tok: &Tokenizer,
-    data: &PretrainData,
+    data: &Data,
     session: &mut TrainSession,
     state: &mut RunState,
 ) -> Result<Summary> {
@@ -191,15 +245,18 @@ fn run_loop(
                 tokens: state.tokens,
                 tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: state.elapsed,
+                reward_acc: l.dpo.map(|_| window.iter().filter_map(|x| x.dpo).map(|d| d.0).sum::<f32>() / n),
+                reward_margin: l.dpo.map(|_| window.iter().filter_map(|x| x.dpo).map(|d| d.1).sum::<f32>() / n),
             };
             if step % cfg.log.every as u64 == 0 || step == total {
                 metrics::append(out, &m)?;
             }
             bar.set_position(step);
-            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s));
+            let dpo = m.reward_acc.map_or(String::new(), |a| format!("  acc {a:.2} margin {:.3}", m.reward_margin.unwrap_or(0.0)));
+            bar.set_message(format!("loss {:.4}{dpo}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s));
             // without a terminal the bar is hidden: print a line every tenth of the run
             if bar.is_hidden() && (step % (total / 10).max(1) == 0 || step == total) {
-                eprintln!("step {step}/{total}  loss {:.4}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s);
+                eprintln!("step {step}/{total}  loss {:.4}{dpo}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s);
             }
             last = Some(m);
             window.clear();
@@ -220,6 +277,8 @@ fn run_loop(
     }
     save(out, state, session, def)?;
     bar.finish_and_clear();
+    let result =
+        if matches!(session.stage, crate::train::graph::Stage::Lora(_)) { out.join("adapter") } else { out.join("model.safetensors") };
     if interrupted {
         eprintln!(
             "interrupted at step {} (micro-step {}); checkpoint saved in {}; continue with --resume",
@@ -229,21 +288,26 @@ fn run_loop(
         );
     } else {
         eprintln!(
-            "done: {} steps, {} tokens in {:.1}s ({:.0} tokens/s); final loss {:.4}; weights in {}",
+            "done: {} steps, {} tokens in {:.1}s ({:.0} tokens/s); final loss {:.4}; {}",
             state.step,
             state.tokens,
             state.elapsed,
             state.tokens as f64 / state.elapsed.max(1e-9),
             last.as_ref().map_or(f32::NAN, |m| m.loss),
-            out.join("model.safetensors").display()
+            result.display()
         );
     }
     Ok(Summary { state: state.clone(), interrupted, last })
 }
 
 fn save(out: &Path, state: &RunState, session: &TrainSession, def: &ModelDef) -> Result<()> {
-    checkpoint::save(out, state, &session.weights(), &session.optimizer_state())?;
-    metrics::plot(out, &format!("{} pretraining loss", def.name))
+    let trained = session.trained();
+    checkpoint::save(out, state, &trained, &session.optimizer_state())?;
+    match &session.stage {
+        crate::train::graph::Stage::Lora(cfg) => crate::lora::save_adapter(&out.join("adapter"), cfg, &trained)?,
+        _ => trained.save(&out.join("model.safetensors"))?,
+    }
+    metrics::plot(out, &format!("{} loss", def.name))
 }
 
 fn last_checkpoint_step(out: &Path) -> Result<String> {
