@@ -19,12 +19,19 @@ pub struct ModelArgs {
     /// Compiler strategy: none, generic or full
     #[arg(long, default_value = "full")]
     pub fusion: Fusion,
+    /// A LoRA adapter directory (PEFT layout), folded into the weights
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> Result<(ModelDef, Weights)> {
         let def = ModelDef::load(&self.model)?;
         let w = Weights::load(&def, &self.weights)?;
+        let w = match &self.adapter {
+            Some(dir) => crate::lora::merge_adapter(&def, w, dir)?,
+            None => w,
+        };
         Ok((def, w))
     }
 }

@@ -11,13 +11,17 @@ use crate::model::ModelDef;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model definition (models/*.toml)
+    /// Model definition (models/*.toml); not needed with --config
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Which graph: forward (whole sequence), decode (one token with a KV
-    /// cache) or train (forward, loss, backward, AdamW)
+    /// cache), train (forward, loss, backward, AdamW), or a stage of a
+    /// training config: sft, lora, dpo
     #[arg(long, default_value = "forward")]
     job: Job,
+    /// Training config (configs/*.toml): its model and stage settings
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[arg(long, default_value = "full")]
     fusion: Fusion,
     /// Output directory: NN-pass.dot, NN-pass.json (egraph-serialize),
@@ -27,8 +31,20 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let def = ModelDef::load(&a.model)?;
-    let mut built = build_job_graph(&def, a.job)?;
+    let (def, stage) = match (&a.config, &a.model) {
+        (Some(c), _) => {
+            let cfg = crate::train::config::TrainConfig::load(c)?;
+            (ModelDef::load(&cfg.model)?, Some(cfg.stage()))
+        }
+        (None, Some(m)) => (ModelDef::load(m)?, None),
+        (None, None) => anyhow::bail!("give --model or --config"),
+    };
+    if matches!(a.job, Job::Lora | Job::Dpo)
+        && !matches!(stage, Some(crate::train::graph::Stage::Lora(_)) | Some(crate::train::graph::Stage::Dpo { .. }))
+    {
+        anyhow::bail!("--job {} needs --config with that stage", a.job);
+    }
+    let (mut built, about) = build_job_graph(&def, a.job, stage)?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
     compile(&mut built, &pipeline(a.fusion), |pass, g| {
         let s = Snapshot::take(pass, g, snaps.last());
@@ -41,9 +57,12 @@ pub fn run(a: Args) -> Result<()> {
         s.egraph().to_json_file(stem.with_extension("json"))?;
     }
     let title = format!("{} / {} / fusion {}", def.name, a.job, a.fusion);
-    let summary = format!("{title}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
+    let summary = format!("{title}\n{about}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
     std::fs::write(a.out.join("summary.txt"), &summary)?;
-    std::fs::write(a.out.join("report.html"), html_report(&title, &snaps))?;
+    std::fs::write(a.out.join("report.html"), html_report(&format!("{title}\n{about}"), &snaps))?;
+    if !about.is_empty() {
+        println!("{about}\n");
+    }
     print!("{}", summary_table(&snaps));
     eprintln!("wrote {} passes (DOT, egraph JSON), summary.txt and report.html to {}", snaps.len(), a.out.display());
     Ok(())

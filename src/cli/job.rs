@@ -17,6 +17,9 @@ pub enum Job {
     Forward,
     Decode,
     Train,
+    Sft,
+    Lora,
+    Dpo,
 }
 
 impl FromStr for Job {
@@ -26,7 +29,10 @@ impl FromStr for Job {
             "forward" => Ok(Job::Forward),
             "decode" => Ok(Job::Decode),
             "train" => Ok(Job::Train),
-            _ => Err(format!("unknown job `{s}` (expected forward, decode or train)")),
+            "sft" => Ok(Job::Sft),
+            "lora" => Ok(Job::Lora),
+            "dpo" => Ok(Job::Dpo),
+            _ => Err(format!("unknown job `{s}` (expected forward, decode, train, sft, lora or dpo)")),
         }
     }
 }
@@ -37,6 +43,9 @@ impl fmt::Display for Job {
             Job::Forward => "forward",
             Job::Decode => "decode",
             Job::Train => "train",
+            Job::Sft => "sft",
+            Job::Lora => "lora",
+            Job::Dpo => "dpo",
         })
     }
 }
@@ -51,16 +60,36 @@ pub fn options(job: Job, positions: usize) -> ForwardOptions {
     }
 }
 
-/// The uncompiled graph of a job.
-pub fn build_job_graph(def: &ModelDef, job: Job) -> Result<BuiltGraph> {
+/// The uncompiled graph of a job (training stages take their settings from
+/// `stage`), with a description of what it trains and keeps frozen.
+pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>) -> Result<(BuiltGraph, String)> {
     match job {
-        Job::Train => Ok(build(def, POSITIONS, &Stage::LanguageModel, &Update::AdamW(AdamWConfig::default()))?.graph),
+        Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
+            let stage = stage.unwrap_or(Stage::LanguageModel);
+            let g = build(def, POSITIONS, &stage, &Update::AdamW(AdamWConfig::default()))?;
+            let mut d = format!("stage {stage:?}\ntrained: {} tensors", g.trainable.len());
+            for (n, s) in g.trainable.iter().take(12) {
+                d += &format!("\n  {n} {s:?}");
+            }
+            if g.trainable.len() > 12 {
+                d += &format!("\n  ... and {} more", g.trainable.len() - 12);
+            }
+            d += &format!("\nfrozen (graph buffers, no gradient, no optimizer state): {} tensors", g.frozen.len());
+            for (_, input) in g.frozen.iter().take(4) {
+                d += &format!("\n  {input}");
+            }
+            if let Stage::Dpo { .. } = stage {
+                d += "\npairs: input `pairs` [n, b] holds +1 at each pair's chosen row and -1 at its rejected row; \
+                      policy and reference (`ref.*`) read the same tokens";
+            }
+            Ok((g.graph, d))
+        }
         _ => {
             let b = GraphBuilder::new();
             let inputs = declare_inputs(&b, def);
             let out = forward(&b, def, &inputs, &options(job, POSITIONS));
             b.output("logits", &out.logits);
-            Ok(b.finish()?)
+            Ok((b.finish()?, String::new()))
         }
     }
 }

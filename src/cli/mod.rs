@@ -12,6 +12,7 @@ mod init;
 mod inspect;
 mod job;
 mod logits;
+mod lora;
 mod model_source;
 mod profile;
 mod serve;
@@ -66,6 +67,8 @@ enum Cmd {
     Import(export::ImportArgs),
     /// Write one executable carrying the model, weights and tokenizer
     Bundle(export::BundleArgs),
+    /// LoRA adapter tools
+    Lora(lora::Args),
 }
 
 /// Run the command line; returns the process exit code.
@@ -91,6 +94,7 @@ pub fn main() -> i32 {
         Cmd::Export(a) => export::run_export(a),
         Cmd::Import(a) => export::run_import(a),
         Cmd::Bundle(a) => export::run_bundle(a),
+        Cmd::Lora(a) => lora::run(a),
     };
     match r {
         Ok(()) => 0,

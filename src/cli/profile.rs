@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             (s.exec.profile.clone().unwrap(), names(&s.exec), 1)
         }
-        Job::Train => {
+        Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
             use crate::train::graph::Update;
             use crate::train::{Batch, TrainSession};
             let mut s = TrainSession::new(

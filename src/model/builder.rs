@@ -92,8 +92,9 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
     let (s, past) = (sym('s'), if opts.kv_cache { sym('p') } else { d(0) });
     let total = add(past, s);
     let hd = def.head_dim;
-    let cos = b.input("rope.cos", &[d(opts.max_positions), d(hd)], InputKind::Buffer);
-    let sin = b.input("rope.sin", &[d(opts.max_positions), d(hd)], InputKind::Buffer);
+    // (a second forward in the same graph, as DPO's reference, shares the tables)
+    let table = |name: &str| b.find_input(name).unwrap_or_else(|| b.input(name, &[d(opts.max_positions), d(hd)], InputKind::Buffer));
+    let (cos, sin) = (table("rope.cos"), table("rope.sin"));
     let (cos, sin) = (cos.slice(0, past, total), sin.slice(0, past, total));
     // key j is hidden from query i when j > past + i
     let q_pos = b.iota(s, past).expand(1, total);

@@ -67,11 +67,13 @@ pub struct SftConfig {
 pub struct DpoConfig {
     #[serde(default = "default_beta")]
     pub beta: f32,
+    /// the frozen reference's weights (default: `weights`, the starting policy)
+    pub reference: Option<PathBuf>,
 }
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        DpoConfig { beta: default_beta() }
+        DpoConfig { beta: default_beta(), reference: None }
     }
 }
 

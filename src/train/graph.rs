@@ -139,13 +139,17 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -
         }
         Stage::Lora(cfg) => {
             let inputs = declare(&b, def, &tokens, "", InputKind::Buffer);
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
+            // the transform: a low-rank branch beside every targeted product
             let (mut wrt, mut trainable) = (vec![], vec![]);
             let _g = b.scope("lora");
             for (module, out, inp) in cfg.modules(def) {
                 let (an, bn) = crate::lora::peft_names(&module);
                 let a = b.input(&an, &[d(cfg.rank), d(inp)], InputKind::Param);
                 let bb = b.input(&bn, &[d(out), d(cfg.rank)], InputKind::Param);
-                inject(&inputs.params[&format!("{module}.weight")], &a, &bb, cfg.scale());
+                if inject(&inputs.params[&format!("{module}.weight")], &a, &bb, cfg.scale()) == 0 {
+                    anyhow::bail!("LoRA: `{module}` is not read by any matrix product");
+                }
                 trainable.push((an, vec![cfg.rank, inp]));
                 trainable.push((bn, vec![out, cfg.rank]));
                 wrt.push(a);
@@ -155,7 +159,6 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -
             if wrt.is_empty() {
                 anyhow::bail!("no module of `{}` matches the LoRA targets {:?}", def.name, cfg.targets);
             }
-            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
             let ce = cross_entropy(&logits, &targets);
             let frozen = specs.iter().map(|s| (s.name.clone(), s.name.clone())).collect();
             (plus_aux(ce.clone(), &aux), ce, aux, wrt, trainable, frozen)

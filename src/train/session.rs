@@ -194,6 +194,15 @@ impl TrainSession {
         Weights(self.trained())
     }
 
+    /// Replace the frozen copy DPO compares against (it starts as `weights`).
+    pub fn set_reference(&mut self, w: &Weights) -> Result<()> {
+        for (name, input) in &self.frozen {
+            let (_, v) = w.0.get(name).with_context(|| format!("reference weights lack `{name}`"))?;
+            self.exec.set(input, v.clone())?;
+        }
+        Ok(())
+    }
+
     pub fn set_trained(&mut self, t: &Tensors) -> Result<()> {
         for (name, shape) in &self.trainable {
             let (s, v) = t.get(name).with_context(|| format!("no tensor `{name}`"))?;

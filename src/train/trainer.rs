@@ -122,6 +122,9 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
     let t_compile = Instant::now();
     let mut session = TrainSession::new(&def, weights, cfg.data.max_seq_len, stage.clone(), Update::AdamW(adamw), fusion)?;
     let compile_ms = t_compile.elapsed().as_secs_f64() * 1e3;
+    if let Some(r) = &cfg.dpo.reference {
+        session.set_reference(&Weights::load(&def, r)?)?;
+    }
     let mut state = if resume {
         if !ckpt_path.exists() {
             bail!("--resume: no checkpoint at {}", ckpt_path.display());

@@ -1,0 +1,43 @@
+//! `lumind lora merge`: fold an adapter into the base weights.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::lora::merge_adapter;
+use crate::model::{ModelDef, Weights};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// W += (alpha/r) B A for every adapted module; writes full weights
+    Merge {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        weights: PathBuf,
+        /// Adapter directory (adapter_config.json + adapter_model.safetensors)
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.cmd {
+        Cmd::Merge { model, weights, adapter, out } => {
+            let def = ModelDef::load(&model)?;
+            let w = merge_adapter(&def, Weights::load(&def, &weights)?, &adapter)?;
+            w.save(&out)?;
+            eprintln!("merged {} into {}", adapter.display(), out.display());
+        }
+    }
+    Ok(())
+}
