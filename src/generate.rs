@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use crate::sampling::Sampler;
-use crate::session::Session;
+use crate::session::{Logits, Session};
 
 pub struct Generator {
     pub session: Session,
@@ -38,6 +38,16 @@ impl Generator {
     /// Forget the cache.
     pub fn reset(&mut self) {
         self.cached.clear();
+    }
+
+    /// Run `ids` from an empty cache and return the session's logits (every
+    /// position's unless it was built `last_only`); the cache then holds
+    /// `ids`, so a prompt that starts with them reuses their keys and values.
+    pub fn run_fresh(&mut self, ids: &[u32]) -> Result<Logits> {
+        self.cached.clear();
+        let l = self.session.run(ids, 1, 0)?;
+        self.cached.extend_from_slice(ids);
+        Ok(l)
     }
 
     /// Feed `prompt`, reusing the longest cached prefix; returns the logits

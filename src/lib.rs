@@ -14,6 +14,7 @@ pub mod generate;
 pub mod io;
 pub mod lora;
 pub mod model;
+pub mod progress;
 pub mod rng;
 pub mod sampling;
 pub mod server;

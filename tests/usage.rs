@@ -145,3 +145,60 @@ fn scoring_choice_and_perplexity() {
     // random weights: about as perplexed as a uniform guess over 6400 tokens
     assert!(ppl > 1000.0 && ppl < 100000.0, "{out}");
 }
+
+#[test]
+fn scoring_chat_answers_against_references() {
+    use lumind::eval::chat::{read_chat_cases, ChatScorer};
+    use lumind::generate::Generator;
+    use lumind::tokenizer::Tokenizer;
+    let def = ModelDef::load(root().join("models/tiny-chat.toml")).unwrap();
+    let opts = ForwardOptions { max_positions: 256, kv_cache: true, last_only: false, aux_loss: false };
+    let session = Session::new(&def, Weights::init(&def, 3, None), opts, Fusion::Full).unwrap();
+    let mut scorer = ChatScorer::new(Generator::new(session), Tokenizer::default_minimind(), 12).unwrap();
+    let mut cases = read_chat_cases(&root().join("data/sft_eval.jsonl"), Some(2)).unwrap();
+    assert_eq!(cases.len(), 2);
+    let first = scorer.score(&cases[0], None).unwrap();
+    assert!(!first.exact && first.tokens > 0);
+    // random weights: the reference costs about ln(6400) = 8.76 nats a token
+    let nll = -first.log_prob / first.tokens as f64;
+    assert!(nll > 7.0 && nll < 11.0, "{nll}");
+    // the model's own greedy answer as the reference: an exact match, and
+    // (greedy) no less likely per token than the real reference
+    cases[1].reference = first.answer.clone();
+    cases[1].messages = cases[0].messages.clone();
+    let own = scorer.score(&cases[1], None).unwrap();
+    assert_eq!(own.answer, first.answer);
+    assert!(own.exact && own.contains);
+    let own_nll = -own.log_prob / own.tokens as f64;
+    assert!(own_nll < nll, "{own_nll} vs {nll}");
+    let expect = first.answer.chars().last().unwrap().to_string();
+    assert!(scorer.score(&cases[0], Some(&expect)).unwrap().contains);
+    assert!(!scorer.score(&cases[0], Some("not in any answer")).unwrap().contains);
+    // a conversation without a final assistant reply is named
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"conversations\": [{\"role\": \"assistant\", \"content\": \"hi\"}, {\"role\": \"user\", \"content\": \"q\"}]}\n",
+    )
+    .unwrap();
+    let err = read_chat_cases(&bad, None).err().unwrap().to_string();
+    assert!(err.contains("bad.jsonl:1") && err.contains("does not end with an assistant reply"), "{err}");
+}
+
+#[test]
+fn scoring_preference_pairs_against_a_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("chat.safetensors");
+    let (ok, _, err) = lumind(&["init", "--model", "models/tiny-chat.toml", "--seed", "4", "--out", w.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    let w = w.to_str().unwrap();
+    let args = ["eval", "pairs", "--model", "models/tiny-chat.toml", "--weights", w, "--data", "data/dpo_eval.jsonl", "--limit", "6"];
+    let (ok, out, err) = lumind(&args, None);
+    assert!(ok, "{err}");
+    assert!(out.contains("6 pairs") && out.contains("policy prefers chosen") && !out.contains("reward accuracy"), "{out}");
+    // against itself every margin ties with the reference's
+    let (ok, out, err) = lumind(&[&args[..], &["--reference", w]].concat(), None);
+    assert!(ok, "{err}");
+    assert!(out.contains("reward accuracy") && out.contains("  0.0%") && out.contains("6 ties"), "{out}");
+}

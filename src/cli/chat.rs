@@ -1,6 +1,6 @@
 //! `lumind chat`: an interactive terminal chat.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ pub struct Args {
     /// Tokenizer directory (default: the built-in MiniMind tokenizer)
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// System prompt
     #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
@@ -59,6 +60,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut sampler = Sampler::new(params);
     eprintln!("chatting with `{}` ({context} tokens of context). {HELP}", def.name);
     let stdin = std::io::stdin();
+    // piped input is echoed, so a transcript reads like the terminal session
+    let echo = !stdin.is_terminal();
     let mut line = String::new();
     loop {
         eprint!("> ");
@@ -69,6 +72,9 @@ pub fn run(a: Args) -> Result<()> {
             return Ok(());
         }
         let input = line.trim_end_matches(['\n', '\r']);
+        if echo {
+            eprintln!("{input}");
+        }
         match input.trim() {
             "" => continue,
             "/quit" | "/exit" => return Ok(()),

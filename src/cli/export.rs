@@ -34,8 +34,10 @@ pub struct ImportArgs {
     /// A transformers directory (config.json + model.safetensors)
     #[arg(long)]
     from: PathBuf,
+    /// The model definition to write (.toml)
     #[arg(long)]
     out_model: PathBuf,
+    /// The weights to write (.safetensors)
     #[arg(long)]
     out_weights: PathBuf,
     /// Model name in the definition (default: the directory's name)
@@ -64,6 +66,7 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
 pub struct BundleArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Tokenizer directory to carry (default: the built-in MiniMind tokenizer)
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// The executable to write

@@ -18,13 +18,16 @@ pub struct Args {
 enum Cmd {
     /// W += (alpha/r) B A for every adapted module; writes full weights
     Merge {
+        /// Model definition (models/*.toml)
         #[arg(long)]
         model: PathBuf,
+        /// Base weights the adapter was trained on
         #[arg(long)]
         weights: PathBuf,
         /// Adapter directory (adapter_config.json + adapter_model.safetensors)
         #[arg(long)]
         adapter: PathBuf,
+        /// The merged weights to write (.safetensors)
         #[arg(long)]
         out: PathBuf,
     },

@@ -45,7 +45,7 @@ enum Cmd {
     Init(init::Args),
     /// Show a model's size per component, or its transformers config.json
     Info(info::Args),
-    /// Train (pretraining; checkpoints, metrics, resume) from a config file
+    /// Train from a config file: pretraining, SFT, LoRA or DPO (checkpoints, metrics, resume)
     Train(train::Args),
     /// Tokenizer tools
     Tokenizer(tokenizer::Args),
@@ -59,7 +59,7 @@ enum Cmd {
     Chat(chat::Args),
     /// Serve an OpenAI-compatible API and a web chat page
     Serve(serve::Args),
-    /// Score a model: multiple choice (C-Eval format) or perplexity
+    /// Score a model: multiple choice (C-Eval), perplexity, chat answers, preference pairs
     Eval(eval::Args),
     /// Write a transformers directory (config.json, model.safetensors, tokenizer)
     Export(export::ExportArgs),

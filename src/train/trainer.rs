@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::Fusion;
 
@@ -192,7 +191,7 @@ fn run_loop(
     let accum = o.accumulation_steps as u64;
     let total = total_steps(cfg, data.len());
     let total_micro = total * accum;
-    let bar = progress_bar(total, state.step);
+    let bar = crate::progress::bar(total, state.step);
     let crash_after: Option<u64> = std::env::var("LUMIND_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse().ok());
     let mut order = data.order(state.position.epoch);
     let (mut window, mut window_tokens) = (vec![], 0u64);
@@ -321,15 +320,4 @@ fn last_checkpoint_step(out: &Path) -> Result<String> {
     let meta = crate::model::weights::Tensors::load_metadata(&p)?;
     let st: Option<RunState> = meta.get("lumind_run_state").and_then(|s| serde_json::from_str(s).ok());
     Ok(st.map_or("unknown".into(), |s| s.step.to_string()))
-}
-
-fn progress_bar(total: u64, done: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(done);
-    bar
 }

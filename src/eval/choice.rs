@@ -1,12 +1,11 @@
-//! Scoring a model: multiple choice in C-Eval's format, and perplexity.
+//! Multiple choice in C-Eval's format: the option letter the model's next
+//! token favours.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::chat_template::{ChatTemplate, Message};
-use crate::data::jsonl::{check_text, JsonlIndex, OnBadLine};
-use crate::data::pretrain::encode_text;
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
@@ -94,27 +93,4 @@ pub fn letter_ids(tok: &Tokenizer) -> Result<[u32; 4]> {
         }
     }
     Ok(ids)
-}
-
-/// Mean negative log-likelihood per predicted token of each text, as
-/// (total NLL, tokens).
-pub fn perplexity(s: &mut Session, tok: &Tokenizer, path: &Path, max_len: usize, limit: Option<usize>) -> Result<(f64, usize, usize)> {
-    let index = JsonlIndex::build(path, OnBadLine::Skip, check_text)?;
-    let mut reader = index.reader()?;
-    let (mut nll, mut count, mut texts) = (0f64, 0usize, 0usize);
-    for i in 0..index.len().min(limit.unwrap_or(usize::MAX)) {
-        let (v, _) = reader.get(i)?;
-        let (ids, _) = encode_text(tok, v["text"].as_str().unwrap_or_default(), max_len)?;
-        let l = s.run(&ids, 1, 0)?;
-        for t in 0..ids.len() - 1 {
-            let row = l.row(t);
-            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = m + row.iter().map(|&x| ((x as f64) - m).exp()).sum::<f64>().ln();
-            nll += lse - row[ids[t + 1] as usize] as f64;
-            count += 1;
-        }
-        s.recycle(l);
-        texts += 1;
-    }
-    Ok((nll, count, texts))
 }
