@@ -2,7 +2,7 @@
 # lumind quickstart: build, pretrain the small quickstart model on the
 # shipped corpus, fine-tune it on the shipped conversations (SFT), then
 # continue a prompt with the pretrained model and ask the SFT model a few
-# questions in chat format. About ten minutes on two cores.
+# questions in chat format. About ten minutes on two cores, build included.
 # Re-running resumes (or reuses) the runs in runs/quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,12 +19,17 @@ $lumind train --config configs/sft.toml $(resume runs/quickstart/sft)
 echo "loss curves: runs/quickstart/pretrain/loss.svg, runs/quickstart/sft/loss.svg"
 
 echo "=== the pretrained model continues text"
+prompt="Shall I compare thee"
+echo "> $prompt"
 $lumind generate --model $model --weights runs/quickstart/pretrain/model.safetensors \
-  --prompt "Shall I compare thee" --max-new-tokens 40 --temperature 0.7 --top-k 40 --seed 1
+  --prompt "$prompt" --max-new-tokens 40 --temperature 0.7 --top-k 40 --seed 1
 
 echo "=== the fine-tuned model answers in chat format (greedy)"
-printf '%s\n/reset\n' "Which Shakespeare play contains the line \"Now is the winter of our discontent\"?" \
-  "How does Ambrose Bierce's Devil's Dictionary define \"Bore\"?" "What is the first line of Shakespeare's Sonnet 18?" "计算：64 × 7" |
+questions=("Which Shakespeare play contains the line \"Now is the winter of our discontent\"?"
+  "How does Ambrose Bierce's Devil's Dictionary define \"Bore\"?"
+  "What is the first line of Shakespeare's Sonnet 18?"
+  "计算：64 × 7")
+for q in "${questions[@]}"; do printf '%s\n/reset\n' "$q"; done |
   $lumind chat --model $model --weights runs/quickstart/sft/model.safetensors --temperature 0 --max-new-tokens 60 2>&1 |
-  grep -v "conversation cleared"
+  grep -v -e "conversation cleared" -e "^> /reset$" -e "^> $"
 echo "chat yourself: $lumind chat --model $model --weights runs/quickstart/sft/model.safetensors"

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lumind::bench::{generation_session, synthetic_tokens};
-use lumind::compilers::Fusion;
+use lumind::compilers::{Backend, Fusion};
 use lumind::model::ModelDef;
 
 fn model(c: &mut Criterion) {
@@ -12,7 +12,7 @@ fn model(c: &mut Criterion) {
     let mut g = c.benchmark_group("minimind-small-T prefill 256");
     g.sample_size(10);
     for fusion in Fusion::ALL {
-        let mut s = generation_session(&def, fusion, 512).unwrap();
+        let mut s = generation_session(Backend::Cpu, &def, fusion, 512).unwrap();
         g.bench_function(BenchmarkId::from_parameter(fusion), |b| {
             b.iter(|| {
                 let l = s.run(&toks[..256], 1, 0).unwrap();
@@ -24,7 +24,7 @@ fn model(c: &mut Criterion) {
     let mut g = c.benchmark_group("minimind-small-T decode 1 token at 256");
     g.sample_size(30);
     for fusion in Fusion::ALL {
-        let mut s = generation_session(&def, fusion, 512).unwrap();
+        let mut s = generation_session(Backend::Cpu, &def, fusion, 512).unwrap();
         let l = s.run(&toks[..256], 1, 0).unwrap();
         s.recycle(l);
         g.bench_function(BenchmarkId::from_parameter(fusion), |b| {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use lumind_compilers::optim::AdamWConfig;
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 
 use crate::model::builder::ForwardOptions;
 use crate::model::params::count_params;
@@ -71,8 +71,8 @@ pub fn read_bandwidth() -> f64 {
 }
 
 /// A generation session (KV cache, last-position logits) with random weights.
-pub fn generation_session(def: &ModelDef, fusion: Fusion, positions: usize) -> Result<Session> {
-    Session::new(def, Weights::init(def, 0, None), ForwardOptions::generation(positions), fusion)
+pub fn generation_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize) -> Result<Session> {
+    Session::on(device, def, Weights::init(def, 0, None), ForwardOptions::generation(positions), fusion)
 }
 
 /// Prefill `n` tokens into an empty cache; tokens/s.
@@ -104,8 +104,9 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
 
 /// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
 /// tokens; tokens/s.
-pub fn train_step(def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
-    let mut s = TrainSession::new(
+pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
+    let mut s = TrainSession::on(
+        device,
         def,
         Weights::init(def, 0, None),
         seq,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::passes::Pass;
-use lumind_compilers::{compile, pipeline, DimValues, Executor, Fusion, GraphBuilder};
+use lumind_compilers::{compile, pipeline, Backend, DimValues, Fusion, GraphBuilder, Runner};
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::def::ModelDef;
@@ -17,7 +17,7 @@ pub struct Session {
     pub def: ModelDef,
     pub opts: ForwardOptions,
     pub fusion: Fusion,
-    pub exec: Executor,
+    pub exec: Runner,
     /// Time spent building and compiling the graph.
     pub compile_time: Duration,
 }
@@ -40,12 +40,25 @@ impl Logits {
 }
 
 impl Session {
+    /// On the CPU.
     pub fn new(def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion) -> Result<Session> {
-        Session::with_passes(def, weights, opts, fusion, &pipeline(fusion))
+        Session::on(Backend::Cpu, def, weights, opts, fusion)
+    }
+
+    /// On a backend (`cpu`, `cuda`, `emulated`).
+    pub fn on(backend: Backend, def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion) -> Result<Session> {
+        Session::with_passes(backend, def, weights, opts, fusion, &pipeline(fusion))
     }
 
     /// Compile with an explicit list of passes (experiments, inspection).
-    pub fn with_passes(def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion, passes: &[Pass]) -> Result<Session> {
+    pub fn with_passes(
+        backend: Backend,
+        def: &ModelDef,
+        weights: Weights,
+        opts: ForwardOptions,
+        fusion: Fusion,
+        passes: &[Pass],
+    ) -> Result<Session> {
         let t = Instant::now();
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);
@@ -53,7 +66,7 @@ impl Session {
         b.output("logits", &out.logits);
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
         compile(&mut built, passes, |_, _| {});
-        let mut exec = Executor::new(built);
+        let mut exec = Runner::new(built, backend).with_context(|| format!("running model `{}` on {backend}", def.name))?;
         let compile_time = t.elapsed();
         for (name, (_, data)) in weights.into_map() {
             exec.set(&name, data)?;

@@ -4,10 +4,14 @@
 //! Tolerance: logits agree within 1e-4 absolute (f32; the fixtures' logits
 //! are at most ~7 in magnitude). Greedy tokens must match exactly; the
 //! fixtures were chosen so every step's top-2 gap exceeds 1e-3.
+//!
+//! Every test runs on each backend of `LUMIND_TEST_BACKENDS` (default
+//! `cpu,emulated`: our CPU kernels, and the generated CUDA kernels under the
+//! CPU emulation; `tools/device_check.sh` adds `cuda` on a GPU).
 
 use std::path::Path;
 
-use lumind::compilers::Fusion;
+use lumind::compilers::{Backend, Fusion};
 use lumind::generate::Generator;
 use lumind::model::builder::ForwardOptions;
 use lumind::model::weights::Tensors;
@@ -58,20 +62,26 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn session(f: &Fixture, kv_cache: bool, fusion: Fusion) -> Session {
+fn backends() -> Vec<Backend> {
+    std::env::var("LUMIND_TEST_BACKENDS").unwrap_or("cpu,emulated".into()).split(',').map(|b| b.trim().parse().unwrap()).collect()
+}
+
+fn session(f: &Fixture, kv_cache: bool, fusion: Fusion, backend: Backend) -> Session {
     let opts = ForwardOptions { kv_cache, ..ForwardOptions::full(64) };
-    Session::new(&f.def, f.weights.clone(), opts, fusion).unwrap()
+    Session::on(backend, &f.def, f.weights.clone(), opts, fusion).unwrap()
 }
 
 #[test]
 fn logits_match_transformers_under_every_fusion_strategy() {
-    for f in fixtures() {
-        for fusion in Fusion::ALL {
-            let mut s = session(&f, false, fusion);
-            let l = s.run(&f.tokens, 1, 0).unwrap();
-            let d = max_diff(&l.data, &f.logits);
-            eprintln!("{} ({fusion}): max |logits - oracle| = {d:e}", f.model);
-            assert!(d <= TOL, "{} ({fusion}): max |logits - oracle| = {d:e}", f.model);
+    for backend in backends() {
+        for f in fixtures() {
+            for fusion in Fusion::ALL {
+                let mut s = session(&f, false, fusion, backend);
+                let l = s.run(&f.tokens, 1, 0).unwrap();
+                let d = max_diff(&l.data, &f.logits);
+                eprintln!("{} ({fusion}, {backend}): max |logits - oracle| = {d:e}", f.model);
+                assert!(d <= TOL, "{} ({fusion}, {backend}): max |logits - oracle| = {d:e}", f.model);
+            }
         }
     }
 }
@@ -79,49 +89,55 @@ fn logits_match_transformers_under_every_fusion_strategy() {
 #[test]
 fn kv_cache_logits_match_full_forward() {
     // prefill the prompt, then feed one token at a time: every row must match
-    for f in fixtures() {
-        let mut s = session(&f, true, Fusion::Full);
-        let v = f.def.vocab_size;
-        let l = s.run(&f.prompt, 1, 0).unwrap();
-        let n = f.prompt.len();
-        assert!(max_diff(&l.data, &f.logits[..n * v]) <= TOL, "{}: prefill", f.model);
-        for i in n..f.tokens.len() {
-            let l = s.run(&f.tokens[i..i + 1], 1, i).unwrap();
-            let d = max_diff(&l.data, &f.logits[i * v..(i + 1) * v]);
-            assert!(d <= TOL, "{}: decode step at position {i}: {d:e}", f.model);
+    for backend in backends() {
+        for f in fixtures() {
+            let mut s = session(&f, true, Fusion::Full, backend);
+            let v = f.def.vocab_size;
+            let l = s.run(&f.prompt, 1, 0).unwrap();
+            let n = f.prompt.len();
+            assert!(max_diff(&l.data, &f.logits[..n * v]) <= TOL, "{} ({backend}): prefill", f.model);
+            for i in n..f.tokens.len() {
+                let l = s.run(&f.tokens[i..i + 1], 1, i).unwrap();
+                let d = max_diff(&l.data, &f.logits[i * v..(i + 1) * v]);
+                assert!(d <= TOL, "{} ({backend}): decode step at position {i}: {d:e}", f.model);
+            }
         }
     }
 }
 
 #[test]
 fn greedy_tokens_match_with_and_without_cache() {
-    for f in fixtures() {
-        // with the KV cache
-        let opts = ForwardOptions::generation(64);
-        let mut g = Generator::new(Session::new(&f.def, f.weights.clone(), opts, Fusion::Full).unwrap());
-        let mut sampler = Sampler::new(SamplingParams::default());
-        let (out, _) = g.generate(&f.prompt, f.greedy.len(), &[], &mut sampler, |_| true).unwrap();
-        assert_eq!(out, f.greedy, "{}: greedy with KV cache", f.model);
-        // without: recompute the whole sequence every step
-        let mut s = session(&f, false, Fusion::Generic);
-        let mut seq = f.prompt.clone();
-        for _ in 0..f.greedy.len() {
-            let l = s.run(&seq, 1, 0).unwrap();
-            seq.push(argmax(l.last()));
+    for backend in backends() {
+        for f in fixtures() {
+            // with the KV cache
+            let opts = ForwardOptions::generation(64);
+            let mut g = Generator::new(Session::on(backend, &f.def, f.weights.clone(), opts, Fusion::Full).unwrap());
+            let mut sampler = Sampler::new(SamplingParams::default());
+            let (out, _) = g.generate(&f.prompt, f.greedy.len(), &[], &mut sampler, |_| true).unwrap();
+            assert_eq!(out, f.greedy, "{} ({backend}): greedy with KV cache", f.model);
+            // without: recompute the whole sequence every step
+            let mut s = session(&f, false, Fusion::Generic, backend);
+            let mut seq = f.prompt.clone();
+            for _ in 0..f.greedy.len() {
+                let l = s.run(&seq, 1, 0).unwrap();
+                seq.push(argmax(l.last()));
+            }
+            assert_eq!(&seq[f.prompt.len()..], f.greedy.as_slice(), "{} ({backend}): greedy without cache", f.model);
         }
-        assert_eq!(&seq[f.prompt.len()..], f.greedy.as_slice(), "{}: greedy without cache", f.model);
     }
 }
 
 #[test]
 fn batched_rows_match_single_sequences() {
     let f = &fixtures()[0];
-    let mut s = session(f, false, Fusion::Full);
-    let (a, b) = (&f.tokens[..6], &f.tokens[6..12]);
-    let both = s.run(&[a, b].concat(), 2, 0).unwrap();
-    let la = s.run(a, 1, 0).unwrap();
-    let lb = s.run(b, 1, 0).unwrap();
-    let v = f.def.vocab_size;
-    assert!(max_diff(&both.data[..6 * v], &la.data) <= 1e-5);
-    assert!(max_diff(&both.data[6 * v..], &lb.data) <= 1e-5);
+    for backend in backends() {
+        let mut s = session(f, false, Fusion::Full, backend);
+        let (a, b) = (&f.tokens[..6], &f.tokens[6..12]);
+        let both = s.run(&[a, b].concat(), 2, 0).unwrap();
+        let la = s.run(a, 1, 0).unwrap();
+        let lb = s.run(b, 1, 0).unwrap();
+        let v = f.def.vocab_size;
+        assert!(max_diff(&both.data[..6 * v], &la.data) <= 1e-5, "{backend}");
+        assert!(max_diff(&both.data[6 * v..], &lb.data) <= 1e-5, "{backend}");
+    }
 }

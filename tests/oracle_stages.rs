@@ -149,7 +149,7 @@ fn dpo_loss_margins_and_policy_gradients() {
     for fusion in Fusion::ALL {
         let mut s = TrainSession::new(&def, w.clone(), 256, Stage::Dpo { beta: 0.1 }, Update::OutputGrads, fusion).unwrap();
         s.set_reference(&reference).unwrap();
-        let (loss, mut grads) = s.grads(&batch).unwrap();
+        let (loss, grads) = s.grads(&batch).unwrap();
         assert!((loss.loss - scalar(&want, "loss")).abs() <= 1e-5 * scalar(&want, "loss"), "{} vs {}", loss.loss, scalar(&want, "loss"));
         let (acc, margin) = loss.dpo.unwrap();
         let logits = &want.get("logits").unwrap().1;

@@ -178,7 +178,7 @@ fn concurrent_clients_queue_and_disconnects_free_the_worker() {
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let mut r = agent()
+                let r = agent()
                     .post(&format!("{url}/v1/chat/completions"))
                     .send(chat(user(&format!("client {i}")), json!({"max_tokens": 20})))
                     .unwrap();

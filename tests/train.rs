@@ -93,7 +93,7 @@ fn loss_falls_and_resume_is_exact() {
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), "max_steps = 100000", 1000);
-    let mut child = lumind(&["train", "--config", cfg.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+    let child = lumind(&["train", "--config", cfg.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
     let run = d.path().join("run");
     let t = Instant::now();
     while read(&run).map(|m| m.len()).unwrap_or(0) < 3 {

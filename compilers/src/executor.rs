@@ -10,17 +10,13 @@
 //! Params, buffers and state live in the executor between runs; state is
 //! updated in place by kernels such as `KvWrite`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use luminal::op::Function;
-use luminal::prelude::{Graph, NodeIndex, ShapeTracker};
-use petgraph::visit::EdgeRef;
-use petgraph::Direction;
-use rustc_hash::FxHashMap;
+use luminal::prelude::{Graph, NodeIndex};
 
-use crate::kernel::{kernel_of, Arg, Cost, Kernel};
-use crate::shape::{fmt_dims, Dim};
+use crate::kernel::{Arg, Cost};
+use crate::plan::{InputSlot, Plan};
+use crate::shape::fmt_dims;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{eval, DimValues, View};
 
@@ -36,30 +32,6 @@ pub enum ExecError {
     MissingDim(char),
 }
 
-struct InputSlot {
-    name: String,
-    slot: usize,
-    kind: InputKind,
-    dims: Vec<Dim>,
-}
-
-struct EdgeIn {
-    slot: usize,
-    tracker: ShapeTracker,
-    vars: Vec<char>,
-    memo: Option<(Vec<usize>, View)>,
-}
-
-struct Step {
-    node: NodeIndex,
-    kernel: Arc<dyn Kernel>,
-    inputs: Vec<EdgeIn>,
-    outputs: Vec<usize>,
-    /// (output index, input index) updated in place
-    inplace: Vec<(usize, usize)>,
-    release: Vec<usize>,
-}
-
 /// Time and work per step, accumulated over runs.
 #[derive(Clone, Debug, Default)]
 pub struct StepStats {
@@ -71,145 +43,39 @@ pub struct StepStats {
 }
 
 pub struct Executor {
-    steps: Vec<Step>,
-    inputs: Vec<InputSlot>,
-    outputs: Vec<(String, usize, Vec<Dim>)>,
+    plan: Plan,
     /// persistent data of params, buffers and state, by slot
     store: Vec<Option<Vec<f32>>>,
     /// per-run buffers (data inputs and kernel outputs), by slot
     temps: Vec<Option<Vec<f32>>>,
     pool: Pool,
-    symbols: Vec<char>,
     stack: Vec<i32>,
     pub profile: Option<Vec<StepStats>>,
-    /// the compiled graph, kept for inspection
-    pub graph: Graph,
-}
-
-fn symbols_of(st: &ShapeTracker) -> Vec<char> {
-    let mut v = vec![];
-    let exprs = st.dims.iter().chain(st.padding.iter().flat_map(|(a, b)| [a, b])).chain(st.slices.iter().flat_map(|(a, b)| [a, b]));
-    for e in exprs {
-        for c in e.to_symbols() {
-            if !v.contains(&c) {
-                v.push(c);
-            }
-        }
-    }
-    v
 }
 
 impl Executor {
     /// Plan a compiled graph (every node an input `Function` or a kernel).
     pub fn new(built: BuiltGraph) -> Executor {
-        let BuiltGraph { graph, inputs, outputs, .. } = built;
-        let order = petgraph::algo::toposort(&graph.graph, None).expect("graph has a cycle");
-        let mut slot_of: FxHashMap<(NodeIndex, u8), usize> = FxHashMap::default();
-        let mut n_slots = 0;
-        let mut new_slot = || {
-            n_slots += 1;
-            n_slots - 1
-        };
-        let mut input_slots = vec![];
-        for i in &inputs {
-            let s = new_slot();
-            slot_of.insert((i.node, 0), s);
-            input_slots.push(InputSlot { name: i.name.clone(), slot: s, kind: i.kind, dims: i.dims.clone() });
-        }
-        let mut steps = vec![];
-        let mut symbols = vec![];
-        for node in order {
-            let op = graph.graph.node_weight(node).unwrap();
-            if op.as_any().is::<Function>() {
-                assert!(slot_of.contains_key(&(node, 0)), "graph input {op:?} was not declared");
-                continue;
-            }
-            let kernel = match kernel_of(op.as_ref()) {
-                Some(k) => k.0.clone(),
-                None => panic!("node {op:?} has no kernel: run the LowerToKernels pass before executing"),
-            };
-            let mut ins: Vec<_> = graph
-                .graph
-                .edges_directed(node, Direction::Incoming)
-                .filter_map(|e| e.weight().as_data().map(|(i, o, st)| (i, e.source(), o, st)))
-                .collect();
-            ins.sort_by_key(|x| x.0);
-            let inputs: Vec<EdgeIn> = ins
-                .iter()
-                .map(|&(_, src, out, st)| {
-                    let vars = symbols_of(&st);
-                    for c in &vars {
-                        if !symbols.contains(c) {
-                            symbols.push(*c);
-                        }
-                    }
-                    EdgeIn { slot: slot_of[&(src, out)], tracker: st, vars, memo: None }
-                })
-                .collect();
-            let inplace = kernel.inplace();
-            let n_out = graph
-                .graph
-                .edges_directed(node, Direction::Outgoing)
-                .filter_map(|e| e.weight().as_data().map(|d| d.1 as usize + 1))
-                .max()
-                .unwrap_or(1)
-                .max(inplace.iter().map(|x| x.0 + 1).max().unwrap_or(0));
-            let outputs: Vec<usize> = (0..n_out)
-                .map(|o| match inplace.iter().find(|x| x.0 == o) {
-                    Some(&(_, i)) => inputs[i].slot,
-                    None => new_slot(),
-                })
-                .collect();
-            for (o, s) in outputs.iter().enumerate() {
-                slot_of.insert((node, o as u8), *s);
-            }
-            steps.push(Step { node, kernel, inputs, outputs, inplace, release: vec![] });
-        }
-        // free each temporary slot after its last reader
-        let persistent: Vec<usize> = input_slots.iter().filter(|i| i.kind != InputKind::Data).map(|i| i.slot).collect();
-        let out_slots: Vec<(String, usize, Vec<Dim>)> = outputs
-            .iter()
-            .map(|o| (o.name.clone(), *slot_of.get(&(o.node, 0)).expect("output node not in graph"), o.dims.clone()))
-            .collect();
-        let mut last_use: FxHashMap<usize, usize> = FxHashMap::default();
-        for (i, s) in steps.iter().enumerate() {
-            for e in &s.inputs {
-                last_use.insert(e.slot, i);
-            }
-            for o in &s.outputs {
-                last_use.entry(*o).or_insert(i);
-            }
-        }
-        for (slot, step) in last_use {
-            if !persistent.contains(&slot) && !out_slots.iter().any(|o| o.1 == slot) {
-                steps[step].release.push(slot);
-            }
-        }
-        let n = n_slots;
-        Executor {
-            steps,
-            inputs: input_slots,
-            outputs: out_slots,
-            store: vec![None; n],
-            temps: vec![None; n],
-            pool: Pool::default(),
-            symbols,
-            stack: vec![],
-            profile: None,
-            graph,
-        }
+        let plan = Plan::new(built);
+        let n = plan.n_slots;
+        Executor { plan, store: vec![None; n], temps: vec![None; n], pool: Pool::default(), stack: vec![], profile: None }
+    }
+
+    /// The compiled graph.
+    pub fn graph(&self) -> &Graph {
+        &self.plan.graph
     }
 
     pub fn input_names(&self, kind: InputKind) -> Vec<String> {
-        self.inputs.iter().filter(|i| i.kind == kind).map(|i| i.name.clone()).collect()
+        self.plan.inputs.iter().filter(|i| i.kind == kind).map(|i| i.name.clone()).collect()
     }
 
     pub fn has_input(&self, name: &str) -> bool {
-        self.inputs.iter().any(|i| i.name == name)
+        self.plan.inputs.iter().any(|i| i.name == name)
     }
 
     fn input(&self, name: &str) -> Result<&InputSlot, ExecError> {
-        self.inputs.iter().find(|i| i.name == name).ok_or_else(|| ExecError::UnknownInput(name.into()))
+        self.plan.inputs.iter().find(|i| i.name == name).ok_or_else(|| ExecError::UnknownInput(name.into()))
     }
 
     /// Set a param, buffer or state (kept between runs).
@@ -227,18 +93,18 @@ impl Executor {
 
     /// Read a param, buffer or state.
     pub fn get(&self, name: &str) -> Option<&[f32]> {
-        let i = self.inputs.iter().find(|i| i.name == name)?;
+        let i = self.plan.inputs.iter().find(|i| i.name == name)?;
         self.store[i.slot].as_deref()
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
-        let slot = self.inputs.iter().find(|i| i.name == name)?.slot;
+        let slot = self.plan.inputs.iter().find(|i| i.name == name)?.slot;
         self.store[slot].as_mut()
     }
 
     /// Drop all state (KV caches) so the next run allocates it afresh.
     pub fn reset_state(&mut self) {
-        for i in &self.inputs {
+        for i in &self.plan.inputs {
             if i.kind == InputKind::State {
                 self.store[i.slot] = None;
             }
@@ -246,7 +112,8 @@ impl Executor {
     }
 
     pub fn enable_profile(&mut self) {
-        self.profile = Some(self.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect());
+        self.profile =
+            Some(self.plan.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect());
     }
 
     fn take_buffer(&mut self, len: usize) -> Vec<f32> {
@@ -256,33 +123,12 @@ impl Executor {
     /// Run once. `data` gives every `Data` input; `dims` every symbol the
     /// graph uses. Returns the named outputs with their shapes.
     pub fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, ExecError> {
-        for c in &self.symbols {
-            if !dims.contains_key(c) {
-                return Err(ExecError::MissingDim(*c));
-            }
-        }
-        for i in &self.inputs {
-            if let Some(d) = i.dims.iter().flat_map(|d| d.to_symbols()).find(|c| !dims.contains_key(c)) {
-                return Err(ExecError::MissingDim(d));
-            }
-        }
-        // inputs
-        for (name, _) in data {
-            if !self.inputs.iter().any(|i| i.name == *name && i.kind == InputKind::Data) {
-                return Err(ExecError::UnknownInput(name.to_string()));
-            }
-        }
-        for idx in 0..self.inputs.len() {
-            let want: usize = self.inputs[idx].dims.iter().map(|d| eval(d, dims, &mut self.stack)).product();
-            let (slot, kind) = (self.inputs[idx].slot, self.inputs[idx].kind);
-            let name = self.inputs[idx].name.clone();
-            let shape = fmt_dims(&self.inputs[idx].dims);
+        let sizes = self.plan.check_run(data, dims, &mut self.stack)?;
+        for (idx, &want) in sizes.iter().enumerate() {
+            let (slot, kind) = (self.plan.inputs[idx].slot, self.plan.inputs[idx].kind);
             match kind {
                 InputKind::Data => {
-                    let (_, v) = data.iter().find(|(n, _)| *n == name).ok_or(ExecError::MissingInput(name.clone()))?;
-                    if v.len() != want {
-                        return Err(ExecError::InputSize { name, shape, got: v.len(), want });
-                    }
+                    let v = data.iter().find(|(n, _)| *n == self.plan.inputs[idx].name).expect("checked").1;
                     let mut b = self.take_buffer(want);
                     b.copy_from_slice(v);
                     self.temps[slot] = Some(b);
@@ -292,29 +138,13 @@ impl Executor {
                         self.store[slot] = Some(vec![0.0; want]);
                     }
                 }
-                InputKind::Param | InputKind::Buffer => match &self.store[slot] {
-                    None => return Err(ExecError::MissingInput(name)),
-                    Some(b) if b.len() != want => return Err(ExecError::InputSize { name, shape, got: b.len(), want }),
-                    _ => {}
-                },
+                InputKind::Param | InputKind::Buffer => self.plan.check_stored(idx, self.store[slot].as_ref().map(|b| b.len()), want)?,
             }
         }
-        let mut steps = std::mem::take(&mut self.steps);
+        let mut steps = std::mem::take(&mut self.plan.steps);
         for (si, step) in steps.iter_mut().enumerate() {
             // resolve views, reusing the last resolution while symbols hold
-            let mut views = Vec::with_capacity(step.inputs.len());
-            for e in step.inputs.iter_mut() {
-                let key: Vec<usize> = e.vars.iter().map(|c| dims[c]).collect();
-                let view = match &e.memo {
-                    Some((k, v)) if *k == key => *v,
-                    _ => {
-                        let v = View::resolve(&e.tracker, dims, &mut self.stack);
-                        e.memo = Some((key, v));
-                        v
-                    }
-                };
-                views.push(view);
-            }
+            let views: Vec<View> = step.inputs.iter_mut().map(|e| e.view(dims, &mut self.stack)).collect();
             let out_shapes = step.kernel.output_shapes(&views, dims);
             // outputs: fresh buffers, or the in-place input's buffer
             // (buffer, whether it goes back to the persistent store)
@@ -382,12 +212,12 @@ impl Executor {
                 }
             }
         }
-        self.steps = steps;
+        self.plan.steps = steps;
         let mut out = Outputs::default();
-        for (i, (name, slot, odims)) in self.outputs.iter().enumerate() {
+        for (i, (name, slot, odims)) in self.plan.outputs.iter().enumerate() {
             let shape: Vec<usize> = odims.iter().map(|d| eval(d, dims, &mut self.stack)).collect();
             // two names may share a node: the later one gets a copy
-            let earlier = self.outputs[..i].iter().position(|o| o.1 == *slot);
+            let earlier = self.plan.outputs[..i].iter().position(|o| o.1 == *slot);
             let data = match (earlier, self.temps[*slot].take()) {
                 (Some(j), _) => out.0[j].2.clone(),
                 (None, Some(b)) => b,
@@ -397,7 +227,7 @@ impl Executor {
             out.0.push((name.clone(), shape, data));
         }
         // data inputs are per run
-        for i in &self.inputs {
+        for i in &self.plan.inputs {
             if i.kind == InputKind::Data {
                 if let Some(b) = self.temps[i.slot].take() {
                     self.pool.give(b);
@@ -413,7 +243,7 @@ impl Executor {
     }
 
     pub fn num_steps(&self) -> usize {
-        self.steps.len()
+        self.plan.steps.len()
     }
 }
 

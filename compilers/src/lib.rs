@@ -4,6 +4,7 @@
 //! compiled graph. It knows nothing of models, files or the command line.
 
 pub mod autograd;
+pub mod cuda;
 pub mod executor;
 pub mod inspect;
 pub mod kernel;
@@ -12,12 +13,15 @@ pub mod lora;
 pub mod losses;
 pub mod optim;
 pub mod passes;
+mod plan;
+pub mod runner;
 pub mod shape;
 pub mod tensor;
 pub mod view;
 
 pub use executor::{ExecError, Executor, Outputs};
 pub use passes::{compile, pipeline, Fusion};
+pub use runner::{Backend, RunError, Runner};
 pub use shape::{d, sym, Dim};
 pub use tensor::{BuiltGraph, GraphBuilder, InputKind, Tensor};
 pub use view::DimValues;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 
 use crate::model::{ModelDef, Weights};
 
@@ -22,6 +22,9 @@ pub struct ModelArgs {
     /// A LoRA adapter directory (PEFT layout), folded into the weights
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
 }
 
 impl ModelArgs {

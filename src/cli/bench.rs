@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 use serde_json::json;
 
 use crate::bench::{decode, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes};
@@ -34,6 +34,9 @@ pub struct Args {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu")]
+    device: Backend,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -64,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     let positions = a.pp.iter().copied().max().unwrap_or(1).max(a.tg + 1);
     for &fusion in &a.fusion {
         let t = Instant::now();
-        let mut s = generation_session(&def, fusion, positions)?;
+        let mut s = generation_session(a.device, &def, fusion, positions)?;
         let compile_ms = s.compile_time.as_secs_f64() * 1e3;
         let _ = t;
         let mut row = |test: String, tps: f64, gflops: f64, gbs: f64| {
@@ -84,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
             row(format!("tg{}", a.tg), tps, tps * forward_flops(&def, 1, a.tg / 2) / 1e9, tps * bytes / 1e9);
         }
         if let Some((b, seq)) = train {
-            let tps = train_step(&def, fusion, b, seq, a.reps.min(3))?;
+            let tps = train_step(a.device, &def, fusion, b, seq, a.reps.min(3))?;
             row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0);
         }
     }

@@ -71,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
     let (def, w) = a.model.load()?;
     let ctx = (prompt.len() + a.max_new_tokens).min(def.max_position_embeddings).max(prompt.len());
     let opts = ForwardOptions::generation(ctx);
-    let mut g = Generator::new(Session::new(&def, w, opts, a.model.fusion)?);
+    let mut g = Generator::new(Session::on(a.model.device, &def, w, opts, a.model.fusion)?);
     let mut sampler = Sampler::new(params);
     let stop = if a.ignore_eos { vec![] } else { vec![tok.eos] };
     let mut stream = TextStream::default();

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use lumind_compilers::cuda::graph_source;
 use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
 use lumind_compilers::{compile, pipeline, Fusion};
 
@@ -25,7 +26,8 @@ pub struct Args {
     #[arg(long, default_value = "full")]
     fusion: Fusion,
     /// Output directory: NN-pass.dot, NN-pass.json (egraph-serialize),
-    /// summary.txt, report.html
+    /// summary.txt, report.html, and kernels.cu (the CUDA C that
+    /// `--device cuda` compiles for this graph)
     #[arg(long)]
     out: PathBuf,
 }
@@ -60,10 +62,11 @@ pub fn run(a: Args) -> Result<()> {
     let summary = format!("{title}\n{about}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
     std::fs::write(a.out.join("summary.txt"), &summary)?;
     std::fs::write(a.out.join("report.html"), html_report(&format!("{title}\n{about}"), &snaps))?;
+    std::fs::write(a.out.join("kernels.cu"), graph_source(built)?)?;
     if !about.is_empty() {
         println!("{about}\n");
     }
     print!("{}", summary_table(&snaps));
-    eprintln!("wrote {} passes (DOT, egraph JSON), summary.txt and report.html to {}", snaps.len(), a.out.display());
+    eprintln!("wrote {} passes (DOT, egraph JSON), summary.txt, report.html and kernels.cu to {}", snaps.len(), a.out.display());
     Ok(())
 }

@@ -10,7 +10,7 @@ mod grad;
 mod info;
 mod init;
 mod inspect;
-mod job;
+pub mod job;
 mod logits;
 mod lora;
 mod model_source;

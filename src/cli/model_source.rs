@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 
 use crate::model::weights::Tensors;
 use crate::model::{ModelDef, Weights};
@@ -25,6 +25,9 @@ pub struct ModelSource {
     /// A LoRA adapter directory (PEFT layout) applied on the weights
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
 }
 
 pub struct Loaded {
@@ -32,6 +35,7 @@ pub struct Loaded {
     pub weights: Weights,
     pub tokenizer: Tokenizer,
     pub fusion: Fusion,
+    pub device: Backend,
 }
 
 impl ModelSource {
@@ -73,6 +77,6 @@ impl ModelSource {
             Some(dir) => crate::lora::merge_adapter(&def, weights, dir)?,
             None => weights,
         };
-        Ok(Loaded { def, weights, tokenizer, fusion: self.fusion })
+        Ok(Loaded { def, weights, tokenizer, fusion: self.fusion, device: self.device })
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use lumind_compilers::executor::StepStats;
 use lumind_compilers::inspect::op_name;
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 
 use super::job::Job;
 use crate::bench::{generation_session, synthetic_tokens};
@@ -28,6 +28,10 @@ pub struct Args {
     job: Job,
     #[arg(long, default_value = "full")]
     fusion: Fusion,
+    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu")]
+    device: Backend,
+
     /// Sequence length (prompt length for decode)
     #[arg(long, default_value_t = 256)]
     tokens: usize,
@@ -49,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let (stats, graph_names, tokens_per_run) = match a.job {
         Job::Forward => {
-            let mut s = Session::new(&def, weights, ForwardOptions::full(a.tokens), a.fusion)?;
+            let mut s = Session::on(a.device, &def, weights, ForwardOptions::full(a.tokens), a.fusion)?;
             let toks = synthetic_tokens(a.tokens * a.batch, def.vocab_size, 1);
             s.run(&toks, a.batch, 0)?;
             s.exec.enable_profile();
@@ -57,10 +61,10 @@ pub fn run(a: Args) -> Result<()> {
                 let l = s.run(&toks, a.batch, 0)?;
                 s.recycle(l);
             }
-            (s.exec.profile.clone().unwrap(), names(&s.exec), a.tokens * a.batch)
+            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
         }
         Job::Decode => {
-            let mut s = generation_session(&def, a.fusion, a.tokens + a.runs + 1)?;
+            let mut s = generation_session(a.device, &def, a.fusion, a.tokens + a.runs + 1)?;
             let toks = synthetic_tokens(a.tokens + a.runs + 1, def.vocab_size, 1);
             s.run(&toks[..a.tokens], 1, 0)?;
             s.exec.enable_profile();
@@ -68,12 +72,13 @@ pub fn run(a: Args) -> Result<()> {
                 let l = s.run(&toks[a.tokens + i..a.tokens + i + 1], 1, a.tokens + i)?;
                 s.recycle(l);
             }
-            (s.exec.profile.clone().unwrap(), names(&s.exec), 1)
+            (s.exec.profile().unwrap().to_vec(), names(&s.exec), 1)
         }
         Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
             use crate::train::graph::Update;
             use crate::train::{Batch, TrainSession};
-            let mut s = TrainSession::new(
+            let mut s = TrainSession::on(
+                a.device,
                 &def,
                 weights,
                 a.tokens,
@@ -94,15 +99,15 @@ pub fn run(a: Args) -> Result<()> {
             for i in 0..a.runs {
                 s.step(&b, 1e-4, 2 + i as u64, true, 1.0)?;
             }
-            (s.exec.profile.clone().unwrap(), names(&s.exec), a.tokens * a.batch)
+            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
         }
     };
     print_profile(&def.name, a.job, a.fusion, &stats, &graph_names, a.runs, tokens_per_run, a.top);
     Ok(())
 }
 
-fn names(exec: &lumind_compilers::Executor) -> BTreeMap<usize, String> {
-    exec.graph.graph.node_indices().map(|n| (n.index(), op_name(&exec.graph, n))).collect()
+fn names(exec: &lumind_compilers::Runner) -> BTreeMap<usize, String> {
+    exec.graph().graph.node_indices().map(|n| (n.index(), op_name(exec.graph(), n))).collect()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -40,9 +40,9 @@ pub fn run(a: Args) -> Result<()> {
     let context = a.context.unwrap_or(def.max_position_embeddings.min(2048)).min(def.max_position_embeddings);
     let tok = Arc::new(loaded.tokenizer);
     let template = ChatTemplate::for_tokenizer(&tok)?;
-    let (weights, fusion, d) = (loaded.weights, loaded.fusion, def.clone());
+    let (weights, fusion, device, d) = (loaded.weights, loaded.fusion, loaded.device, def.clone());
     let worker = Worker::start(
-        move || Ok(Generator::new(Session::new(&d, weights, ForwardOptions::generation(context), fusion)?)),
+        move || Ok(Generator::new(Session::on(device, &d, weights, ForwardOptions::generation(context), fusion)?)),
         tok.clone(),
         a.queue,
     )?;

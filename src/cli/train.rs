@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::train::config::TrainConfig;
+use lumind_compilers::Backend;
+
 use crate::train::trainer::train;
 
 #[derive(clap::Args)]
@@ -21,6 +23,9 @@ pub struct Args {
     /// Override `out` (the run directory)
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where to train: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu")]
+    device: Backend,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -32,6 +37,6 @@ pub fn run(a: Args) -> Result<()> {
         cfg.out = o;
     }
     cfg.validate()?;
-    train(&cfg, a.resume)?;
+    train(&cfg, a.resume, a.device)?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::{hyper_values, state_names};
-use lumind_compilers::{compile, pipeline, DimValues, Executor, Fusion};
+use lumind_compilers::{compile, pipeline, Backend, DimValues, Fusion, Runner};
 
 use super::graph::{build, Stage, Update};
 use crate::model::def::ModelDef;
@@ -63,7 +63,7 @@ impl Batch {
 
 pub struct TrainSession {
     pub def: ModelDef,
-    pub exec: Executor,
+    pub exec: Runner,
     pub stage: Stage,
     update: Update,
     pub max_positions: usize,
@@ -92,9 +92,22 @@ impl TrainSession {
     /// for DPO); `trained` overrides the trained tensors (LoRA adapters; a
     /// checkpoint's weights).
     pub fn new(def: &ModelDef, weights: Weights, positions: usize, stage: Stage, update: Update, fusion: Fusion) -> Result<TrainSession> {
+        TrainSession::on(Backend::Cpu, def, weights, positions, stage, update, fusion)
+    }
+
+    /// On a backend (`cpu`, `cuda`, `emulated`).
+    pub fn on(
+        backend: Backend,
+        def: &ModelDef,
+        weights: Weights,
+        positions: usize,
+        stage: Stage,
+        update: Update,
+        fusion: Fusion,
+    ) -> Result<TrainSession> {
         let mut g = build(def, positions, &stage, &update)?;
         compile(&mut g.graph, &pipeline(fusion), |_, _| {});
-        let mut exec = Executor::new(g.graph);
+        let mut exec = Runner::new(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
         let w = weights.into_map();
         for (name, input) in &g.frozen {
             exec.set(input, w[name].1.clone())?;
@@ -184,7 +197,7 @@ impl TrainSession {
     pub fn trained(&self) -> Tensors {
         let mut t = Tensors::default();
         for (name, shape) in &self.trainable {
-            t.insert(name.clone(), shape.clone(), self.exec.get(name).expect("trained tensors are set").to_vec());
+            t.insert(name.clone(), shape.clone(), self.exec.get(name).expect("trained tensors are set"));
         }
         t
     }
@@ -220,7 +233,7 @@ impl TrainSession {
         for (name, shape) in &self.trainable {
             for n in state_names(name) {
                 if let Some(v) = self.exec.get(&n) {
-                    t.insert(n, shape.clone(), v.to_vec());
+                    t.insert(n, shape.clone(), v);
                 }
             }
         }

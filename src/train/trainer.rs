@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::AdamWConfig;
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 
 use super::checkpoint::{self, RunState};
 use super::config::TrainConfig;
@@ -101,7 +101,7 @@ pub fn total_steps(cfg: &TrainConfig, records: usize) -> u64 {
 }
 
 /// Run (or resume) the training job of `cfg`.
-pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
+pub fn train(cfg: &TrainConfig, resume: bool, device: Backend) -> Result<Summary> {
     let out = cfg.out.as_path();
     let def = ModelDef::load(&cfg.model)?;
     let tok = Tokenizer::load_or_default(cfg.tokenizer.as_deref())?;
@@ -119,7 +119,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<Summary> {
         None => Weights::init(&def, cfg.seed, None),
     };
     let t_compile = Instant::now();
-    let mut session = TrainSession::new(&def, weights, cfg.data.max_seq_len, stage.clone(), Update::AdamW(adamw), fusion)?;
+    let mut session = TrainSession::on(device, &def, weights, cfg.data.max_seq_len, stage.clone(), Update::AdamW(adamw), fusion)?;
     let compile_ms = t_compile.elapsed().as_secs_f64() * 1e3;
     if let Some(r) = &cfg.dpo.reference {
         session.set_reference(&Weights::load(&def, r)?)?;

@@ -21,24 +21,25 @@ pub struct MatMul {
     pub axis: usize,
 }
 
-/// How one call maps onto gemm: sizes, strides and the loops around it.
+/// How one call maps onto gemm: `out[i, j] = sum_k a[i, k] b[k, j]` with
+/// sizes, strides and the loops around it.
 #[derive(Debug)]
-struct Plan {
-    m: usize,
-    n: usize,
-    k: usize,
-    /// (a, b, out) strides along the row dim, column dim and inner axis
-    row: (isize, isize),
-    col: (isize, isize),
-    inner: (isize, isize),
-    out_row: isize,
-    out_col: isize,
+pub(crate) struct Plan {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// (a, b) strides along the row dim, column dim and inner axis
+    pub row: (isize, isize),
+    pub col: (isize, isize),
+    pub inner: (isize, isize),
+    pub out_row: isize,
+    pub out_col: isize,
     /// loop dims: (size, a stride, b stride, out stride)
-    loops: Vec<(usize, isize, isize, isize)>,
+    pub loops: Vec<(usize, isize, isize, isize)>,
 }
 
 impl MatMul {
-    fn plan(&self, a: &View, b: &View) -> Plan {
+    pub(crate) fn plan(&self, a: &View, b: &View) -> Plan {
         let dims = a.dims();
         let mut out_shape = dims.to_vec();
         out_shape.remove(self.axis);
