@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::passes::Pass;
-use lumind_compilers::{compile, pipeline, Backend, DimValues, Fusion, GraphBuilder, Runner};
+use lumind_compilers::passes::pipeline_for;
+use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner};
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::def::ModelDef;
@@ -47,7 +48,7 @@ impl Session {
 
     /// On a backend (`cpu`, `cuda`, `emulated`).
     pub fn on(backend: Backend, def: &ModelDef, weights: Weights, opts: ForwardOptions, fusion: Fusion) -> Result<Session> {
-        Session::with_passes(backend, def, weights, opts, fusion, &pipeline(fusion))
+        Session::with_passes(backend, def, weights, opts, fusion, &pipeline_for(fusion, backend))
     }
 
     /// Compile with an explicit list of passes (experiments, inspection).

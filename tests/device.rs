@@ -9,7 +9,8 @@ use std::path::Path;
 
 use lumind::cli::job::{build_job_graph, Job};
 use lumind::compilers::cuda::graph_source;
-use lumind::compilers::{compile, pipeline, Fusion};
+use lumind::compilers::passes::pipeline_for;
+use lumind::compilers::{compile, Backend, Fusion};
 use lumind::model::ModelDef;
 
 const MODELS: [&str; 4] = ["tiny-llama", "tiny-qwen3", "tiny-moe", "tiny-moe3"];
@@ -17,7 +18,7 @@ const MODELS: [&str; 4] = ["tiny-llama", "tiny-qwen3", "tiny-moe", "tiny-moe3"];
 fn source(model: &str, job: Job, fusion: Fusion) -> String {
     let def = ModelDef::load(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{model}.toml"))).unwrap();
     let (mut built, _) = build_job_graph(&def, job, None).unwrap();
-    compile(&mut built, &pipeline(fusion), |_, _| {});
+    compile(&mut built, &pipeline_for(fusion, Backend::Cuda), |_, _| {});
     graph_source(built).unwrap()
 }
 
@@ -77,4 +78,32 @@ fn kernel_sources_compile_to_ptx_with_nvrtc() {
         }
     }
     eprintln!("{compiled} modules compiled to PTX for sm_90");
+}
+
+fn lumind(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lumind")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+#[test]
+fn device_flag_selects_the_backend_and_names_what_cuda_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    assert!(lumind(&["init", "--model", "models/tiny-qwen3.toml", "--seed", "2", "--out", w.to_str().unwrap()]).status.success());
+    let generate = |device: &str| {
+        let args = ["generate", "--model", "models/tiny-qwen3.toml", "--weights", w.to_str().unwrap(), "--tokens", "1,7,9"];
+        lumind(&[&args[..], &["--max-new-tokens", "6", "--json", "--device", device]].concat())
+    };
+    let (cpu, emulated) = (generate("cpu"), generate("emulated"));
+    assert!(cpu.status.success() && emulated.status.success(), "{}", String::from_utf8_lossy(&emulated.stderr));
+    let tokens = |o: &std::process::Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["tokens"].clone();
+    assert_eq!(tokens(&cpu).as_array().map(|t| t.len()), Some(6));
+    assert_eq!(tokens(&cpu), tokens(&emulated), "greedy tokens differ between the CPU kernels and the emulated CUDA kernels");
+    #[cfg(feature = "cuda")]
+    if lumind::compilers::cuda::driver::check_libraries().is_err() {
+        let out = generate("cuda");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("--device cuda needs") && err.contains("libcuda.so"), "{err}");
+    }
+    let out = generate("tpu");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
 }

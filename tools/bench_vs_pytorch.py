@@ -1,11 +1,14 @@
-"""lumind against transformers/PyTorch on the same definition and the same
-random weights, in one run, with the same number of threads. Prints both
-tables and the ratios the issue targets.
+"""lumind against PyTorch on the same definition and the same random
+weights, in one run: eager PyTorch (tools/reference/torch_minimind.py) for
+prefill, a KV-cache decode loop and a training step, transformers'
+`generate` where transformers is installed, and `lumind bench`. Prints both
+tables and the ratios the issues target.
 
-    /path/to/venv/bin/python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2]
+    python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--device cpu|cuda] [--json OUT]
 
-Needs the reference venv (tools/reference/requirements.txt) and a release
-build of lumind (cargo build --release).
+Needs torch (and a release build of lumind, or LUMIND=path). On the CPU the
+reference venv (tools/reference/requirements.txt) has everything; on a GPU
+machine torch alone is enough.
 """
 import argparse
 import json
@@ -16,10 +19,9 @@ import tempfile
 import time
 
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
-from minimind_ref import build, load_def  # noqa: E402
+import torch_minimind  # noqa: E402
 
 LUMIND = os.environ.get("LUMIND", "target/release/lumind")
 
@@ -29,13 +31,31 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
-def timed(f, reps):
+def timed(f, reps, sync):
     out = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
+        sync()
         out.append(time.perf_counter() - t)
     return median(out)
+
+
+def hf_generate_rate(model_toml, weights, ids, device, reps, sync):
+    """tokens/s of transformers' greedy `generate`, or None without transformers."""
+    try:
+        from safetensors.torch import load_file
+        from minimind_ref import build, load_def
+    except ImportError:
+        return None
+    model = build(load_def(model_toml))
+    model.load_state_dict(load_file(weights), strict=False)
+    model.tie_weights()
+    model.eval().to(device)
+    gen = lambda: model.generate(ids, max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        gen()
+        return 128 / timed(gen, reps, sync)
 
 
 def main():
@@ -44,72 +64,91 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--train", default="4x256")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--fusion", default=None, help="lumind strategies (default: all on cpu, none,full on cuda)")
+    ap.add_argument("--json", default=None, help="also write both tables here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    d = load_def(a.model)
+    dev = a.device
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         w = os.path.join(tmp, "w.safetensors")
         subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
-        model = build(d)
-        missing, unexpected = model.load_state_dict(load_file(w), strict=False)
-        assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
-        model.tie_weights()
-    model.eval()
-    vocab = d["vocab_size"]
-    ids = lambda n, s=1: torch.tensor([[3 + (i * 7919 + s * 104729) % (vocab - 3) for i in range(n)]])
-    torch_res = {}
-    with torch.no_grad():
-        for n in (64, 256):
-            x = ids(n)
-            model(x, logits_to_keep=1)
-            torch_res[f"pp{n}"] = n / timed(lambda: model(x, logits_to_keep=1), a.reps)
-        x = ids(1, 2)
-        gen = lambda: model.generate(x, max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0)
-        gen()
-        torch_res["tg128 (HF generate)"] = 128 / timed(gen, a.reps)
+        d, model = torch_minimind.load(a.model, w, dev)
+        vocab = d["vocab_size"]
+        ids = lambda n, s=1: torch.tensor([[3 + (i * 7919 + s * 104729) % (vocab - 3) for i in range(n)]], device=dev)
+        model.eval()
+        torch_res = {}
+        with torch.no_grad():
+            for n in (64, 256):
+                x = ids(n)
+                model(x, last_only=True)
+                torch_res[f"pp{n}"] = n / timed(lambda: model(x, last_only=True), a.reps, sync)
+            x = ids(1, 2)
 
-        def manual():
-            out = model(x, use_cache=True)
-            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            for _ in range(127):
-                out = model(tok, past_key_values=past, use_cache=True)
-                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        manual()
-        torch_res["tg128 (KV loop)"] = 128 / timed(manual, a.reps)
-    b, s = map(int, a.train.split("x"))
+            def decode():
+                caches = model.new_caches()
+                tok = model(x, caches, 0, True).argmax(-1)
+                for i in range(1, 128):
+                    tok = model(tok, caches, i, True).argmax(-1)
+            decode()
+            torch_res["tg128 (KV loop)"] = 128 / timed(decode, a.reps, sync)
+        hf = hf_generate_rate(a.model, w, x, dev, a.reps, sync)
+        if hf is not None:
+            torch_res["tg128 (HF generate)"] = hf
+    b, s_len = map(int, a.train.split("x"))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = torch.cat([ids(s, r + 3) for r in range(b)])
+    batch = torch.cat([ids(s_len, r + 3) for r in range(b)])
 
     def step():
-        loss = model(input_ids=batch, labels=batch).loss
+        logits = model(batch)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
     step()
-    torch_res[f"train{a.train}"] = b * s / timed(step, a.reps)
+    sync()
+    torch_res[f"train{a.train}"] = b * s_len / timed(step, a.reps, sync)
 
+    fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full")
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
-    out = subprocess.run([LUMIND, "--threads", str(a.threads), "bench", "--model", a.model, "--train", a.train,
-                          "--reps", str(a.reps), "--json"], check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run([LUMIND, "--threads", str(a.threads), "bench", "--model", a.model, "--train", a.train, "--device", dev,
+                          "--fusion", fusion, "--reps", str(a.reps), "--json"], check=True, capture_output=True, text=True, env=env)
     lum = json.loads(out.stdout)
-    print(f"{d['name']}, {a.threads} threads, torch {torch.__version__}")
-    print(f"memory read bandwidth {lum['read_bandwidth_gbs']:.1f} GB/s, weights {lum['weight_mb']:.1f} MB"
-          f" -> decode bound {lum['decode_bound_tokens_per_s']:.1f} tokens/s\n")
-    print("PyTorch (tokens/s):")
+    where = torch.cuda.get_device_name() if dev == "cuda" else f"{a.threads} threads"
+    print(f"{d['name']}, {where}, torch {torch.__version__}")
+    if dev == "cpu":
+        print(f"memory read bandwidth {lum['read_bandwidth_gbs']:.1f} GB/s, weights {lum['weight_mb']:.1f} MB"
+              f" -> decode bound {lum['decode_bound_tokens_per_s']:.1f} tokens/s")
+    print("\nPyTorch eager (tokens/s):")
     for k, v in torch_res.items():
         print(f"  {k:<22} {v:10.1f}")
     print("\nlumind (tokens/s):")
     for r in lum["results"]:
         print(f"  {r['fusion']:<8} {r['test']:<13} {r['tokens_per_s']:10.1f}   compile {r['compile_ms']:.1f} ms")
     full = {r["test"]: r for r in lum["results"] if r["fusion"] == "full"}
+    none = {r["test"]: r for r in lum["results"] if r["fusion"] == "none"}
+    ratio = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
+    hf = torch_res.get("tg128 (HF generate)")
     print("\nratios (lumind full / PyTorch), targets in brackets:")
-    print(f"  prefill 256      {full['pp256']['tokens_per_s'] / torch_res['pp256']:.2f}x   [>= 1.5x]")
-    print(f"  decode vs HF     {full['tg128']['tokens_per_s'] / torch_res['tg128 (HF generate)']:.2f}x   [>= 3x]")
-    print(f"  decode vs bound  {full['tg128']['tokens_per_s'] / lum['decode_bound_tokens_per_s']:.0%}    [>= 60%]")
-    print(f"  compile          {full['pp256']['compile_ms']:.1f} ms [< 1000 ms]")
-    print(f"  train {a.train}   {full['train' + a.train]['tokens_per_s'] / torch_res['train' + a.train]:.2f}x   [>= 1x]")
+    if dev == "cuda":
+        print(f"  decode           {full['tg128']['tokens_per_s']:.0f} tokens/s   [>= 2000]")
+        print(f"  decode vs HF     {ratio(full['tg128']['tokens_per_s'], hf) if hf else 'transformers not installed'}   [>= 5x]")
+        print(f"  prefill 256      {ratio(full['pp256']['tokens_per_s'], torch_res['pp256'])}   [>= 1x]")
+        print(f"  train {a.train}   {ratio(full['train' + a.train]['tokens_per_s'], torch_res['train' + a.train])}   [>= 1x]")
+        if none:
+            print(f"  decode full/none {ratio(full['tg128']['tokens_per_s'], none['tg128']['tokens_per_s'])}   [>= 3x over unfused]")
+    else:
+        print(f"  prefill 256      {ratio(full['pp256']['tokens_per_s'], torch_res['pp256'])}   [>= 1.5x]")
+        print(f"  decode vs HF     {ratio(full['tg128']['tokens_per_s'], hf) if hf else 'n/a'}   [>= 3x]")
+        print(f"  decode vs bound  {full['tg128']['tokens_per_s'] / lum['decode_bound_tokens_per_s']:.0%}    [>= 60%]")
+        print(f"  compile          {full['pp256']['compile_ms']:.1f} ms [< 1000 ms]")
+        print(f"  train {a.train}   {ratio(full['train' + a.train]['tokens_per_s'], torch_res['train' + a.train])}   [>= 1x]")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": dev, "where": where, "torch": torch_res, "lumind": lum}, f, indent=1)
 
 
 if __name__ == "__main__":

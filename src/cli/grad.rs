@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lumind_compilers::Fusion;
+use lumind_compilers::{Backend, Fusion};
 
 use super::args::parse_tokens;
 use crate::data::pretrain::Position;
@@ -44,6 +44,9 @@ pub struct Args {
     adapter: Option<PathBuf>,
     #[arg(long, default_value = "full")]
     fusion: Fusion,
+    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu")]
+    device: Backend,
     /// Output safetensors: `loss` and one gradient per trained tensor
     #[arg(long)]
     out: PathBuf,
@@ -65,7 +68,7 @@ pub fn run(a: Args) -> Result<()> {
             let data = Data::open(&cfg, &tok)?;
             let order: Vec<usize> = (0..a.n.min(data.len())).collect();
             let (batch, _) = data.batch(&tok, &order, Position::default(), order.len())?;
-            let mut s = TrainSession::new(&def, weights, cfg.data.max_seq_len, cfg.stage(), Update::OutputGrads, a.fusion)?;
+            let mut s = TrainSession::on(a.device, &def, weights, cfg.data.max_seq_len, cfg.stage(), Update::OutputGrads, a.fusion)?;
             if let Some(dir) = &a.adapter {
                 let (_, mods) = crate::lora::load_adapter(dir)?;
                 let mut t = crate::model::weights::Tensors::default();
@@ -85,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             let def = ModelDef::load(m)?;
             let w = Weights::load(&def, w)?;
-            let s = TrainSession::new(&def, w, tokens.len(), Stage::LanguageModel, Update::OutputGrads, a.fusion)?;
+            let s = TrainSession::on(a.device, &def, w, tokens.len(), Stage::LanguageModel, Update::OutputGrads, a.fusion)?;
             let labels: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
             (s, Batch::from_labels(&[(tokens, labels)]))
         }

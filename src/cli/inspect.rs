@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use lumind_compilers::cuda::graph_source;
 use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
-use lumind_compilers::{compile, pipeline, Fusion};
+use lumind_compilers::passes::pipeline_for;
+use lumind_compilers::{compile, Backend, Fusion};
 
 use super::job::{build_job_graph, Job};
 use crate::model::ModelDef;
@@ -25,6 +26,10 @@ pub struct Args {
     config: Option<PathBuf>,
     #[arg(long, default_value = "full")]
     fusion: Fusion,
+    /// The device whose pipeline to show (cuda and emulated leave the gated
+    /// MLP to cuBLAS)
+    #[arg(long, default_value = "cpu")]
+    device: Backend,
     /// Output directory: NN-pass.dot, NN-pass.json (egraph-serialize),
     /// summary.txt, report.html, and kernels.cu (the CUDA C that
     /// `--device cuda` compiles for this graph)
@@ -48,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (mut built, about) = build_job_graph(&def, a.job, stage)?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
-    compile(&mut built, &pipeline(a.fusion), |pass, g| {
+    compile(&mut built, &pipeline_for(a.fusion, a.device), |pass, g| {
         let s = Snapshot::take(pass, g, snaps.last());
         snaps.push(s);
     });
@@ -58,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         std::fs::write(stem.with_extension("dot"), s.dot())?;
         s.egraph().to_json_file(stem.with_extension("json"))?;
     }
-    let title = format!("{} / {} / fusion {}", def.name, a.job, a.fusion);
+    let title = format!("{} / {} / fusion {} / device {}", def.name, a.job, a.fusion, a.device);
     let summary = format!("{title}\n{about}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
     std::fs::write(a.out.join("summary.txt"), &summary)?;
     std::fs::write(a.out.join("report.html"), html_report(&format!("{title}\n{about}"), &snaps))?;

@@ -5,7 +5,8 @@
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::{hyper_values, state_names};
-use lumind_compilers::{compile, pipeline, Backend, DimValues, Fusion, Runner};
+use lumind_compilers::passes::pipeline_for;
+use lumind_compilers::{compile, Backend, DimValues, Fusion, Runner};
 
 use super::graph::{build, Stage, Update};
 use crate::model::def::ModelDef;
@@ -106,7 +107,7 @@ impl TrainSession {
         fusion: Fusion,
     ) -> Result<TrainSession> {
         let mut g = build(def, positions, &stage, &update)?;
-        compile(&mut g.graph, &pipeline(fusion), |_, _| {});
+        compile(&mut g.graph, &pipeline_for(fusion, backend), |_, _| {});
         let mut exec = Runner::new(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
         let w = weights.into_map();
         for (name, input) in &g.frozen {

@@ -9,7 +9,7 @@
 //! TF32 tensor cores for the matmuls (about 1e-3 relative error).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
@@ -60,8 +60,20 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Compile CUDA C to PTX for `arch` (e.g. `sm_90`) with NVRTC.
+/// Compile CUDA C to PTX for `arch` (e.g. `sm_90`) with NVRTC; each
+/// distinct module once per process.
 pub fn compile_ptx(source: &str, arch: &str) -> DeviceResult<String> {
+    static CACHE: Mutex<Option<HashMap<(String, String), String>>> = Mutex::new(None);
+    let key = (source.to_string(), arch.to_string());
+    if let Some(ptx) = CACHE.lock().unwrap().as_ref().and_then(|c| c.get(&key)) {
+        return Ok(ptx.clone());
+    }
+    let ptx = nvrtc_compile(source, arch)?;
+    CACHE.lock().unwrap().get_or_insert_with(HashMap::new).insert(key, ptx.clone());
+    Ok(ptx)
+}
+
+fn nvrtc_compile(source: &str, arch: &str) -> DeviceResult<String> {
     if !nvrtc_present() {
         return Err(DeviceError("NVRTC (libnvrtc.so) cannot be loaded on this machine".into()));
     }

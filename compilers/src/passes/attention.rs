@@ -10,11 +10,18 @@ use petgraph::Direction;
 use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::attention::Attention;
 use crate::kernels::matmul::MatMul;
-use crate::kernels::rowfused::RowFused;
+use crate::kernels::reduce::ReduceOp;
+use crate::kernels::rowfused::{RowFused, RowOp};
 use crate::shape::{is_plain, logical_dims, shapes_eq};
 
-#[derive(Debug, Default)]
-pub struct AttentionFusion;
+#[derive(Debug)]
+pub struct AttentionFusion {
+    /// also fuse `x Wg -> silu * up -> Wd` (the same shape without a
+    /// softmax): a win on the CPU, where it keeps the hidden row in cache; on
+    /// a GPU one block per token would stream the weights through one SM,
+    /// so there cuBLAS takes those products
+    pub gated_mlp: bool,
+}
 
 fn fake(st: &ShapeTracker, l: usize) -> bool {
     st.fake[st.indexes[l]]
@@ -54,6 +61,10 @@ impl Compiler for AttentionFusion {
                 continue;
             };
             if prog.outputs.len() != 1 || !prog.instrs[prog.outputs[0]].row || consumers(graph, rf) != 1 {
+                continue;
+            }
+            let softmax = prog.instrs.iter().any(|i| matches!(i.op, RowOp::Reduce(ReduceOp::Max, _)));
+            if !softmax && !self.gated_mlp {
                 continue;
             }
             // its scores input: a plain read of a q k^T product used only here

@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use luminal::prelude::*;
 
+use crate::runner::Backend;
 use crate::tensor::BuiltGraph;
 
 /// How much the CPU compiler does to a graph before it runs.
@@ -77,8 +78,13 @@ impl Pass {
     }
 }
 
-/// The passes of a fusion strategy, in order.
+/// The passes of a fusion strategy for the CPU, in order.
 pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
+    pipeline_for(fusion, Backend::Cpu)
+}
+
+/// The passes of a fusion strategy for a backend, in order.
+pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
     let mut p = vec![];
     if fusion != Fusion::None {
         p.push(Pass::new("RemoveSingleReductions", RemoveSingleReductions));
@@ -90,7 +96,7 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
     p.push(Pass::new("MatMul", matmul::MatMulPass));
     if fusion == Fusion::Full {
         p.push(Pass::new("RowFusion", rowfusion::RowFusion));
-        p.push(Pass::new("AttentionFusion", attention::AttentionFusion));
+        p.push(Pass::new("AttentionFusion", attention::AttentionFusion { gated_mlp: backend == Backend::Cpu }));
     }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));
     p
