@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lumind_compilers::passes::Pass;
 use lumind_compilers::passes::pipeline_for;
+use lumind_compilers::passes::Pass;
 use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner};
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};

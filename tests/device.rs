@@ -107,3 +107,26 @@ fn device_flag_selects_the_backend_and_names_what_cuda_lacks() {
     let out = generate("tpu");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
 }
+
+/// Sessions on several threads share one emulator library: each must see
+/// only its own launches (the shim's grid and shared memory are per thread).
+#[test]
+fn emulated_sessions_on_several_threads_agree() {
+    use lumind::model::builder::ForwardOptions;
+    use lumind::model::Weights;
+    use lumind::session::Session;
+    let def = ModelDef::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llama.toml")).unwrap();
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 % 120) as u32).collect();
+    let run = |def: &ModelDef| {
+        let mut s = Session::on(Backend::Emulated, def, Weights::init(def, 9, None), ForwardOptions::full(32), Fusion::Full).unwrap();
+        (0..5).map(|_| s.run(&tokens, 1, 0).unwrap().data).collect::<Vec<_>>()
+    };
+    let want = run(&def)[0].clone();
+    let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4).map(|_| sc.spawn(|| run(&def))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results.iter().flatten() {
+        assert_eq!(r, &want, "a run on one thread was disturbed by another");
+    }
+}

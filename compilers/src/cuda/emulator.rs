@@ -1,7 +1,7 @@
 //! The device on the CPU: the generated CUDA C compiled by the system's C++
 //! compiler against a small shim (one thread per block, blocks run in turn,
-//! shared memory is static, atomics are plain adds), and cuBLAS's SGEMM as
-//! its definition. It runs the same sources, launches and executor as a GPU,
+//! shared memory is thread-local, atomics are plain adds), and cuBLAS's
+//! SGEMM as its definition. It runs the same sources, launches and executor as a GPU,
 //! so tests check the generated kernels against the CPU kernels on machines
 //! without one. Slow, and meant only for that.
 
@@ -16,12 +16,13 @@ const SHIM: &str = r#"#include <math.h>
 #include <cmath>
 using std::isfinite;
 struct lumind_dim3 { unsigned x, y, z; };
-static lumind_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
-static float* lumind_smem = 0;
+/* per thread: sessions on several threads may run the same library */
+static thread_local lumind_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+static thread_local float* lumind_smem = 0;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static thread_local
 #define __syncthreads() ((void)0)
 static inline float __int_as_float(int x) { float f; memcpy(&f, &x, 4); return f; }
 static inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
@@ -83,9 +84,12 @@ fn compile(source: &str) -> DeviceResult<PathBuf> {
     if lib.exists() {
         return Ok(lib);
     }
-    let src = dir.join(format!("kernels-{hash:016x}-{}.cpp", std::process::id()));
+    // a name no other process or thread uses while this one builds
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let src = dir.join(format!("kernels-{hash:016x}-{unique}.cpp"));
     std::fs::write(&src, source).map_err(|e| DeviceError(format!("cannot write {}: {e}", src.display())))?;
-    let tmp = dir.join(format!("kernels-{hash:016x}-{}.so", std::process::id()));
+    let tmp = dir.join(format!("kernels-{hash:016x}-{unique}.so"));
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = Command::new(&cxx)
         .args(["-O1", "-shared", "-fPIC", "-w", "-o"])
