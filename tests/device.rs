@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use lumind::cli::job::{build_job_graph, Job};
+use lumind::compilers::cuda::codegen::kernels;
 use lumind::compilers::cuda::graph_source;
 use lumind::compilers::passes::pipeline_for;
 use lumind::compilers::{compile, Backend, Fusion};
@@ -23,7 +24,7 @@ fn source(model: &str, job: Job, fusion: Fusion) -> String {
 }
 
 fn entries(src: &str) -> Vec<&str> {
-    src.lines().filter_map(|l| l.strip_prefix("extern \"C\" __global__ void ")).map(|l| l.split('(').next().unwrap()).collect()
+    kernels(src).map(|(name, _)| name).collect()
 }
 
 #[test]

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use super::jsonl::{JsonlIndex, OnBadLine};
 use super::pretrain::{pad_rows, Position};
 use crate::chat_template::{ChatTemplate, Message};
-use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::Batch;
 
@@ -184,12 +183,7 @@ impl ChatData {
     }
 
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut o: Vec<usize> = (0..self.len()).collect();
-        let mut rng = Rng::new(self.seed.wrapping_mul(0x9E37_79B9).wrapping_add(epoch));
-        for i in (1..o.len()).rev() {
-            o.swap(i, rng.below(i + 1));
-        }
-        o
+        self.index.order(self.seed, epoch)
     }
 
     /// A batch of `batch` records from `pos`. Pairs give 2 x batch rows, the

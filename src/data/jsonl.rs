@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::rng::Rng;
+
 /// What to do with a line that is not a valid record.
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +79,17 @@ impl JsonlIndex {
     }
 
     /// Open a reader over the records.
+    /// The record order of an epoch: a shuffle seeded by `seed` and `epoch`
+    /// (the same on every run, so a resumed run reads what it would have).
+    pub fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut o: Vec<usize> = (0..self.len()).collect();
+        let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(epoch));
+        for i in (1..o.len()).rev() {
+            o.swap(i, rng.below(i + 1));
+        }
+        o
+    }
+
     pub fn reader(&self) -> Result<JsonlReader<'_>> {
         let f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
         Ok(JsonlReader { index: self, file: f, buf: vec![] })

@@ -6,7 +6,6 @@
 use anyhow::Result;
 
 use super::jsonl::{JsonlIndex, OnBadLine};
-use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::Batch;
 
@@ -69,12 +68,7 @@ impl PretrainData {
 
     /// The record order of an epoch (a seeded shuffle).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut o: Vec<usize> = (0..self.len()).collect();
-        let mut rng = Rng::new(self.seed.wrapping_mul(0x9E37_79B9).wrapping_add(epoch));
-        for i in (1..o.len()).rev() {
-            o.swap(i, rng.below(i + 1));
-        }
-        o
+        self.index.order(self.seed, epoch)
     }
 
     /// The batch of up to `batch` records starting at `pos` (which must be

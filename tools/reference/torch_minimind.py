@@ -7,28 +7,22 @@ parameter names as lumind / Hugging Face, RoPE rotate-half, GQA through
     python tools/reference/torch_minimind.py check --model models/tiny-llama.toml
 """
 import argparse
-import math
 import os
 import subprocess
 import sys
 import tempfile
-import tomllib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import model_def  # noqa: E402
+
 
 def load_def(path):
-    with open(path, "rb") as f:
-        d = tomllib.load(f)
-    d.setdefault("num_key_value_heads", d["num_attention_heads"])
-    d.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
-    if "intermediate_size" not in d:
-        h = d["hidden_size"]
-        d["intermediate_size"] = (math.ceil(h * math.pi / 64) * 64 if d.get("intermediate_rule") == "minimind3"
-                                  else 64 * math.ceil(int(h * 8 / 3) / 64))
-    if d.get("ffn", "swiglu") != "swiglu" or d.get("qk_norm") or d.get("rope_scaling"):
+    d = model_def.load_def(path)
+    if set(d["layer_kinds"]) != {"swiglu"} or d["qk_norm"] or d.get("rope_scaling"):
         raise SystemExit(f"{path}: torch_minimind covers dense models without q/k norm or RoPE scaling")
     return d
 

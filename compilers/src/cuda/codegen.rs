@@ -709,6 +709,15 @@ impl Kind {
     }
 }
 
+/// (name, parameter list) of every kernel of a module [`module_source`] wrote.
+pub fn kernels(module: &str) -> impl Iterator<Item = (&str, &str)> {
+    module.lines().filter_map(|line| {
+        let rest = line.strip_prefix("extern \"C\" __global__ void ")?;
+        let (name, params) = rest.split_once('(').expect("a kernel signature");
+        Some((name, params.split_once(')').expect("a kernel signature").0))
+    })
+}
+
 /// Every source a graph's kernels need, deduplicated, as one module.
 pub fn module_source(kernels: &[DeviceKernel]) -> String {
     let mut seen = std::collections::BTreeMap::new();

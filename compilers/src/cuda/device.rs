@@ -117,56 +117,38 @@ impl Product {
     /// step by `strides` (X, Y, C), if cuBLAS can take the layout (else the
     /// executor runs the generic kernel).
     pub fn sgemm(&self, batch: usize, strides: (isize, isize, isize)) -> Option<Sgemm> {
+        if column_major(self.m, self.n, self.c.1, self.c.2).is_some() {
+            return self.as_is(batch, strides, false);
+        }
+        // C^T (n x m) = Y^T (n x k) X^T (k x m): the same, transposed
+        let t = Product { m: self.n, n: self.m, k: self.k, x: self.y, y: self.x, c: (self.c.0, self.c.2, self.c.1) };
+        t.as_is(batch, (strides.1, strides.0, strides.2), true)
+    }
+
+    /// C (m x n, column-major as it lies) = X (m x k) Y (k x n).
+    fn as_is(&self, batch: usize, strides: (isize, isize, isize), swap: bool) -> Option<Sgemm> {
         let Product { m, n, k, x, y, c } = *self;
         let nonneg = |v: isize| usize::try_from(v).ok();
-        let (sx, sy, sc) = (nonneg(strides.0)?, nonneg(strides.1)?, nonneg(strides.2)?);
-        let (x_off, y_off, c_off) = (nonneg(x.0)?, nonneg(y.0)?, nonneg(c.0)?);
-        if let Some(ldc) = column_major(m, n, c.1, c.2) {
-            // C (m x n) = X (m x k) Y (k x n)
-            let (trans_a, lda) = operand(m, k, x.1, x.2)?;
-            let (trans_b, ldb) = operand(k, n, y.2, y.1)?;
-            let (a_off, stride_a, b_off, stride_b) = (x_off, sx, y_off, sy);
-            return Some(Sgemm {
-                trans_a,
-                trans_b,
-                m,
-                n,
-                k,
-                a_off,
-                lda,
-                stride_a,
-                b_off,
-                ldb,
-                stride_b,
-                c_off,
-                ldc,
-                stride_c: sc,
-                batch,
-                swap: false,
-            });
-        }
-        // C^T (n x m) = Y^T (n x k) X^T (k x m)
-        let ldc = column_major(n, m, c.2, c.1)?;
-        let (trans_a, lda) = operand(n, k, y.1, y.2)?;
-        let (trans_b, ldb) = operand(k, m, x.2, x.1)?;
-        let (a_off, stride_a, b_off, stride_b) = (y_off, sy, x_off, sx);
+        let ldc = column_major(m, n, c.1, c.2)?;
+        let (trans_a, lda) = operand(m, k, x.1, x.2)?;
+        let (trans_b, ldb) = operand(k, n, y.2, y.1)?;
         Some(Sgemm {
             trans_a,
             trans_b,
-            m: n,
-            n: m,
+            m,
+            n,
             k,
-            a_off,
+            a_off: nonneg(x.0)?,
             lda,
-            stride_a,
-            b_off,
+            stride_a: nonneg(strides.0)?,
+            b_off: nonneg(y.0)?,
             ldb,
-            stride_b,
-            c_off,
+            stride_b: nonneg(strides.1)?,
+            c_off: nonneg(c.0)?,
             ldc,
-            stride_c: sc,
+            stride_c: nonneg(strides.2)?,
             batch,
-            swap: true,
+            swap,
         })
     }
 }

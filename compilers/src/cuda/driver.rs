@@ -15,7 +15,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
-use super::codegen::Launch;
+use super::codegen::{kernels, Launch};
 use super::device::{BufId, Device, DeviceError, DeviceResult, Sgemm};
 
 pub struct Cuda {
@@ -141,12 +141,9 @@ impl Device for Cuda {
         let ptx = compile_ptx(source, &self.arch)?;
         let module = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(err("loading the module"))?;
         self.functions.clear();
-        for line in source.lines() {
-            if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
-                let name = rest.split('(').next().unwrap_or_default().to_string();
-                let f = module.load_function(&name).map_err(err("finding a kernel"))?;
-                self.functions.insert(name, f);
-            }
+        for (name, _) in kernels(source) {
+            let f = module.load_function(name).map_err(err("finding a kernel"))?;
+            self.functions.insert(name.to_string(), f);
         }
         self.module = Some(module);
         Ok(())

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::codegen::Launch;
+use super::codegen::{kernels, Launch};
 use super::device::{sgemm_reference, BufId, Device, DeviceError, DeviceResult, Sgemm};
 
 const SHIM: &str = r#"#include <math.h>
@@ -28,8 +28,13 @@ static inline float __int_as_float(int x) { float f; memcpy(&f, &x, 4); return f
 static inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
 "#;
 
+/// A kernel's trampoline (see `trampolines`): args, grid, shared memory.
+type Call = unsafe extern "C" fn(*mut *mut std::ffi::c_void, u32, *mut f32);
+
 pub struct Emulator {
     lib: Option<libloading::Library>,
+    /// entry -> trampoline, valid while `lib` is loaded
+    calls: std::collections::HashMap<String, Call>,
     bufs: Vec<Vec<f32>>,
     free: Vec<BufId>,
     meta: Vec<i64>,
@@ -43,7 +48,7 @@ impl Default for Emulator {
 
 impl Emulator {
     pub fn new() -> Emulator {
-        Emulator { lib: None, bufs: vec![], free: vec![], meta: vec![] }
+        Emulator { lib: None, calls: Default::default(), bufs: vec![], free: vec![], meta: vec![] }
     }
 }
 
@@ -51,10 +56,7 @@ impl Emulator {
 /// for every kernel of `module`: runs its grid one block at a time.
 fn trampolines(module: &str) -> String {
     let mut out = String::new();
-    for line in module.lines() {
-        let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") else { continue };
-        let (name, params) = rest.split_once('(').expect("a kernel signature");
-        let params = params.split_once(')').expect("a kernel signature").0;
+    for (name, params) in kernels(module) {
         let args: Vec<String> = params
             .split(", ")
             .enumerate()
@@ -116,6 +118,13 @@ impl Device for Emulator {
         // SAFETY: a library we just built from our own sources; it runs no
         // initialisers beyond static zeroing.
         let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| DeviceError(format!("cannot load {}: {e}", path.display())))?;
+        self.calls.clear();
+        for (name, _) in kernels(source) {
+            // SAFETY: every trampoline has the type `Call`
+            let f: libloading::Symbol<Call> = unsafe { lib.get(format!("lumind_call_{name}").as_bytes()) }
+                .map_err(|e| DeviceError(format!("kernel `{name}` is not in the module: {e}")))?;
+            self.calls.insert(name.to_string(), *f);
+        }
         self.lib = Some(lib);
         Ok(())
     }
@@ -158,12 +167,7 @@ impl Device for Emulator {
     }
 
     fn launch(&mut self, entry: &str, launch: Launch, meta_at: usize, bufs: &[BufId]) -> DeviceResult<()> {
-        let lib = self.lib.as_ref().ok_or_else(|| DeviceError("no kernels loaded".into()))?;
-        let name = format!("lumind_call_{entry}");
-        type Call = unsafe extern "C" fn(*mut *mut std::ffi::c_void, u32, *mut f32);
-        // SAFETY: every trampoline has this signature (see `trampolines`)
-        let f: libloading::Symbol<Call> =
-            unsafe { lib.get(name.as_bytes()) }.map_err(|e| DeviceError(format!("kernel `{entry}` is not in the module: {e}")))?;
+        let f = *self.calls.get(entry).ok_or_else(|| DeviceError(format!("kernel `{entry}` is not in the module")))?;
         let mut smem = vec![0f32; (launch.shared as usize).div_ceil(4)];
         let mut args: Vec<*mut std::ffi::c_void> = vec![self.meta[meta_at..].as_ptr() as *mut _];
         args.extend(bufs.iter().map(|&b| self.bufs[b].as_mut_ptr() as *mut std::ffi::c_void));
