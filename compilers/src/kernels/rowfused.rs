@@ -264,7 +264,8 @@ fn direct_row(a: &Arg, idx: &[usize], r: usize) -> Option<*const f32> {
     (lo == 0 && hi == r).then(|| a.data[off as usize..][..r].as_ptr())
 }
 
-fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {
+/// Read an input's row at outer index `idx` into `dst`, zero where padded.
+pub(crate) fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {
     let v = &a.view;
     let last = v.rank - 1;
     let stride = v.strides[last];
