@@ -57,13 +57,26 @@ impl MatMul {
                 col = Some(d);
             }
         }
-        let loops = (0..dims.len())
+        let mut loops: Vec<(usize, isize, isize, isize)> = (0..dims.len())
             .filter(|&d| d != self.axis && Some(d) != row && Some(d) != col && dims[d] != 1)
             .map(|d| (dims[d], a.strides[d], b.strides[d], out_stride(d)))
             .collect();
         let pick = |d: Option<usize>| d.map_or((1, (0, 0), 1), |d| (dims[d], (a.strides[d], b.strides[d]), out_stride(d)));
-        let (m, row_s, out_row) = pick(row);
-        let (n, col_s, out_col) = pick(col);
+        let (mut m, row_s, out_row) = pick(row);
+        let (mut n, col_s, out_col) = pick(col);
+        // a loop dim that continues the row (or column) dim in both the
+        // operand and the output joins it: `[b, s, k] x [k, n]` is one
+        // product of b*s rows, not b products of s rows
+        while let Some(i) = loops.iter().position(|&(size, sa, sb, so)| {
+            size > 1 && row.is_some() && sb == 0 && sa == row_s.0 * m as isize && so == out_row * m as isize
+        }) {
+            m *= loops.remove(i).0;
+        }
+        while let Some(i) = loops.iter().position(|&(size, sa, sb, so)| {
+            size > 1 && col.is_some() && sa == 0 && sb == col_s.1 * n as isize && so == out_col * n as isize
+        }) {
+            n *= loops.remove(i).0;
+        }
         Plan {
             m,
             n,
@@ -172,7 +185,9 @@ impl Kernel for MatMul {
                 );
             }
         };
-        if batches > 1 && flops < (1 << 22) && threads > 1 {
+        // many products (attention heads), or small ones: one per thread;
+        // a few big ones: each split across the threads by gemm
+        if threads > 1 && (batches >= 2 * threads || (batches > 1 && flops < (1 << 22))) {
             (0..batches).into_par_iter().for_each(|i| call(i, Parallelism::None));
         } else {
             let par = if flops >= (1 << 20) && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
@@ -212,5 +227,34 @@ pub(crate) fn gemv_with(a: &[f32], a_off: isize, b: &[f32], b_off: isize, b_row:
         for (j, v) in out.iter_mut().enumerate() {
             *v = super::reduce::dot(x, row(j));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `a [b, s, k]` times `w [k, n]`, as the builder broadcasts them to
+    /// `[b, s, n, k]`.
+    fn operands(b: usize, s: usize, k: usize, n: usize) -> (View, View) {
+        let dims = [b, s, n, k];
+        let mut a = View::contiguous(&dims);
+        a.strides[..4].copy_from_slice(&[(s * k) as isize, k as isize, 0, 1]);
+        let mut w = View::contiguous(&dims);
+        w.strides[..4].copy_from_slice(&[0, 0, 1, n as isize]);
+        (a, w)
+    }
+
+    #[test]
+    fn batch_rows_join_the_row_dim() {
+        let (a, w) = operands(4, 256, 512, 1408);
+        let p = MatMul { axis: 3 }.plan(&a, &w);
+        assert_eq!((p.m, p.n, p.k), (1024, 1408, 512));
+        assert!(p.loops.is_empty(), "{:?}", p.loops);
+        // a sliced batch (rows not adjacent to the next batch) stays a loop
+        let (mut a, w) = operands(4, 256, 512, 1408);
+        a.strides[0] = 2 * 256 * 512;
+        let p = MatMul { axis: 3 }.plan(&a, &w);
+        assert_eq!((p.m, p.loops.len()), (256, 1));
     }
 }
