@@ -12,7 +12,7 @@ use luminal::prelude::symbolic::Expression;
 use rayon::prelude::*;
 
 use super::binary::BinaryOp;
-use super::reduce::{sum, ReduceOp};
+use super::reduce::{max, sum, ReduceOp};
 use super::unary::UnaryOp;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{eval, DimValues, View};
@@ -221,7 +221,7 @@ impl RowFused {
                         let x = row_of(&s.at, *a);
                         match op {
                             ReduceOp::Sum => sum(x),
-                            ReduceOp::Max => x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+                            ReduceOp::Max => max(x),
                         }
                     }
                 };
