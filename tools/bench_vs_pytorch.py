@@ -1,10 +1,11 @@
 """lumind against PyTorch on the same definition and the same random
 weights, in one run: eager PyTorch (tools/reference/torch_minimind.py) for
 prefill, a KV-cache decode loop and a training step, transformers'
-`generate` where transformers is installed, and `lumind bench`. Prints both
-tables and the ratios the issues target.
+`generate` where transformers is installed, and `lumind bench`, measured in
+turn for several rounds. Prints both tables (medians) and the ratios the
+issues target (the median of each round's ratio, and their range).
 
-    python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--device cpu|cuda] [--json OUT]
+    python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--rounds 3] [--device cpu|cuda] [--json OUT]
 
 Needs torch (and a release build of lumind, or LUMIND=path). On the CPU the
 reference venv (tools/reference/requirements.txt) has everything; on a GPU
@@ -27,8 +28,8 @@ LUMIND = os.environ.get("LUMIND", "target/release/lumind")
 
 
 def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
+    xs, h = sorted(xs), len(xs) // 2
+    return xs[h] if len(xs) % 2 else (xs[h - 1] + xs[h]) / 2
 
 
 def timed(f, reps, sync):
@@ -58,44 +59,29 @@ def hf_generate_rate(model_toml, weights, ids, device, reps, sync):
         return 128 / timed(gen, reps, sync)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="models/minimind-small-T.toml")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--train", default="4x256")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--fusion", default=None, help="lumind strategies (default: all on cpu, none,full on cuda)")
-    ap.add_argument("--json", default=None, help="also write both tables here")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    dev = a.device
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    with tempfile.TemporaryDirectory() as tmp:
-        w = os.path.join(tmp, "w.safetensors")
-        subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
-        d, model = torch_minimind.load(a.model, w, dev)
-        vocab = d["vocab_size"]
-        ids = lambda n, s=1: torch.tensor([[3 + (i * 7919 + s * 104729) % (vocab - 3) for i in range(n)]], device=dev)
-        model.eval()
-        torch_res = {}
-        with torch.no_grad():
-            for n in (64, 256):
-                x = ids(n)
-                model(x, last_only=True)
-                torch_res[f"pp{n}"] = n / timed(lambda: model(x, last_only=True), a.reps, sync)
-            x = ids(1, 2)
+def torch_round(a, d, model, w, dev, sync):
+    """One round of PyTorch measurements: tokens/s per test."""
+    vocab = d["vocab_size"]
+    ids = lambda n, s=1: torch.tensor([[3 + (i * 7919 + s * 104729) % (vocab - 3) for i in range(n)]], device=dev)
+    model.eval()
+    res = {}
+    with torch.no_grad():
+        for n in (64, 256):
+            x = ids(n)
+            model(x, last_only=True)
+            res[f"pp{n}"] = n / timed(lambda: model(x, last_only=True), a.reps, sync)
+        x = ids(1, 2)
 
-            def decode():
-                caches = model.new_caches()
-                tok = model(x, caches, 0, True).argmax(-1)
-                for i in range(1, 128):
-                    tok = model(tok, caches, i, True).argmax(-1)
-            decode()
-            torch_res["tg128 (KV loop)"] = 128 / timed(decode, a.reps, sync)
-        hf = hf_generate_rate(a.model, w, x, dev, a.reps, sync)
-        if hf is not None:
-            torch_res["tg128 (HF generate)"] = hf
+        def decode():
+            caches = model.new_caches()
+            tok = model(x, caches, 0, True).argmax(-1)
+            for i in range(1, 128):
+                tok = model(tok, caches, i, True).argmax(-1)
+        decode()
+        res["tg128 (KV loop)"] = 128 / timed(decode, a.reps, sync)
+    hf = hf_generate_rate(a.model, w, x, dev, a.reps, sync)
+    if hf is not None:
+        res["tg128 (HF generate)"] = hf
     b, s_len = map(int, a.train.split("x"))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -110,15 +96,51 @@ def main():
         opt.zero_grad(set_to_none=True)
     step()
     sync()
-    torch_res[f"train{a.train}"] = b * s_len / timed(step, a.reps, sync)
+    res[f"train{a.train}"] = b * s_len / timed(step, a.reps, sync)
+    return res
 
+
+def lumind_round(a, dev):
+    """One run of `lumind bench` (JSON)."""
     fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full")
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     out = subprocess.run([LUMIND, "--threads", str(a.threads), "bench", "--model", a.model, "--train", a.train, "--device", dev,
                           "--fusion", fusion, "--reps", str(a.reps), "--json"], check=True, capture_output=True, text=True, env=env)
-    lum = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="models/minimind-small-T.toml")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="PyTorch and lumind measured in turn this many times; the median of each is reported "
+                         "(a shared machine's noise hits both sides alike)")
+    ap.add_argument("--train", default="4x256")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--fusion", default=None, help="lumind strategies (default: all on cpu, none,full on cuda)")
+    ap.add_argument("--json", default=None, help="also write both tables here")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    dev = a.device
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    torch_rounds, lum_rounds = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        w = os.path.join(tmp, "w.safetensors")
+        subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
+        d, model = torch_minimind.load(a.model, w, dev)
+        for r in range(a.rounds):
+            print(f"round {r + 1}/{a.rounds} ...", file=sys.stderr, flush=True)
+            torch_rounds.append(torch_round(a, d, model, w, dev, sync))
+            lum_rounds.append(lumind_round(a, dev))
+    torch_res = {k: median([t[k] for t in torch_rounds]) for k in torch_rounds[0]}
+    key = lambda r: (r["fusion"], r["test"])
+    lum = dict(lum_rounds[0])
+    lum["results"] = [dict(r, tokens_per_s=median([next(x for x in L["results"] if key(x) == key(r))["tokens_per_s"] for L in lum_rounds]))
+                      for r in lum_rounds[0]["results"]]
     where = torch.cuda.get_device_name() if dev == "cuda" else f"{a.threads} threads"
-    print(f"{d['name']}, {where}, torch {torch.__version__}")
+    print(f"{d['name']}, {where}, torch {torch.__version__}, median of {a.rounds} rounds")
     if dev == "cpu":
         print(f"memory read bandwidth {lum['read_bandwidth_gbs']:.1f} GB/s, weights {lum['weight_mb']:.1f} MB"
               f" -> decode bound {lum['decode_bound_tokens_per_s']:.1f} tokens/s")
@@ -128,27 +150,38 @@ def main():
     print("\nlumind (tokens/s):")
     for r in lum["results"]:
         print(f"  {r['fusion']:<8} {r['test']:<13} {r['tokens_per_s']:10.1f}   compile {r['compile_ms']:.1f} ms")
+
+    def ratio(test, torch_key, fusion="full"):
+        """Median over rounds of lumind / PyTorch within a round, and the range."""
+        rs = []
+        for t, L in zip(torch_rounds, lum_rounds):
+            x = next((r["tokens_per_s"] for r in L["results"] if key(r) == (fusion, test)), None)
+            y = t.get(torch_key) if isinstance(torch_key, str) else torch_key(L)
+            if x is not None and y:
+                rs.append(x / y)
+        if not rs:
+            return "n/a"
+        return f"{median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f})" if len(rs) > 1 else f"{rs[0]:.2f}x"
     full = {r["test"]: r for r in lum["results"] if r["fusion"] == "full"}
     none = {r["test"]: r for r in lum["results"] if r["fusion"] == "none"}
-    ratio = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
-    hf = torch_res.get("tg128 (HF generate)")
+    train = f"train{a.train}"
     print("\nratios (lumind full / PyTorch), targets in brackets:")
     if dev == "cuda":
         print(f"  decode           {full['tg128']['tokens_per_s']:.0f} tokens/s   [>= 2000]")
-        print(f"  decode vs HF     {ratio(full['tg128']['tokens_per_s'], hf) if hf else 'transformers not installed'}   [>= 5x]")
-        print(f"  prefill 256      {ratio(full['pp256']['tokens_per_s'], torch_res['pp256'])}   [>= 1x]")
-        print(f"  train {a.train}   {ratio(full['train' + a.train]['tokens_per_s'], torch_res['train' + a.train])}   [>= 1x]")
+        print(f"  decode vs HF     {ratio('tg128', 'tg128 (HF generate)') if 'tg128 (HF generate)' in torch_res else 'transformers not installed'}   [>= 5x]")
+        print(f"  prefill 256      {ratio('pp256', 'pp256')}   [>= 1x]")
+        print(f"  train {a.train}   {ratio(train, train)}   [>= 1x]")
         if none:
-            print(f"  decode full/none {ratio(full['tg128']['tokens_per_s'], none['tg128']['tokens_per_s'])}   [>= 3x over unfused]")
+            print(f"  decode full/none {full['tg128']['tokens_per_s'] / none['tg128']['tokens_per_s']:.2f}x   [>= 3x over unfused]")
     else:
-        print(f"  prefill 256      {ratio(full['pp256']['tokens_per_s'], torch_res['pp256'])}   [>= 1.5x]")
-        print(f"  decode vs HF     {ratio(full['tg128']['tokens_per_s'], hf) if hf else 'n/a'}   [>= 3x]")
+        print(f"  prefill 256      {ratio('pp256', 'pp256')}   [>= 1.5x]")
+        print(f"  decode vs HF     {ratio('tg128', 'tg128 (HF generate)')}   [>= 3x]")
         print(f"  decode vs bound  {full['tg128']['tokens_per_s'] / lum['decode_bound_tokens_per_s']:.0%}    [>= 60%]")
         print(f"  compile          {full['pp256']['compile_ms']:.1f} ms [< 1000 ms]")
-        print(f"  train {a.train}   {ratio(full['train' + a.train]['tokens_per_s'], torch_res['train' + a.train])}   [>= 1x]")
+        print(f"  train {a.train}   {ratio(train, train)}   [>= 1x]")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": dev, "where": where, "torch": torch_res, "lumind": lum}, f, indent=1)
+            json.dump({"device": dev, "where": where, "rounds": a.rounds, "torch": torch_rounds, "lumind": lum_rounds}, f, indent=1)
 
 
 if __name__ == "__main__":
