@@ -12,6 +12,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::matmul::sgemm;
 use super::reduce::ReduceOp;
 use super::rowfused::{RowFused, RowOp, Scratch};
 use crate::kernel::{Arg, Cost, Kernel};
@@ -110,25 +111,11 @@ impl Kernel for Attention {
                 // writes its own rows of the output.
                 unsafe {
                     // scores[rows, t] = q[rows, K] @ k^T[K, t]
-                    gemm::gemm(
-                        rows,
-                        t,
-                        kd,
-                        scores.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
-                        q.data.as_ptr().offset(qo),
-                        q.view.strides[rank - 1],
-                        row_stride(&q.view),
-                        k.data.as_ptr().offset(ko),
-                        k.view.strides[rank - 2],
-                        k.view.strides[rank - 1],
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    sgemm(
+                        (rows, t, kd),
+                        (scores.as_mut_ptr(), 1, t as isize),
+                        (q.data.as_ptr().offset(qo), q.view.strides[rank - 1], row_stride(&q.view)),
+                        (k.data.as_ptr().offset(ko), k.view.strides[rank - 2], k.view.strides[rank - 1]),
                         par,
                     );
                 }
@@ -150,25 +137,11 @@ impl Kernel for Attention {
             }
             unsafe {
                 // out[rows, hd] = p[rows, t] @ v[t, hd]
-                gemm::gemm(
-                    rows,
-                    hd,
-                    t,
-                    out.get().offset(oo),
-                    1,
-                    out_rs,
-                    false,
-                    probs.as_ptr(),
-                    1,
-                    t as isize,
-                    v.data.as_ptr().offset(vo),
-                    v.view.strides[rank - 2],
-                    v.view.strides[rank - 1],
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                sgemm(
+                    (rows, hd, t),
+                    (out.get().offset(oo), 1, out_rs),
+                    (probs.as_ptr(), 1, t as isize),
+                    (v.data.as_ptr().offset(vo), v.view.strides[rank - 2], v.view.strides[rank - 1]),
                     par,
                 );
             }

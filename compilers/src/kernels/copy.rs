@@ -1,10 +1,8 @@
 //! `Contiguous`: materialise a view (permute, expand, slice, pad) into a
 //! row-major buffer.
 
-use rayon::prelude::*;
-
 use super::rowfused::load_row;
-use super::walk::{Walk, PAR_THRESHOLD};
+use super::walk::{for_row_blocks, unravel, Walk};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -40,32 +38,18 @@ impl Kernel for Copy {
 }
 
 /// A padded view (a slice's gradient, a concatenation), one row of the last
-/// dim at a time: the valid part copied, the rest zero. Rows are split
-/// across threads when the output is large.
+/// dim at a time: the valid part copied, the rest zero.
 fn copy_padded(x: &Arg, out: &mut [f32]) {
     let dims = x.view.dims();
     let Some((&r, outer)) = dims.split_last() else {
         out[0] = x.view.index(&[]).map_or(0.0, |j| x.data[j]);
         return;
     };
-    if r == 0 || out.is_empty() {
-        return;
-    }
-    let copy_rows = |first: usize, block: &mut [f32]| {
+    for_row_blocks(out, r, |first, block| {
         let mut idx = vec![0; outer.len()];
         for (k, row) in block.chunks_mut(r).enumerate() {
-            let mut rest = first + k;
-            for d in (0..outer.len()).rev() {
-                idx[d] = rest % outer[d];
-                rest /= outer[d];
-            }
+            unravel(first + k, outer, &mut idx);
             load_row(x, &idx, row);
         }
-    };
-    let rows_per_task = (PAR_THRESHOLD / r).max(1);
-    if out.len() < PAR_THRESHOLD {
-        copy_rows(0, out);
-    } else {
-        out.par_chunks_mut(r * rows_per_task).enumerate().for_each(|(t, block)| copy_rows(t * rows_per_task, block));
-    }
+    });
 }

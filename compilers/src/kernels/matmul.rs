@@ -162,25 +162,11 @@ impl Kernel for MatMul {
             // SAFETY: views were bounds-checked by the executor; every batch
             // writes a disjoint block of the contiguous output.
             unsafe {
-                gemm::gemm(
-                    p.m,
-                    p.n,
-                    p.k,
-                    { o_ptr }.0.offset(oo),
-                    p.out_col,
-                    p.out_row,
-                    false,
-                    { a_ptr }.0.offset(ao),
-                    p.inner.0,
-                    p.row.0,
-                    { b_ptr }.0.offset(bo),
-                    p.col.1,
-                    p.inner.1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                sgemm(
+                    (p.m, p.n, p.k),
+                    ({ o_ptr }.0.offset(oo), p.out_col, p.out_row),
+                    ({ a_ptr }.0.offset(ao), p.inner.0, p.row.0),
+                    ({ b_ptr }.0.offset(bo), p.col.1, p.inner.1),
                     par,
                 );
             }
@@ -202,6 +188,23 @@ impl Kernel for MatMul {
         let out: usize = outputs[0].iter().product();
         Cost { flops, bytes: 4.0 * (distinct(a) + distinct(b) + out) as f64 }
     }
+}
+
+/// `dst[m, n] = lhs[m, k] rhs[k, n]` through gemm, overwriting `dst`. Each
+/// matrix is a pointer with its column and row strides; `par` says how gemm
+/// may split the work.
+///
+/// # Safety
+/// Every element the strides reach is in bounds, and no other thread writes
+/// the part of `dst` this product writes.
+pub(crate) unsafe fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    par: Parallelism,
+) {
+    gemm::gemm(m, n, k, dst.0, dst.1, dst.2, false, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, 0.0, 1.0, false, false, false, par)
 }
 
 /// One row times a matrix stored as rows of K (a weight `[N, K]` read as its

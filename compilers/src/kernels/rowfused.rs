@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::binary::BinaryOp;
 use super::reduce::{max, sum, ReduceOp};
 use super::unary::UnaryOp;
+use super::walk::unravel;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{eval, DimValues, View};
 
@@ -122,11 +123,7 @@ impl Kernel for RowFused {
             let mut s = self.scratch(r, dims);
             let mut idx = vec![0usize; outer.len()];
             for row in start..end {
-                let mut rest = row;
-                for d in (0..outer.len()).rev() {
-                    idx[d] = rest % outer[d];
-                    rest /= outer[d];
-                }
+                unravel(row, &outer, &mut idx);
                 self.eval_row(&idx, r, inputs, None, &mut s);
                 self.write_row(row, r, &outs, &s);
             }

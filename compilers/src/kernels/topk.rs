@@ -2,6 +2,8 @@
 //! is among the k largest of its row, else 0.0. Ties go to the lower index.
 //! Not differentiable: gradients flow through the probabilities it masks.
 
+use super::rowfused::load_row;
+use super::walk::unravel;
 use crate::kernel::{Arg, Kernel};
 use crate::view::{DimValues, View};
 
@@ -22,20 +24,12 @@ impl Kernel for TopKMask {
         let dims = x.view.dims();
         let e = *dims.last().unwrap();
         let out = &mut *outputs[0];
-        let rows = out.len() / e.max(1);
-        let mut idx = vec![0usize; dims.len()];
+        let outer = &dims[..dims.len() - 1];
+        let mut idx = vec![0usize; outer.len()];
         let mut row = vec![0f32; e];
-        for r in 0..rows {
-            let mut rest = r;
-            for d in (0..dims.len() - 1).rev() {
-                idx[d] = rest % dims[d];
-                rest /= dims[d];
-            }
-            for (j, v) in row.iter_mut().enumerate() {
-                idx[dims.len() - 1] = j;
-                *v = x.view.index(&idx).map_or(0.0, |p| x.data[p]);
-            }
-            let o = &mut out[r * e..][..e];
+        for (r, o) in out.chunks_mut(e.max(1)).enumerate() {
+            unravel(r, outer, &mut idx);
+            load_row(x, &idx, &mut row);
             o.fill(0.0);
             for _ in 0..self.k.min(e) {
                 let mut best = usize::MAX;

@@ -89,22 +89,35 @@ impl<const N: usize> Walk<N> {
     /// Run `f(out_row, row_starts)` for every row of a contiguous output,
     /// in parallel when the output is large.
     pub fn for_rows(&self, out: &mut [f32], f: impl Fn(&mut [f32], [isize; N]) + Sync) {
-        let len = self.row_len();
-        if len == 0 || out.is_empty() {
-            return;
-        }
-        if out.len() < PAR_THRESHOLD {
-            for (r, chunk) in out.chunks_mut(len).enumerate() {
-                f(chunk, self.row_start(r));
+        for_row_blocks(out, self.row_len(), |first, block| {
+            for (r, chunk) in block.chunks_mut(self.row_len()).enumerate() {
+                f(chunk, self.row_start(first + r));
             }
-        } else {
-            let rows_per_task = (PAR_THRESHOLD / len).max(1);
-            out.par_chunks_mut(len * rows_per_task).enumerate().for_each(|(t, block)| {
-                for (r, chunk) in block.chunks_mut(len).enumerate() {
-                    f(chunk, self.row_start(t * rows_per_task + r));
-                }
-            });
-        }
+        });
+    }
+}
+
+/// Split a contiguous output of rows of length `len` into blocks of whole
+/// rows and run `f(first_row, block)` on each: one block when the output is
+/// small, else blocks of about `PAR_THRESHOLD` elements across the threads.
+pub fn for_row_blocks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if len == 0 || out.is_empty() {
+        return;
+    }
+    if out.len() < PAR_THRESHOLD {
+        f(0, out);
+    } else {
+        let rows_per_task = (PAR_THRESHOLD / len).max(1);
+        out.par_chunks_mut(len * rows_per_task).enumerate().for_each(|(t, block)| f(t * rows_per_task, block));
+    }
+}
+
+/// The row-major index of element `flat` of `shape`, written into `idx`.
+#[inline]
+pub fn unravel(mut flat: usize, shape: &[usize], idx: &mut [usize]) {
+    for d in (0..shape.len()).rev() {
+        idx[d] = flat % shape[d];
+        flat /= shape[d];
     }
 }
 
