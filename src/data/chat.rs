@@ -189,11 +189,9 @@ impl ChatData {
     /// A batch of `batch` records from `pos`. Pairs give 2 x batch rows, the
     /// chosen ones first (as MiniMind's DPO stacks them).
     pub fn batch(&self, tok: &Tokenizer, order: &[usize], pos: Position, batch: usize) -> Result<(Batch, Position)> {
-        let mut reader = self.index.reader()?;
-        let end = (pos.index + batch).min(order.len());
+        let records = self.index.read(order, pos.index, batch)?;
         let (mut rows, mut rejected) = (vec![], vec![]);
-        for &i in &order[pos.index..end] {
-            let (v, _) = reader.get(i)?;
+        for v in &records {
             let enc = |k: &str| -> Result<(Vec<u32>, Vec<i64>)> {
                 let msgs = messages(&v[k]).map_err(anyhow::Error::msg)?;
                 encode_conversation(tok, &self.template, &self.markers, &msgs, self.max_len, self.loss_on)
@@ -209,7 +207,7 @@ impl ChatData {
         rows.extend(rejected);
         let len = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
         pad_rows(&mut rows, len, tok.pad);
-        Ok((Batch::from_labels(&rows), Position { epoch: pos.epoch, index: end }))
+        Ok((Batch::from_labels(&rows), Position { epoch: pos.epoch, index: pos.index + records.len() }))
     }
 }
 

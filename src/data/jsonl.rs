@@ -78,7 +78,6 @@ impl JsonlIndex {
         self.records.is_empty()
     }
 
-    /// Open a reader over the records.
     /// The record order of an epoch: a shuffle seeded by `seed` and `epoch`
     /// (the same on every run, so a resumed run reads what it would have).
     pub fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
@@ -90,6 +89,13 @@ impl JsonlIndex {
         o
     }
 
+    /// The records `order[start..]`, at most `n` of them (one batch).
+    pub fn read(&self, order: &[usize], start: usize, n: usize) -> Result<Vec<serde_json::Value>> {
+        let mut reader = self.reader()?;
+        order[start..(start + n).min(order.len())].iter().map(|&i| Ok(reader.get(i)?.0)).collect()
+    }
+
+    /// Open a reader over the records.
     pub fn reader(&self) -> Result<JsonlReader<'_>> {
         let f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
         Ok(JsonlReader { index: self, file: f, buf: vec![] })

@@ -74,18 +74,14 @@ impl PretrainData {
     /// The batch of up to `batch` records starting at `pos` (which must be
     /// inside the epoch) and the position after it.
     pub fn batch(&self, tok: &Tokenizer, order: &[usize], pos: Position, batch: usize) -> Result<(Batch, Position)> {
-        let mut reader = self.index.reader()?;
-        let end = (pos.index + batch).min(order.len());
-        let mut rows = vec![];
-        for &i in &order[pos.index..end] {
-            let (v, _) = reader.get(i)?;
-            rows.push(encode_text(tok, v["text"].as_str().unwrap_or_default(), self.max_len)?);
-        }
+        let records = self.index.read(order, pos.index, batch)?;
+        let mut rows =
+            records.iter().map(|v| encode_text(tok, v["text"].as_str().unwrap_or_default(), self.max_len)).collect::<Result<Vec<_>>>()?;
         let len = match self.pad_to {
             PadTo::MaxLen => self.max_len,
             PadTo::Longest => rows.iter().map(|r| r.0.len()).max().unwrap_or(1),
         };
         pad_rows(&mut rows, len, tok.pad);
-        Ok((Batch::from_labels(&rows), Position { epoch: pos.epoch, index: end }))
+        Ok((Batch::from_labels(&rows), Position { epoch: pos.epoch, index: pos.index + records.len() }))
     }
 }
