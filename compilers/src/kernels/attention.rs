@@ -102,45 +102,62 @@ impl Kernel for Attention {
             let at = |view: &View| view.offset + idx.iter().enumerate().map(|(d, &i)| i as isize * view.strides[d]).sum::<isize>();
             let (qo, ko, vo) = (at(&q.view), at(&k.view), at(&v.view));
             let oo: isize = idx.iter().enumerate().map(|(d, &i)| (i * out_strides[d]) as isize).sum();
+            // keys each row needs (all t, unless a guard such as the causal
+            // mask hides the later ones); the block computes up to the most
+            let mut ridx = idx.clone();
+            let mut live = vec![t; rows];
+            let guarded = self.program.guard.is_some_and(|g| g.input != self.scores_input);
+            if guarded {
+                for (r, n) in live.iter_mut().enumerate() {
+                    if let Some(d) = bd {
+                        ridx[d] = idx[d] + r;
+                    }
+                    *n = self.program.live_len(&ridx, t, &prog, None, s);
+                }
+            }
+            let tb = live.iter().copied().max().unwrap_or(t);
             // one query row against keys stored as rows of K (decoding): dot products
             let split = !matches!(par, Parallelism::None);
             if rows == 1 && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 {
-                super::matmul::gemv_with(q.data, qo, k.data, ko, k.view.strides[rank - 2], kd, &mut scores[..t], split);
+                super::matmul::gemv_with(q.data, qo, k.data, ko, k.view.strides[rank - 2], kd, &mut scores[..tb], split);
             } else {
                 // SAFETY: views were bounds-checked by the executor; each task
                 // writes its own rows of the output.
                 unsafe {
-                    // scores[rows, t] = q[rows, K] @ k^T[K, t]
+                    // scores[rows, tb] = q[rows, K] @ k^T[K, tb]
                     sgemm(
-                        (rows, t, kd),
-                        (scores.as_mut_ptr(), 1, t as isize),
+                        (rows, tb, kd),
+                        (scores.as_mut_ptr(), 1, tb as isize),
                         (q.data.as_ptr().offset(qo), q.view.strides[rank - 1], row_stride(&q.view)),
                         (k.data.as_ptr().offset(ko), k.view.strides[rank - 2], k.view.strides[rank - 1]),
                         par,
                     );
                 }
             }
-            let mut ridx = idx.clone();
             for r in 0..rows {
                 if let Some(d) = bd {
                     ridx[d] = idx[d] + r;
                 }
-                self.program.eval_row(&ridx, t, &prog, Some((self.scores_input, &scores[r * t..(r + 1) * t])), s);
-                probs[r * t..(r + 1) * t].copy_from_slice(self.program.output_row(0, t, s));
+                let given = Some((self.scores_input, &scores[r * tb..(r + 1) * tb]));
+                let n = if guarded { live[r] } else { self.program.live_len(&ridx, tb, &prog, given, s) };
+                self.program.eval_row(&ridx, n, &prog, given, s);
+                let p = &mut probs[r * tb..(r + 1) * tb];
+                p[..n].copy_from_slice(self.program.output_row(0, n, s));
+                p[n..].fill(0.0);
             }
             if rows == 1 && v.view.strides[rank - 1] == 1 {
                 // out[h] = dot(p, v[h]) with v's rows contiguous along t
                 // SAFETY: this task's output row
                 let o = unsafe { std::slice::from_raw_parts_mut(out.get().offset(oo), hd) };
-                super::matmul::gemv_with(&probs[..t], 0, v.data, vo, v.view.strides[rank - 2], t, o, split);
+                super::matmul::gemv_with(&probs[..tb], 0, v.data, vo, v.view.strides[rank - 2], tb, o, split);
                 return;
             }
             unsafe {
-                // out[rows, hd] = p[rows, t] @ v[t, hd]
+                // out[rows, hd] = p[rows, tb] @ v[tb, hd]
                 sgemm(
-                    (rows, hd, t),
+                    (rows, hd, tb),
                     (out.get().offset(oo), 1, out_rs),
-                    (probs.as_ptr(), 1, t as isize),
+                    (probs.as_ptr(), 1, tb as isize),
                     (v.data.as_ptr().offset(vo), v.view.strides[rank - 2], v.view.strides[rank - 1]),
                     par,
                 );

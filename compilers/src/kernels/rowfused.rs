@@ -49,7 +49,24 @@ pub struct RowFused {
     pub row_len: Expression,
     /// the primops this kernel replaces, for inspection
     pub from: Vec<String>,
+    /// columns the program may skip (set by `passes::masked`)
+    pub guard: Option<Guard>,
 }
+
+/// An input that masks columns (an additive mask: values at or below
+/// [`MASKED_AT`]) where the program's work is void: there every row output
+/// is 0 and no reduction changes its value (the `MaskedRows` pass proves
+/// this from the instructions). Each row is then evaluated only up to its
+/// last unmasked column and zero-filled after it, and fused attention
+/// skips the future keys in both of its products.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guard {
+    pub input: usize,
+}
+
+/// Values at or below this are masked scores: exp2 of them, or of them plus
+/// any real score, is exactly 0 (the builder's mask is -1e30).
+pub const MASKED_AT: f32 = -1e29;
 
 /// A pointer that may cross threads: each thread writes whole, disjoint rows.
 #[derive(Clone, Copy)]
@@ -90,6 +107,10 @@ pub struct Scratch {
     /// where each row instruction's current row is: its scratch row, or
     /// straight in an input buffer when that row is contiguous (no copy)
     at: Vec<*const f32>,
+    /// row length the scratch rows are laid out for
+    stride: usize,
+    /// the guard input's row when it has to be gathered
+    guard: Vec<f32>,
 }
 
 impl Kernel for RowFused {
@@ -124,8 +145,9 @@ impl Kernel for RowFused {
             let mut idx = vec![0usize; outer.len()];
             for row in start..end {
                 unravel(row, &outer, &mut idx);
-                self.eval_row(&idx, r, inputs, None, &mut s);
-                self.write_row(row, r, &outs, &s);
+                let n = self.live_len(&idx, r, inputs, None, &mut s);
+                self.eval_row(&idx, n, inputs, None, &mut s);
+                self.write_row(row, r, n, &outs, &s);
             }
         };
         if chunk >= rows {
@@ -156,18 +178,49 @@ impl RowFused {
             .collect();
         let rows = vec![0.0; self.instrs.len() * r];
         let at = (0..self.instrs.len()).map(|k| rows[k * r..].as_ptr()).collect();
-        Scratch { rows, scalars, at }
+        let guard = vec![0.0; if self.guard.is_some() { r } else { 0 }];
+        Scratch { rows, scalars, at, stride: r, guard }
     }
 
-    /// The row of output `o` after `eval_row`.
-    pub fn output_row<'a>(&self, o: usize, r: usize, s: &'a Scratch) -> &'a [f32] {
-        // SAFETY: `at` points at r valid values (a scratch row or an input row)
-        unsafe { std::slice::from_raw_parts(s.at[self.outputs[o]], r) }
+    /// The row of output `o` after `eval_row` over `n` columns.
+    pub fn output_row<'a>(&self, o: usize, n: usize, s: &'a Scratch) -> &'a [f32] {
+        // SAFETY: `at` points at n valid values (a scratch row or an input row)
+        unsafe { std::slice::from_raw_parts(s.at[self.outputs[o]], n) }
     }
 
-    /// Run the program on the row at outer index `idx`. `given` supplies the
-    /// row of one input directly (fused attention computes its scores row).
-    pub fn eval_row(&self, idx: &[usize], r: usize, inputs: &[Arg], given: Option<(usize, &[f32])>, s: &mut Scratch) {
+    /// How many leading columns of the row at `idx` (of `r`) the program
+    /// must evaluate: up to the guard input's last unmasked column; all of
+    /// them without a guard, or when every column is masked.
+    pub fn live_len(&self, idx: &[usize], r: usize, inputs: &[Arg], given: Option<(usize, &[f32])>, s: &mut Scratch) -> usize {
+        let Some(g) = self.guard else { return r };
+        let row: &[f32] = match given {
+            Some((i, row)) if i == g.input => row,
+            _ => match direct_row(&inputs[g.input], idx, r) {
+                // SAFETY: a whole contiguous row of the input buffer
+                Some(p) => unsafe { std::slice::from_raw_parts(p, r) },
+                None => {
+                    load_row(&inputs[g.input], idx, &mut s.guard[..r]);
+                    &s.guard[..r]
+                }
+            },
+        };
+        // from the end, a block of 16 at a time (branch-free, vectorised)
+        let mut n = r;
+        while n >= 16 && row[n - 16..n].iter().fold(true, |all, &v| all & (v <= MASKED_AT)) {
+            n -= 16;
+        }
+        match row[..n].iter().rposition(|&v| !(v <= MASKED_AT)) {
+            Some(last) => last + 1,
+            None => r,
+        }
+    }
+
+    /// Run the program on the first `n` columns of the row at outer index
+    /// `idx` (`n` is the row length, or less per `live_len`). `given`
+    /// supplies the row of one input directly (fused attention computes its
+    /// scores row).
+    pub fn eval_row(&self, idx: &[usize], n: usize, inputs: &[Arg], given: Option<(usize, &[f32])>, s: &mut Scratch) {
+        let (r, stride) = (n, s.stride);
         // SAFETY (the raw rows below): `s.at[j]` points at r values that stay
         // valid for this call: a scratch row (distinct from the one being
         // written) or a row of an input buffer.
@@ -184,7 +237,7 @@ impl RowFused {
                         continue;
                     }
                 }
-                let dst_ptr = s.rows[k * r..].as_mut_ptr();
+                let dst_ptr = s.rows[k * stride..].as_mut_ptr();
                 s.at[k] = dst_ptr;
                 // SAFETY: scratch row k, written only here
                 let dst = unsafe { std::slice::from_raw_parts_mut(dst_ptr, r) };
@@ -227,8 +280,8 @@ impl RowFused {
         }
     }
 
-    /// Write this row's outputs.
-    fn write_row(&self, row: usize, r: usize, outs: &[OutPtr], s: &Scratch) {
+    /// Write this row's outputs: `n` evaluated columns, zeros after them.
+    fn write_row(&self, row: usize, r: usize, n: usize, outs: &[OutPtr], s: &Scratch) {
         for (o, &k) in self.outputs.iter().enumerate() {
             let OutPtr(p, len) = outs[o];
             // SAFETY: output `o` holds rows x (R or 1) values; this row's slot
@@ -236,7 +289,8 @@ impl RowFused {
             unsafe {
                 if self.instrs[k].row {
                     debug_assert!((row + 1) * r <= len);
-                    std::ptr::copy_nonoverlapping(s.at[k], p.add(row * r), r);
+                    std::ptr::copy_nonoverlapping(s.at[k], p.add(row * r), n);
+                    std::ptr::write_bytes(p.add(row * r + n), 0, r - n);
                 } else {
                     debug_assert!(row < len);
                     *p.add(row) = s.scalars[k];
@@ -251,17 +305,19 @@ enum Operand<'a> {
     Scalar(f32),
 }
 
-/// An input's row as it lies in its buffer, when it is contiguous and whole.
-fn direct_row(a: &Arg, idx: &[usize], r: usize) -> Option<*const f32> {
+/// The first `n` values of an input's row as they lie in its buffer, when
+/// they are contiguous and not padding.
+fn direct_row(a: &Arg, idx: &[usize], n: usize) -> Option<*const f32> {
     let v = &a.view;
-    if v.strides[v.rank - 1] != 1 && r > 1 {
+    if v.strides[v.rank - 1] != 1 && n > 1 {
         return None;
     }
     let (off, lo, hi) = leaf_row(v, idx, true)?;
-    (lo == 0 && hi == r).then(|| a.data[off as usize..][..r].as_ptr())
+    (lo == 0 && hi >= n).then(|| a.data[off as usize..][..n].as_ptr())
 }
 
-/// Read an input's row at outer index `idx` into `dst`, zero where padded.
+/// Read the first `dst.len()` values of an input's row at outer index `idx`
+/// into `dst`, zero where padded.
 pub(crate) fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {
     let v = &a.view;
     let last = v.rank - 1;
@@ -269,6 +325,7 @@ pub(crate) fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {
     match leaf_row(v, idx, true) {
         None => dst.fill(0.0),
         Some((off, lo, hi)) => {
+            let (lo, hi) = (lo.min(dst.len()), hi.min(dst.len()));
             if lo > 0 || hi < dst.len() {
                 dst[..lo].fill(0.0);
                 dst[hi..].fill(0.0);

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod lower;
+pub mod masked;
 pub mod matmul;
 pub mod rowfusion;
 
@@ -96,6 +97,7 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
     p.push(Pass::new("MatMul", matmul::MatMulPass));
     if fusion == Fusion::Full {
         p.push(Pass::new("RowFusion", rowfusion::RowFusion));
+        p.push(Pass::new("MaskedRows", masked::MaskedRows));
         p.push(Pass::new("AttentionFusion", attention::AttentionFusion { gated_mlp: backend == Backend::Cpu }));
     }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));

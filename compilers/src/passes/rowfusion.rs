@@ -318,6 +318,7 @@ fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
         outer: g.outer.iter().map(|d| Expression::from(*d)).collect(),
         row_len: g.r,
         from,
+        guard: None,
     };
     let mut new = graph.add_op(KernelOp::new(kernel));
     for (src, out, st, _) in &leaves {
