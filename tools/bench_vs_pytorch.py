@@ -5,6 +5,11 @@ prefill, a KV-cache decode loop and a training step, transformers'
 turn for several rounds. Prints both tables (medians) and the ratios the
 issues target (the median of each round's ratio, and their range).
 
+Each PyTorch round runs in a child process that has exited before lumind
+starts: PyTorch's OpenMP threads keep spinning after their work, and in the
+same process they took the two cores from lumind (its training step
+measured 645 tokens/s next to an idle PyTorch, 810-830 alone).
+
     python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--rounds 3] [--device cpu|cuda] [--json OUT]
 
 Needs torch (and a release build of lumind, or LUMIND=path). On the CPU the
@@ -18,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 import torch
 
@@ -100,6 +106,14 @@ def torch_round(a, d, model, w, dev, sync):
     return res
 
 
+def torch_child(a, weights):
+    """One PyTorch round in a child process (see the module comment)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--model", a.model, "--threads", str(a.threads), "--reps", str(a.reps),
+           "--train", a.train, "--device", a.device, "--torch-round", weights]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
 def lumind_round(a, dev):
     """One run of `lumind bench` (JSON)."""
     fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full")
@@ -121,18 +135,24 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--fusion", default=None, help="lumind strategies (default: all on cpu, none,full on cuda)")
     ap.add_argument("--json", default=None, help="also write both tables here")
+    ap.add_argument("--torch-round", default=None, help=argparse.SUPPRESS)  # child: one PyTorch round on these weights
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
     dev = a.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if a.torch_round:
+        torch.set_num_threads(a.threads)
+        d, model = torch_minimind.load(a.model, a.torch_round, dev)
+        print(json.dumps(torch_round(a, d, model, a.torch_round, dev, sync)))
+        return
+    with open(a.model, "rb") as f:
+        name = tomllib.load(f)["name"]
     torch_rounds, lum_rounds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         w = os.path.join(tmp, "w.safetensors")
         subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
-        d, model = torch_minimind.load(a.model, w, dev)
         for r in range(a.rounds):
             print(f"round {r + 1}/{a.rounds} ...", file=sys.stderr, flush=True)
-            torch_rounds.append(torch_round(a, d, model, w, dev, sync))
+            torch_rounds.append(torch_child(a, w))
             lum_rounds.append(lumind_round(a, dev))
     torch_res = {k: median([t[k] for t in torch_rounds]) for k in torch_rounds[0]}
     key = lambda r: (r["fusion"], r["test"])
@@ -140,7 +160,7 @@ def main():
     lum["results"] = [dict(r, tokens_per_s=median([next(x for x in L["results"] if key(x) == key(r))["tokens_per_s"] for L in lum_rounds]))
                       for r in lum_rounds[0]["results"]]
     where = torch.cuda.get_device_name() if dev == "cuda" else f"{a.threads} threads"
-    print(f"{d['name']}, {where}, torch {torch.__version__}, median of {a.rounds} rounds")
+    print(f"{name}, {where}, torch {torch.__version__}, median of {a.rounds} rounds")
     if dev == "cpu":
         print(f"memory read bandwidth {lum['read_bandwidth_gbs']:.1f} GB/s, weights {lum['weight_mb']:.1f} MB"
               f" -> decode bound {lum['decode_bound_tokens_per_s']:.1f} tokens/s")
