@@ -6,9 +6,9 @@ turn for several rounds. Prints both tables (medians) and the ratios the
 issues target (the median of each round's ratio, and their range).
 
 Each PyTorch round runs in a child process that has exited before lumind
-starts: PyTorch's OpenMP threads keep spinning after their work, and in the
-same process they took the two cores from lumind (its training step
-measured 645 tokens/s next to an idle PyTorch, 810-830 alone).
+starts: PyTorch's OpenMP threads keep spinning after their work, and with
+PyTorch loaded in this process they took cores from lumind (lumind's
+training step measured 645 tokens/s so, 833 with OMP_WAIT_POLICY=PASSIVE).
 
     python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--rounds 3] [--device cpu|cuda] [--json OUT]
 
