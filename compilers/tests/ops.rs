@@ -135,3 +135,32 @@ fn missing_and_bad_inputs_are_errors() {
     let e = ex.run(&[("x", &[1.0, 2.0])], &DimValues::default()).unwrap_err().to_string();
     assert!(e.contains("`s`"), "{e}");
 }
+
+#[test]
+fn reductions_over_a_strided_axis() {
+    // x [b, s, h] read as [h, b, s]: sum and max over s (stride h), then
+    // over b; the kept h is contiguous, so whole runs along h are added up
+    let (b, s, h) = (3, 5, 8);
+    let x = data(b * s * h, 3);
+    let at = |i: usize, j: usize, l: usize| x[(i * s + j) * h + l];
+    let mut want_sum = vec![0.0; h * b];
+    let mut want_max = vec![f32::NEG_INFINITY; h * b];
+    for l in 0..h {
+        for i in 0..b {
+            for j in 0..s {
+                want_sum[l * b + i] += at(i, j, l);
+                want_max[l * b + i] = want_max[l * b + i].max(at(i, j, l));
+            }
+        }
+    }
+    for f in Fusion::ALL {
+        let input = [("x", vec![b, s, h], x.clone())];
+        let (shape, y) = run(f, &input, &[], |_, t| t[0].permute(&[2, 0, 1]).sum(2));
+        assert_eq!(shape, vec![h, b]);
+        close(&y, &want_sum, 1e-5);
+        let (_, y) = run(f, &input, &[], |_, t| t[0].permute(&[2, 0, 1]).max(2));
+        close(&y, &want_max, 0.0);
+        let (_, y) = run(f, &input, &[], |_, t| t[0].permute(&[2, 0, 1]).sum(2).sum(1));
+        close(&y, &(0..h).map(|l| (0..b).map(|i| want_sum[l * b + i]).sum::<f32>()).collect::<Vec<_>>(), 1e-5);
+    }
+}

@@ -56,7 +56,7 @@ impl Kernel for Attention {
     }
     fn fused_from(&self) -> Vec<String> {
         let mut f = vec!["MatMul (q k^T)".to_string()];
-        f.extend(self.program.from.iter().cloned());
+        f.extend(self.program.fused_from());
         f.push("MatMul (p v)".into());
         f
     }

@@ -1,9 +1,11 @@
 //! Sum and max over one axis of a strided view, writing a contiguous output
 //! with that axis removed.
 
-use super::walk::{for_each_index, Walk};
+use rayon::prelude::*;
+
+use super::walk::{for_each_index, unravel, Walk};
 use crate::kernel::{Arg, Cost, Kernel};
-use crate::view::{DimValues, View};
+use crate::view::{contiguous_strides, DimValues, View};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
@@ -55,6 +57,14 @@ impl Kernel for Reduce {
             });
             return;
         }
+        // a kept dim lies contiguous: add up whole runs along it (RMSNorm's
+        // weight gradient sums a [b, s, h] product over b and s, read as
+        // [h, b, s]); element by element, each sum would stride through memory
+        if ks != 1 {
+            if let Some(lane) = (0..x.view.rank).find(|&d| d != self.axis && x.view.strides[d] == 1 && x.view.shape[d] > 1) {
+                return self.reduce_runs(x, lane, out);
+            }
+        }
         let rest = x.view.without(self.axis);
         let walk = Walk::new(rest.dims(), [&rest]);
         let [rs] = walk.inner();
@@ -98,6 +108,45 @@ impl Kernel for Reduce {
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
         let n = inputs[0].numel() as f64;
         Cost { flops: n, bytes: 4.0 * n }
+    }
+}
+
+impl Reduce {
+    /// Reduce an unpadded view whose kept dim `lane` has stride 1: for each
+    /// index of the other kept dims (in parallel), accumulate the runs along
+    /// `lane` over the reduced axis, in the same order as element by element.
+    fn reduce_runs(&self, x: &Arg, lane: usize, out: &mut [f32]) {
+        let v = &x.view;
+        let dims = v.dims();
+        let (k, ks, len) = (dims[self.axis], v.strides[self.axis], dims[lane]);
+        let kept: Vec<usize> = (0..v.rank).filter(|&d| d != self.axis).collect();
+        let ostr = contiguous_strides(&kept.iter().map(|&d| dims[d]).collect::<Vec<_>>());
+        let lane_out = ostr[kept.iter().position(|&d| d == lane).unwrap()];
+        // the other kept dims: (size, input stride, output stride)
+        let others: Vec<(usize, isize, usize)> =
+            kept.iter().enumerate().filter(|&(_, &d)| d != lane).map(|(i, &d)| (dims[d], v.strides[d], ostr[i])).collect();
+        let sizes: Vec<usize> = others.iter().map(|o| o.0).collect();
+        let op = self.op;
+        let runs: Vec<(usize, Vec<f32>)> = (0..sizes.iter().product())
+            .into_par_iter()
+            .map(|o| {
+                let mut idx = vec![0; sizes.len()];
+                unravel(o, &sizes, &mut idx);
+                let base = v.offset + idx.iter().zip(&others).map(|(&i, o)| i as isize * o.1).sum::<isize>();
+                let mut acc = vec![if op == ReduceOp::Sum { 0.0 } else { f32::NEG_INFINITY }; len];
+                for j in 0..k {
+                    let src = &x.data[(base + j as isize * ks) as usize..][..len];
+                    match op {
+                        ReduceOp::Sum => acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v),
+                        ReduceOp::Max => acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v)),
+                    }
+                }
+                (idx.iter().zip(&others).map(|(&i, o)| i * o.2).sum(), acc)
+            })
+            .collect();
+        for (start, acc) in runs {
+            acc.iter().enumerate().for_each(|(l, &a)| out[start + l * lane_out] = a);
+        }
     }
 }
 

@@ -131,7 +131,11 @@ impl Kernel for RowFused {
             .collect()
     }
     fn fused_from(&self) -> Vec<String> {
-        self.from.clone()
+        let mut f = self.from.clone();
+        if let Some(g) = self.guard {
+            f.push(format!("(masked columns skipped: input {} is the mask)", g.input));
+        }
+        f
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
         let (outer, r) = self.dims(dims);
