@@ -13,6 +13,37 @@ pub enum ReduceOp {
     Max,
 }
 
+impl ReduceOp {
+    /// The value of a reduction over nothing.
+    pub fn identity(self) -> f32 {
+        match self {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Max => f32::NEG_INFINITY,
+        }
+    }
+    #[inline(always)]
+    pub fn combine(self, acc: f32, v: f32) -> f32 {
+        match self {
+            ReduceOp::Sum => acc + v,
+            ReduceOp::Max => acc.max(v),
+        }
+    }
+    /// The reduction of a contiguous run (vectorised).
+    pub fn of(self, run: &[f32]) -> f32 {
+        match self {
+            ReduceOp::Sum => sum(run),
+            ReduceOp::Max => max(run),
+        }
+    }
+    /// `acc[i] = combine(acc[i], src[i])` for every i.
+    pub fn accumulate(self, acc: &mut [f32], src: &[f32]) {
+        match self {
+            ReduceOp::Sum => acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v),
+            ReduceOp::Max => acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v)),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reduce {
     pub op: ReduceOp,
@@ -33,10 +64,7 @@ impl Kernel for Reduce {
         let out = &mut *outputs[0];
         let k = x.view.shape[self.axis];
         let ks = x.view.strides[self.axis];
-        let init = match self.op {
-            ReduceOp::Sum => 0.0,
-            ReduceOp::Max => f32::NEG_INFINITY,
-        };
+        let init = self.op.identity();
         if x.view.padded {
             // Padding reads 0 for a sum and is skipped by a max (as in luminal).
             let rest = x.view.without(self.axis);
@@ -47,10 +75,8 @@ impl Kernel for Reduce {
                     full[..self.axis].copy_from_slice(&idx[..self.axis]);
                     full[self.axis] = j;
                     full[self.axis + 1..].copy_from_slice(&idx[self.axis..]);
-                    match (self.op, x.view.index(&full)) {
-                        (ReduceOp::Sum, Some(p)) => acc += x.data[p],
-                        (ReduceOp::Max, Some(p)) => acc = acc.max(x.data[p]),
-                        _ => {}
+                    if let Some(p) = x.view.index(&full) {
+                        acc = self.op.combine(acc, x.data[p]);
                     }
                 }
                 out[i] = acc;
@@ -74,33 +100,17 @@ impl Kernel for Reduce {
                 // each output element reduces a (contiguous, when ks == 1) run
                 for (i, o) in row.iter_mut().enumerate() {
                     let base = start + i as isize * rs;
-                    let mut acc = init;
-                    if ks == 1 {
-                        let run = &data[base as usize..][..k];
-                        acc = match op {
-                            ReduceOp::Sum => sum(run),
-                            ReduceOp::Max => max(run),
-                        };
+                    *o = if ks == 1 {
+                        op.of(&data[base as usize..][..k])
                     } else {
-                        for j in 0..k {
-                            let v = data[(base + j as isize * ks) as usize];
-                            acc = match op {
-                                ReduceOp::Sum => acc + v,
-                                ReduceOp::Max => acc.max(v),
-                            };
-                        }
-                    }
-                    *o = acc;
+                        (0..k).fold(init, |acc, j| op.combine(acc, data[(base + j as isize * ks) as usize]))
+                    };
                 }
             } else {
                 // rows are contiguous in the input: accumulate row by row
                 row.fill(init);
                 for j in 0..k {
-                    let src = &data[(start + j as isize * ks) as usize..][..row.len()];
-                    match op {
-                        ReduceOp::Sum => row.iter_mut().zip(src).for_each(|(o, &v)| *o += v),
-                        ReduceOp::Max => row.iter_mut().zip(src).for_each(|(o, &v)| *o = o.max(v)),
-                    }
+                    op.accumulate(row, &data[(start + j as isize * ks) as usize..][..row.len()]);
                 }
             }
         });
@@ -133,13 +143,9 @@ impl Reduce {
                 let mut idx = vec![0; sizes.len()];
                 unravel(o, &sizes, &mut idx);
                 let base = v.offset + idx.iter().zip(&others).map(|(&i, o)| i as isize * o.1).sum::<isize>();
-                let mut acc = vec![if op == ReduceOp::Sum { 0.0 } else { f32::NEG_INFINITY }; len];
+                let mut acc = vec![op.identity(); len];
                 for j in 0..k {
-                    let src = &x.data[(base + j as isize * ks) as usize..][..len];
-                    match op {
-                        ReduceOp::Sum => acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v),
-                        ReduceOp::Max => acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v)),
-                    }
+                    op.accumulate(&mut acc, &x.data[(base + j as isize * ks) as usize..][..len]);
                 }
                 (idx.iter().zip(&others).map(|(&i, o)| i * o.2).sum(), acc)
             })

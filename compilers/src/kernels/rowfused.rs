@@ -12,7 +12,7 @@ use luminal::prelude::symbolic::Expression;
 use rayon::prelude::*;
 
 use super::binary::BinaryOp;
-use super::reduce::{max, sum, ReduceOp};
+use super::reduce::ReduceOp;
 use super::unary::UnaryOp;
 use super::walk::unravel;
 use crate::kernel::{Arg, Cost, Kernel};
@@ -271,13 +271,7 @@ impl RowFused {
                     RowOp::Const(_) | RowOp::Dim(_) => s.scalars[k],
                     RowOp::Unary(op, a) => op.apply(s.scalars[*a]),
                     RowOp::Binary(op, a, b) => op.apply(s.scalars[*a], s.scalars[*b]),
-                    RowOp::Reduce(op, a) => {
-                        let x = row_of(&s.at, *a);
-                        match op {
-                            ReduceOp::Sum => sum(x),
-                            ReduceOp::Max => max(x),
-                        }
-                    }
+                    RowOp::Reduce(op, a) => op.of(row_of(&s.at, *a)),
                 };
                 s.scalars[k] = v;
             }
