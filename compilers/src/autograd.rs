@@ -154,7 +154,14 @@ impl Grad<'_> {
                 g = g.pad(k, s0, sub(phys, end));
             }
         }
-        g.reshape(&self.b.buf_dims(src))
+        // already the buffer's shape: keep the view (a broadcast sum, say),
+        // so the consumer reads it in place instead of a materialised copy
+        let buf = self.b.buf_dims(src);
+        let have = g.dims();
+        if have.len() == buf.len() && have.iter().zip(&buf).all(|(a, b)| shape::dims_eq(a, b)) {
+            return g;
+        }
+        g.reshape(&buf)
     }
 
     /// Gradients of `sum(a * b, axis)` for a matrix product, as matmuls.

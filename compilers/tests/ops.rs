@@ -164,3 +164,29 @@ fn reductions_over_a_strided_axis() {
         close(&y, &(0..h).map(|l| (0..b).map(|i| want_sum[l * b + i]).sum::<f32>()).collect::<Vec<_>>(), 1e-5);
     }
 }
+
+/// Two row groups that each read the other's early member through an outside
+/// node (a reduction over the first axis): `n` joins `x`'s group after that
+/// group fed `g`, and `m` must then not join `z`'s group, or the two kernels
+/// would wait on each other. (Found in the training graph once gradients
+/// of broadcasts stopped being copied.)
+#[test]
+fn row_groups_never_depend_on_each_other() {
+    let (r, c) = (3, 5);
+    let (x, z) = (data(r * c, 5), data(r * c, 6));
+    let colsum = |v: &[f32]| (0..c).map(|j| (0..r).map(|i| v[i * c + j]).sum::<f32>()).collect::<Vec<f32>>();
+    let sq = |v: &[f32]| v.iter().map(|a| a * a).collect::<Vec<f32>>();
+    let (a1, b1) = (sq(&x), sq(&z));
+    let (f, g) = (colsum(&b1), colsum(&a1));
+    let want: Vec<f32> = (0..r * c).map(|i| a1[i] * f[i % c] + (b1[i] + g[i % c])).collect();
+    for fu in Fusion::ALL {
+        let (_, y) = run(fu, &[("x", vec![r, c], x.clone()), ("z", vec![r, c], z.clone())], &[], |_, t| {
+            let a1 = t[0].mul(&t[0]);
+            let b1 = t[1].mul(&t[1]);
+            let n = a1.mul(&b1.sum(0).expand(0, d(r)));
+            let m = b1 + a1.sum(0).expand(0, d(r));
+            n + m
+        });
+        close(&y, &want, 1e-5);
+    }
+}

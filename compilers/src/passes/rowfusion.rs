@@ -145,10 +145,7 @@ impl Compiler for RowFusion {
         // assign groups in topological order
         let mut groups: Vec<Group> = vec![];
         let mut group_of: FxHashMap<NodeIndex, usize> = FxHashMap::default();
-        let mut anc: FxHashMap<NodeIndex, FxHashSet<usize>> = FxHashMap::default();
         for &n in &order {
-            let srcs: Vec<NodeIndex> =
-                graph.graph.edges_directed(n, Direction::Incoming).filter(|e| e.weight().as_data().is_some()).map(|e| e.source()).collect();
             if let Some(node) = nodes.get(&n) {
                 let mut joined = None;
                 for (p, st) in &node.inputs {
@@ -163,7 +160,8 @@ impl Compiler for RowFusion {
                         .all(|(q, qst)| group_of.get(q) != Some(&g) || fits(node, groups[g].row[q], qst, &groups[g]) == Some(row));
                     // ...and joining must not make the group depend on itself
                     // through an outside node
-                    let cycle = node.inputs.iter().any(|(q, _)| group_of.get(q) != Some(&g) && anc.get(q).is_some_and(|a| a.contains(&g)));
+                    let cycle =
+                        node.inputs.iter().any(|(q, _)| group_of.get(q) != Some(&g) && depends_on(graph, *q, g, &group_of, &groups));
                     if edges_fit && !cycle {
                         joined = Some((g, row));
                         break;
@@ -185,16 +183,6 @@ impl Compiler for RowFusion {
                 groups[g].row.insert(n, row);
                 group_of.insert(n, g);
             }
-            let mut a: FxHashSet<usize> = FxHashSet::default();
-            for p in &srcs {
-                if let Some(x) = anc.get(p) {
-                    a.extend(x.iter().copied());
-                }
-                if let Some(&g) = group_of.get(p) {
-                    a.insert(g);
-                }
-            }
-            anc.insert(n, a);
         }
         // emit a kernel for every group worth one
         for g in groups.iter().filter(|g| g.members.len() >= 2) {
@@ -212,6 +200,31 @@ impl Compiler for RowFusion {
             graph.graph.remove_node(n);
         }
     }
+}
+
+/// Does `n` depend on a member of group `g`? A group becomes one kernel, so
+/// reading any member means depending on every member's inputs: groups are
+/// walked as wholes (a per-node ancestor set goes stale when a group gains
+/// members after it was taken).
+fn depends_on(graph: &Graph, n: NodeIndex, g: usize, group_of: &FxHashMap<NodeIndex, usize>, groups: &[Group]) -> bool {
+    let mut seen: FxHashSet<NodeIndex> = FxHashSet::default();
+    let mut seen_groups: FxHashSet<usize> = FxHashSet::default();
+    let mut stack = vec![n];
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        match group_of.get(&x) {
+            Some(&h) if h == g => return true,
+            Some(&h) => {
+                if seen_groups.insert(h) {
+                    stack.extend(groups[h].members.iter().flat_map(|&m| graph.graph.neighbors_directed(m, Direction::Incoming)));
+                }
+            }
+            None => stack.extend(graph.graph.neighbors_directed(x, Direction::Incoming)),
+        }
+    }
+    false
 }
 
 /// Can `node` join group `g` through an edge (tracker `st`) from a member that
