@@ -23,6 +23,7 @@ use petgraph::Direction;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::kernel::kernel_of;
+use crate::kernels::causal_attention::{CausalAttention, CausalAttentionGrad};
 use crate::kernels::{gather::Gather, gather::ScatterAdd, iota::Iota, topk::TopKMask};
 use crate::shape::{self, is_unbounded, product, sub, without_broadcast, Dim};
 use crate::tensor::{GraphBuilder, Tensor};
@@ -43,6 +44,8 @@ enum Op {
     Recip,
     Contiguous,
     Gather,
+    /// [`CausalAttention`]: its gradient is one kernel too
+    Attention,
 }
 
 struct Node {
@@ -81,6 +84,8 @@ fn classify(o: &dyn op::Operator) -> Result<Op, String> {
     } else if let Some(k) = kernel_of(o) {
         if k.get::<Gather>().is_some() {
             Op::Gather
+        } else if k.get::<CausalAttention>().is_some() {
+            Op::Attention
         } else if k.get::<TopKMask>().is_some() || k.get::<Iota>().is_some() {
             Op::NoGrad
         } else {
@@ -355,6 +360,26 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
             Op::Contiguous => {
                 let (src, st) = node.inputs[0];
                 add(&mut grads, src, cx.undo_view(g, &st, src));
+            }
+            Op::Attention => {
+                let Some(att) = b.with_graph(|gr| {
+                    kernel_of(gr.graph.node_weight(n).unwrap().as_ref()).and_then(|k| k.get::<CausalAttention>().cloned())
+                }) else {
+                    unreachable!("classified as attention")
+                };
+                // one buffer [b, H + 2 KV, s, D]: dq, dk, dv along the heads
+                let (q, k, v) = (view(0), view(1), view(2));
+                let (heads, kv) = (q.dim(1), k.dim(1));
+                let dims = [q.dim(0), shape::add(heads, shape::mul(kv, shape::d(2))), q.dim(2), q.dim(3)];
+                let packed = b.kernel(CausalAttentionGrad { groups: att.groups, scale: att.scale }, &[&q, &k, &v, &g], &dims);
+                let kv_end = shape::add(heads, kv);
+                let parts = [(shape::d(0), heads), (heads, kv_end), (kv_end, dims[1])];
+                for (i, (start, end)) in parts.into_iter().enumerate() {
+                    if needs(i) {
+                        let (src, st) = node.inputs[i];
+                        add(&mut grads, src, cx.undo_view(packed.slice(1, start, end), &st, src));
+                    }
+                }
             }
             Op::Gather => {
                 let (table, tst) = node.inputs[0];

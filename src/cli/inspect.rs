@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use lumind_compilers::cuda::graph_source;
 use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
-use lumind_compilers::passes::pipeline_for;
+use lumind_compilers::passes::{fused_training_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, Fusion};
 
 use super::job::{build_job_graph, Job};
@@ -32,7 +32,7 @@ pub struct Args {
     device: Backend,
     /// Output directory: NN-pass.dot, NN-pass.json (egraph-serialize),
     /// summary.txt, report.html, and kernels.cu (the CUDA C that
-    /// `--device cuda` compiles for this graph)
+    /// `--device cuda` compiles for this job)
     #[arg(long)]
     out: PathBuf,
 }
@@ -51,7 +51,9 @@ pub fn run(a: Args) -> Result<()> {
     {
         anyhow::bail!("--job {} needs --config with that stage", a.job);
     }
-    let (mut built, about) = build_job_graph(&def, a.job, stage)?;
+    let trains = matches!(a.job, Job::Train | Job::Sft | Job::Lora | Job::Dpo);
+    let fused_attention = trains && fused_training_attention(a.fusion, a.device);
+    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fused_attention)?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
     compile(&mut built, &pipeline_for(a.fusion, a.device), |pass, g| {
         let s = Snapshot::take(pass, g, snaps.last());
@@ -67,6 +69,12 @@ pub fn run(a: Args) -> Result<()> {
     let summary = format!("{title}\n{about}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
     std::fs::write(a.out.join("summary.txt"), &summary)?;
     std::fs::write(a.out.join("report.html"), html_report(&format!("{title}\n{about}"), &snaps))?;
+    // kernels.cu is CUDA C, and the CPU's training attention kernel has
+    // none: show the job as the CUDA backend builds it (attention in primops)
+    if fused_attention {
+        (built, _) = build_job_graph(&def, a.job, stage, false)?;
+        compile(&mut built, &pipeline_for(a.fusion, a.device), |_, _| {});
+    }
     std::fs::write(a.out.join("kernels.cu"), graph_source(built)?)?;
     if !about.is_empty() {
         println!("{about}\n");

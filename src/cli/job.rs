@@ -62,11 +62,11 @@ pub fn options(job: Job, positions: usize) -> ForwardOptions {
 
 /// The uncompiled graph of a job (training stages take their settings from
 /// `stage`), with a description of what it trains and keeps frozen.
-pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>) -> Result<(BuiltGraph, String)> {
+pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fused_attention: bool) -> Result<(BuiltGraph, String)> {
     match job {
         Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
             let stage = stage.unwrap_or(Stage::LanguageModel);
-            let g = build(def, POSITIONS, &stage, &Update::AdamW(AdamWConfig::default()))?;
+            let g = build(def, POSITIONS, &stage, &Update::AdamW(AdamWConfig::default()), fused_attention)?;
             let mut d = format!("stage {stage:?}\ntrained: {} tensors", g.trainable.len());
             for (n, s) in g.trainable.iter().take(12) {
                 d += &format!("\n  {n} {s:?}");

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use lumind_compilers::kernels::causal_attention::CausalAttention;
 use lumind_compilers::kernels::kv_write::KvWrite;
 use lumind_compilers::shape::{add, d, sub, sym, Dim};
 use lumind_compilers::tensor::dim_constant;
@@ -32,16 +33,21 @@ pub struct ForwardOptions {
     pub last_only: bool,
     /// Also compute the MoE auxiliary (load-balancing) loss (training).
     pub aux_loss: bool,
+    /// Build causal attention as one kernel with its own backward rule
+    /// (`CausalAttention`) instead of primops, so a training step never
+    /// holds the `s x s` probabilities. Only without a KV cache, and only for
+    /// the CPU's full fusion: other strategies and backends see primops.
+    pub fused_attention: bool,
 }
 
 impl ForwardOptions {
     /// Whole sequences, no cache: scoring and training.
     pub fn full(max_positions: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: false, last_only: false, aux_loss: false }
+        ForwardOptions { max_positions, kv_cache: false, last_only: false, aux_loss: false, fused_attention: false }
     }
     /// Incremental decoding with a KV cache of `max_positions`.
     pub fn generation(max_positions: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: true, last_only: true, aux_loss: false }
+        ForwardOptions { max_positions, kv_cache: true, last_only: true, aux_loss: false, fused_attention: false }
     }
 }
 
@@ -204,11 +210,17 @@ impl Forward<'_> {
         } else {
             (k, v)
         };
+        let scale = 1.0 / (hd as f32).sqrt();
+        if self.opts.fused_attention && !self.opts.kv_cache {
+            let out = self.b.kernel(CausalAttention { groups, scale }, &[&q, &k, &v], &q.dims()); // [b, h, s, hd]
+            let out = out.permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
+            return out.linear(self.w(&format!("{pre}.o_proj.weight")));
+        }
         // grouped-query attention: query head h = kv * groups + g reads kv head `kv`
         let q = q.reshape(&[bsz, d(nkv), d(groups), s, d(hd)]);
         let k = k.expand(2, d(groups));
         let v = v.expand(2, d(groups));
-        let scores = q.matmul(&k.transpose(3, 4)).scale(1.0 / (hd as f32).sqrt());
+        let scores = q.matmul(&k.transpose(3, 4)).scale(scale);
         let scores = scores.clone() + self.mask.expand_to(&scores.dims());
         let probs = scores.softmax(4);
         let out = probs.matmul(&v); // [b, kv, g, s, hd]

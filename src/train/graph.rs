@@ -108,8 +108,8 @@ fn declare(b: &GraphBuilder, def: &ModelDef, tokens: &Tensor, prefix: &str, kind
     ModelInputs { tokens: tokens.clone(), params }
 }
 
-fn lm_forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, positions: usize) -> (Tensor, Option<Tensor>) {
-    let opts = ForwardOptions { aux_loss: true, ..ForwardOptions::full(positions) };
+fn lm_forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, positions: usize, fused_attention: bool) -> (Tensor, Option<Tensor>) {
+    let opts = ForwardOptions { aux_loss: true, fused_attention, ..ForwardOptions::full(positions) };
     let out = forward(b, def, inputs, &opts);
     (out.logits, out.aux_loss)
 }
@@ -123,7 +123,7 @@ fn plus_aux(x: Tensor, aux: &Option<Tensor>) -> Tensor {
 
 /// Build the training graph of a stage. Outputs `loss`, `ce`, `aux` (and
 /// for DPO `dpo_logits`), then gradients or `grad_norm`.
-pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -> anyhow::Result<TrainGraph> {
+pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, fused_attention: bool) -> anyhow::Result<TrainGraph> {
     let b = GraphBuilder::new();
     let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);
     let targets = b.input("targets", &[sym('b'), sym('s')], InputKind::Data);
@@ -131,7 +131,7 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -
     let (total, ce, aux, wrt, trainable, frozen) = match stage {
         Stage::LanguageModel => {
             let inputs = declare(&b, def, &tokens, "", InputKind::Param);
-            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions, fused_attention);
             let ce = cross_entropy(&logits, &targets);
             let wrt: Vec<Tensor> = specs.iter().map(|s| inputs.params[&s.name].clone()).collect();
             let trainable = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
@@ -139,7 +139,7 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -
         }
         Stage::Lora(cfg) => {
             let inputs = declare(&b, def, &tokens, "", InputKind::Buffer);
-            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions, fused_attention);
             // the transform: a low-rank branch beside every targeted product
             let (mut wrt, mut trainable) = (vec![], vec![]);
             let _g = b.scope("lora");
@@ -166,10 +166,10 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update) -
         Stage::Dpo { beta } => {
             let policy = declare(&b, def, &tokens, "", InputKind::Param);
             let reference = declare(&b, def, &tokens, "ref.", InputKind::Buffer);
-            let (pl, aux) = lm_forward(&b, def, &policy, positions);
+            let (pl, aux) = lm_forward(&b, def, &policy, positions, fused_attention);
             let rl = {
                 let _g = b.scope("reference");
-                lm_forward(&b, def, &reference, positions).0
+                lm_forward(&b, def, &reference, positions, fused_attention).0
             };
             let pairs = b.input("pairs", &[sym('n'), sym('b')], InputKind::Data);
             let seq = |logits: &Tensor| target_log_probs(logits, &targets).sum(1);

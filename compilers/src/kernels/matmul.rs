@@ -198,13 +198,29 @@ impl Kernel for MatMul {
 /// Every element the strides reach is in bounds, and no other thread writes
 /// the part of `dst` this product writes.
 pub(crate) unsafe fn sgemm(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: (*mut f32, isize, isize),
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
     par: Parallelism,
 ) {
-    gemm::gemm(m, n, k, dst.0, dst.1, dst.2, false, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, 0.0, 1.0, false, false, false, par)
+    sgemm_into(mnk, dst, lhs, rhs, false, par)
+}
+
+/// [`sgemm`] that adds the product to `dst` when `accumulate`.
+///
+/// # Safety
+/// As for [`sgemm`].
+pub(crate) unsafe fn sgemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let keep = if accumulate { 1.0 } else { 0.0 };
+    gemm::gemm(m, n, k, dst.0, dst.1, dst.2, accumulate, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, keep, 1.0, false, false, false, par)
 }
 
 /// One row times a matrix stored as rows of K (a weight `[N, K]` read as its

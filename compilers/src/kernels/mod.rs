@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod binary;
+pub mod causal_attention;
 pub mod constant;
 pub mod copy;
 pub mod fastmath;

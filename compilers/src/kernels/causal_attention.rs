@@ -1,0 +1,262 @@
+//! Causal attention for training, as two kernels that exist before autograd
+//! runs (like `Gather`), so a training step never holds the `s x s` scores
+//! or probabilities: [`CausalAttention`] computes
+//! `softmax(q k^T * scale + causal mask) v` one block of query rows at a
+//! time, and [`CausalAttentionGrad`], its backward rule, recomputes each
+//! block's probabilities and writes `dq`, `dk` and `dv`. A block sees only
+//! the keys up to its last position, so every product skips most of the
+//! masked half.
+//!
+//! Inputs `q [b, H, s, D]`, `k` and `v [b, KV, s, D]`, read through any
+//! strides (no padding); grouped-query attention: query head `h` reads kv
+//! head `h / groups`, `H = KV * groups`. The gradient kernel also reads
+//! `dO [b, H, s, D]` and writes one buffer `[b, H + 2 KV, s, D]`: `dq` in the
+//! first `H` heads, then `dk`, then `dv` (slices of it are the gradients).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fastmath::exp2;
+use super::matmul::sgemm_into;
+use crate::kernel::{Arg, Cost, Kernel};
+use crate::view::{DimValues, View};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CausalAttention {
+    pub groups: usize,
+    pub scale: f32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CausalAttentionGrad {
+    pub groups: usize,
+    pub scale: f32,
+}
+
+/// Query positions per block (times `groups` rows: the query heads of one
+/// kv head go through together, against the same keys).
+const BLOCK: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// (a method, so closures capture the whole `Send` wrapper)
+    fn at(&self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Sizes of one call: batch, query heads, kv heads, positions, head dim.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kv: usize,
+    s: usize,
+    d: usize,
+}
+
+fn dims_of(groups: usize, q: &View, k: &View, v: &View) -> Dims {
+    for (x, name) in [(q, "q"), (k, "k"), (v, "v")] {
+        assert!(x.rank == 4 && !x.padded, "causal attention: {name} must be an unpadded [b, heads, s, D] view");
+    }
+    let [b, h, s, d] = [q.shape[0], q.shape[1], q.shape[2], q.shape[3]];
+    let kv = h / groups;
+    assert!(
+        kv * groups == h && k.dims() == [b, kv, s, d] && v.dims() == [b, kv, s, d],
+        "causal attention: q {:?}, k {:?}, v {:?}",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
+    Dims { b, h, kv, s, d }
+}
+
+/// A `[b, heads, s, D]` input: where head `hh` of batch `bb` starts, and
+/// its row and column strides.
+fn head(x: &Arg, bb: usize, hh: usize) -> (*const f32, isize, isize) {
+    let st = &x.view.strides;
+    let off = x.view.offset + bb as isize * st[0] + hh as isize * st[1];
+    (unsafe { x.data.as_ptr().offset(off) }, st[2], st[3])
+}
+
+/// Rows `i0..i0 + rows` of the `groups` query heads of kv head `kv`, packed
+/// as `[groups * rows, D]`.
+fn pack(x: &Arg, bb: usize, kv: usize, groups: usize, i0: usize, rows: usize, d: usize, buf: &mut [f32]) {
+    for g in 0..groups {
+        let (p, rs, cs) = head(x, bb, kv * groups + g);
+        for r in 0..rows {
+            let row = &mut buf[(g * rows + r) * d..][..d];
+            for (c, v) in row.iter_mut().enumerate() {
+                // SAFETY: the executor checked the view against its buffer
+                *v = unsafe { *p.offset((i0 + r) as isize * rs + c as isize * cs) };
+            }
+        }
+    }
+}
+
+/// `out[m, n] (+)= a[m, k] b[k, n]`, each a pointer with (column, row) strides.
+fn product(
+    mnk: (usize, usize, usize),
+    out: (*mut f32, isize, isize),
+    a: (*const f32, isize, isize),
+    b: (*const f32, isize, isize),
+    accumulate: bool,
+) {
+    // SAFETY: callers pass buffers the strides stay inside
+    unsafe { sgemm_into(mnk, out, a, b, accumulate, Parallelism::None) }
+}
+
+/// Scores of a block `[R, tb]` (row `r` at position `i0 + r % rows`) into
+/// probabilities: scaled, causally masked, softmax over the visible keys.
+fn softmax_rows(scores: &mut [f32], tb: usize, i0: usize, rows: usize, scale: f32) {
+    let a = scale * std::f32::consts::LOG2_E;
+    for (r, row) in scores.chunks_exact_mut(tb).enumerate() {
+        let n = i0 + r % rows + 1;
+        let (live, masked) = row.split_at_mut(n);
+        let m = super::reduce::max(live);
+        // (two loops: a running sum in the first would keep it scalar)
+        live.iter_mut().for_each(|x| *x = exp2(a * (*x - m)));
+        let inv = 1.0 / super::reduce::sum(live);
+        live.iter_mut().for_each(|x| *x *= inv);
+        masked.fill(0.0);
+    }
+}
+
+/// Split `0..s` into blocks: (start, rows, keys seen).
+fn blocks(s: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..s.div_ceil(BLOCK)).map(move |i| {
+        let i0 = i * BLOCK;
+        let rows = BLOCK.min(s - i0);
+        (i0, rows, i0 + rows)
+    })
+}
+
+/// Products of a causal `[s, s]` attention per (batch, head) and D, in
+/// multiply-adds: about half the full square.
+fn causal_pairs(dm: Dims) -> f64 {
+    (dm.b * dm.h) as f64 * (dm.s * (dm.s + 1) / 2) as f64 * dm.d as f64
+}
+
+impl Kernel for CausalAttention {
+    fn name(&self) -> String {
+        "CausalAttention".into()
+    }
+    fn fused_from(&self) -> Vec<String> {
+        vec!["MatMul (q k^T)".into(), "causal softmax".into(), "MatMul (p v)".into()]
+    }
+    fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
+        vec![inputs[0].dims().to_vec()]
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
+        let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+        let dm = dims_of(self.groups, &q.view, &k.view, &v.view);
+        let (g, d) = (self.groups, dm.d);
+        let out = Ptr(outputs[0].as_mut_ptr());
+        let blks: Vec<(usize, usize, usize)> = blocks(dm.s).collect();
+        let tasks = dm.b * dm.kv * blks.len();
+        let init = || (vec![0f32; g * BLOCK * d], vec![0f32; g * BLOCK * dm.s], vec![0f32; g * BLOCK * d]);
+        (0..tasks).into_par_iter().for_each_init(init, |(qb, scores, ob), t| {
+            let (bb, kv, (i0, rows, tb)) = (t / (dm.kv * blks.len()), t / blks.len() % dm.kv, blks[t % blks.len()]);
+            let r = g * rows;
+            pack(q, bb, kv, g, i0, rows, d, qb);
+            let (kp, krs, kcs) = head(k, bb, kv);
+            let (vp, vrs, vcs) = head(v, bb, kv);
+            // scores[r, tb] = q k^T, then probabilities in place
+            product((r, tb, d), (scores.as_mut_ptr(), 1, tb as isize), (qb.as_ptr(), 1, d as isize), (kp, krs, kcs), false);
+            softmax_rows(&mut scores[..r * tb], tb, i0, rows, self.scale);
+            // o[r, D] = p v
+            product((r, d, tb), (ob.as_mut_ptr(), 1, d as isize), (scores.as_ptr(), 1, tb as isize), (vp, vcs, vrs), false);
+            for gg in 0..g {
+                let hh = kv * g + gg;
+                // SAFETY: this task's rows of the contiguous output
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(((bb * dm.h + hh) * dm.s + i0) * d), rows * d) };
+                dst.copy_from_slice(&ob[gg * rows * d..][..rows * d]);
+            }
+        });
+    }
+    fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
+        let dm = dims_of(self.groups, &inputs[0], &inputs[1], &inputs[2]);
+        let bytes = inputs.iter().map(|x| x.numel()).sum::<usize>() + outputs[0].iter().product::<usize>();
+        Cost { flops: 4.0 * causal_pairs(dm), bytes: 4.0 * bytes as f64 }
+    }
+}
+
+impl Kernel for CausalAttentionGrad {
+    fn name(&self) -> String {
+        "CausalAttentionGrad".into()
+    }
+    fn fused_from(&self) -> Vec<String> {
+        vec![
+            "MatMul (q k^T, again)".into(),
+            "causal softmax".into(),
+            "MatMul (dO v^T)".into(),
+            "softmax backward".into(),
+            "MatMul x3 (dq, dk, dv)".into(),
+        ]
+    }
+    fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
+        let (q, k) = (&inputs[0], &inputs[1]);
+        vec![vec![q.shape[0], q.shape[1] + 2 * k.shape[1], q.shape[2], q.shape[3]]]
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
+        let (q, k, v, dout) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
+        let dm = dims_of(self.groups, &q.view, &k.view, &v.view);
+        assert!(
+            dout.view.rank == 4 && !dout.view.padded && dout.view.dims() == q.view.dims(),
+            "causal attention gradient: dO {:?}",
+            dout.view.dims()
+        );
+        let (g, d, s) = (self.groups, dm.d, dm.s);
+        let heads = dm.h + 2 * dm.kv;
+        let out = Ptr(outputs[0].as_mut_ptr());
+        let buf = || vec![0f32; g * BLOCK * s.max(d)];
+        let init = || (buf(), buf(), buf(), buf(), buf());
+        // one task per (batch, kv head): it owns its dk and dv rows and adds
+        // every query block's share into them
+        (0..dm.b * dm.kv).into_par_iter().for_each_init(init, |(qb, dob, p, dp, dqb), t| {
+            let (bb, kv) = (t / dm.kv, t % dm.kv);
+            let at = |hh: usize, i: usize| ((bb * heads + hh) * s + i) * d;
+            let (dk, dv) = (out.at(at(dm.h + kv, 0)), out.at(at(dm.h + dm.kv + kv, 0)));
+            // SAFETY: this task's dk and dv heads of the output
+            unsafe {
+                std::slice::from_raw_parts_mut(dk, s * d).fill(0.0);
+                std::slice::from_raw_parts_mut(dv, s * d).fill(0.0);
+            }
+            let (kp, krs, kcs) = head(k, bb, kv);
+            let (vp, vrs, vcs) = head(v, bb, kv);
+            for (i0, rows, tb) in blocks(s) {
+                let r = g * rows;
+                pack(q, bb, kv, g, i0, rows, d, qb);
+                pack(dout, bb, kv, g, i0, rows, d, dob);
+                let (dsd, dtb) = (d as isize, tb as isize);
+                // p = softmax(q k^T) as in the forward; dp = dO v^T
+                product((r, tb, d), (p.as_mut_ptr(), 1, dtb), (qb.as_ptr(), 1, dsd), (kp, krs, kcs), false);
+                softmax_rows(&mut p[..r * tb], tb, i0, rows, self.scale);
+                product((r, tb, d), (dp.as_mut_ptr(), 1, dtb), (dob.as_ptr(), 1, dsd), (vp, vrs, vcs), false);
+                // ds = p * (dp - sum(p * dp)) * scale, in place of dp
+                for (pr, dr) in p[..r * tb].chunks_exact(tb).zip(dp.chunks_exact_mut(tb)) {
+                    let c = super::reduce::dot(pr, dr);
+                    dr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - c) * self.scale);
+                }
+                // dq[r, D] = ds k; dk[tb, D] += ds^T q; dv[tb, D] += p^T dO
+                product((r, d, tb), (dqb.as_mut_ptr(), 1, dsd), (dp.as_ptr(), 1, dtb), (kp, kcs, krs), false);
+                product((tb, d, r), (dk, 1, dsd), (dp.as_ptr(), dtb, 1), (qb.as_ptr(), 1, dsd), true);
+                product((tb, d, r), (dv, 1, dsd), (p.as_ptr(), dtb, 1), (dob.as_ptr(), 1, dsd), true);
+                for gg in 0..g {
+                    // SAFETY: this task's rows of its query heads' dq
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at(kv * g + gg, i0)), rows * d) };
+                    dst.copy_from_slice(&dqb[gg * rows * d..][..rows * d]);
+                }
+            }
+        });
+    }
+    fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
+        let dm = dims_of(self.groups, &inputs[0], &inputs[1], &inputs[2]);
+        let bytes = inputs.iter().map(|x| x.numel()).sum::<usize>() + outputs[0].iter().product::<usize>();
+        Cost { flops: 10.0 * causal_pairs(dm), bytes: 4.0 * bytes as f64 }
+    }
+}

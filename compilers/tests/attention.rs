@@ -1,0 +1,79 @@
+//! The causal attention kernels (forward and their backward rule) against the
+//! same attention written in primops, as the model builder writes it:
+//! outputs and the gradients of q, k and v, over several query blocks (one
+//! of them partial) and grouped-query heads.
+
+use lumind_compilers::autograd::backward;
+use lumind_compilers::kernels::causal_attention::CausalAttention;
+use lumind_compilers::losses::sum_all;
+use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(97)) % 2000) as f32 / 1000.0 - 1.0) * 1.5).collect()
+}
+
+/// `softmax(q k^T * scale + causal mask) v` in primops, GQA by expanding k, v.
+fn primops(b: &GraphBuilder, q: &Tensor, k: &Tensor, v: &Tensor, groups: usize, scale: f32) -> Tensor {
+    let [bs, h, s, hd] = [q.dim(0), q.dim(1), q.dim(2), q.dim(3)];
+    let kv = k.dim(1);
+    let q5 = q.reshape(&[bs, kv, d(groups), s, hd]);
+    let (k5, v5) = (k.expand(2, d(groups)), v.expand(2, d(groups)));
+    let scores = q5.matmul(&k5.transpose(3, 4)).scale(scale);
+    let mask = b.iota(s, d(0)).expand(1, s).lt(&b.iota(s, d(0)).expand(0, s)).scale(-1e30);
+    let probs = (scores.clone() + mask.expand_to(&scores.dims())).softmax(4);
+    probs.matmul(&v5).reshape(&[bs, h, s, hd])
+}
+
+/// (output, dq, dk, dv) of `sum(attention(q, k, v) * w)`.
+fn run(fused: bool, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 4]) -> Vec<Vec<f32>> {
+    let [bs, kv, groups, s, hd] = shape;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let b = GraphBuilder::new();
+    let qkv = |name: &str, heads: usize| b.input(name, &[d(bs), d(heads), d(s), d(hd)], InputKind::Param);
+    let (q, k, v) = (qkv("q", kv * groups), qkv("k", kv), qkv("v", kv));
+    let w = b.input("w", &[d(bs), d(kv * groups), d(s), d(hd)], InputKind::Data);
+    // the builder hands the kernel permuted views: do the same with q
+    let qt = q.permute(&[0, 2, 1, 3]).contiguous().permute(&[0, 2, 1, 3]);
+    let out = if fused {
+        b.kernel(CausalAttention { groups, scale }, &[&qt, &k, &v], &qt.dims())
+    } else {
+        primops(&b, &qt, &k, &v, groups, scale)
+    };
+    let loss = sum_all(&out.mul(&w));
+    let grads = backward(&loss, &[q.clone(), k.clone(), v.clone()]).unwrap();
+    b.output("out", &out);
+    for (name, g) in ["dq", "dk", "dv"].iter().zip(&grads) {
+        b.output(name, g.as_ref().unwrap());
+    }
+    let mut g = b.finish().unwrap();
+    compile(&mut g, &pipeline(fusion), |_, _| {});
+    let mut ex = Executor::new(g);
+    for (name, v) in ["q", "k", "v"].iter().zip(vals) {
+        ex.set(name, v.clone()).unwrap();
+    }
+    let mut res = ex.run(&[("w", vals[3].as_slice())], &DimValues::default()).unwrap();
+    ["out", "dq", "dk", "dv"].iter().map(|n| res.take(n).unwrap().1).collect()
+}
+
+#[test]
+fn causal_attention_kernels_match_primops() {
+    // 150 positions: blocks of 64, 64 and 22 query rows; 3 query heads per kv head
+    let shape = [2, 2, 3, 150, 8];
+    let [bs, kv, groups, s, hd] = shape;
+    let q = data(bs * kv * groups * s * hd, 1);
+    let k = data(bs * kv * s * hd, 2);
+    let v = data(bs * kv * s * hd, 3);
+    let w = data(bs * kv * groups * s * hd, 4);
+    let vals = [q, k, v, w];
+    let want = run(false, Fusion::None, shape, &vals);
+    for fusion in Fusion::ALL {
+        let got = run(true, fusion, shape, &vals);
+        for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            assert_eq!(g.len(), w.len(), "{name}");
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // same math in another order: f32 rounding only
+            assert!(worst <= 1e-5 * scale.max(1.0), "{fusion:?} {name}: max diff {worst} (scale {scale})");
+        }
+    }
+}
