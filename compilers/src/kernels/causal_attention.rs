@@ -83,9 +83,9 @@ fn head(x: &Arg, bb: usize, hh: usize) -> (*const f32, isize, isize) {
     (unsafe { x.data.as_ptr().offset(off) }, st[2], st[3])
 }
 
-/// Rows `i0..i0 + rows` of the `groups` query heads of kv head `kv`, packed
-/// as `[groups * rows, D]`.
-fn pack(x: &Arg, bb: usize, kv: usize, groups: usize, i0: usize, rows: usize, d: usize, buf: &mut [f32]) {
+/// Rows `i0..i0 + rows` of the `groups` query heads of kv head `kv` (of
+/// batch `bb`), packed as `[groups * rows, D]`.
+fn pack(x: &Arg, (bb, kv): (usize, usize), groups: usize, (i0, rows): (usize, usize), d: usize, buf: &mut [f32]) {
     for g in 0..groups {
         let (p, rs, cs) = head(x, bb, kv * groups + g);
         for r in 0..rows {
@@ -162,7 +162,7 @@ impl Kernel for CausalAttention {
         (0..tasks).into_par_iter().for_each_init(init, |(qb, scores, ob), t| {
             let (bb, kv, (i0, rows, tb)) = (t / (dm.kv * blks.len()), t / blks.len() % dm.kv, blks[t % blks.len()]);
             let r = g * rows;
-            pack(q, bb, kv, g, i0, rows, d, qb);
+            pack(q, (bb, kv), g, (i0, rows), d, qb);
             let (kp, krs, kcs) = head(k, bb, kv);
             let (vp, vrs, vcs) = head(v, bb, kv);
             // scores[r, tb] = q k^T, then probabilities in place
@@ -230,8 +230,8 @@ impl Kernel for CausalAttentionGrad {
             let (vp, vrs, vcs) = head(v, bb, kv);
             for (i0, rows, tb) in blocks(s) {
                 let r = g * rows;
-                pack(q, bb, kv, g, i0, rows, d, qb);
-                pack(dout, bb, kv, g, i0, rows, d, dob);
+                pack(q, (bb, kv), g, (i0, rows), d, qb);
+                pack(dout, (bb, kv), g, (i0, rows), d, dob);
                 let (dsd, dtb) = (d as isize, tb as isize);
                 // p = softmax(q k^T) as in the forward; dp = dO v^T
                 product((r, tb, d), (p.as_mut_ptr(), 1, dtb), (qb.as_ptr(), 1, dsd), (kp, krs, kcs), false);
