@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::matmul::sgemm;
 use super::reduce::ReduceOp;
 use super::rowfused::{RowFused, RowOp, Scratch};
+use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -28,18 +29,6 @@ pub struct Attention {
 
 /// Query rows per block.
 const BLOCK: usize = 64;
-
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// (a method, so closures capture the whole `Send` wrapper)
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
 
 impl Kernel for Attention {
     fn name(&self) -> String {

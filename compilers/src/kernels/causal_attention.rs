@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::fastmath::exp2;
 use super::matmul::sgemm_into;
+use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -36,18 +37,6 @@ pub struct CausalAttentionGrad {
 /// Query positions per block (times `groups` rows: the query heads of one
 /// kv head go through together, against the same keys).
 const BLOCK: usize = 64;
-
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// (a method, so closures capture the whole `Send` wrapper)
-    fn at(&self, offset: usize) -> *mut f32 {
-        unsafe { self.0.add(offset) }
-    }
-}
 
 /// Sizes of one call: batch, query heads, kv heads, positions, head dim.
 #[derive(Clone, Copy)]

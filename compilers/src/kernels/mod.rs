@@ -16,3 +16,21 @@ pub mod rowfused;
 pub mod topk;
 pub mod unary;
 pub mod walk;
+
+/// An output pointer that tasks on several threads write disjoint parts of.
+#[derive(Clone, Copy)]
+pub(crate) struct Ptr(pub *mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// (a method, so closures capture the whole `Send` wrapper)
+    pub fn get(&self) -> *mut f32 {
+        self.0
+    }
+    /// The element `offset` elements in.
+    pub fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from
+        unsafe { self.0.add(offset) }
+    }
+}

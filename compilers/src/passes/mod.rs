@@ -84,7 +84,6 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
     pipeline_for(fusion, Backend::Cpu)
 }
 
-/// The passes of a fusion strategy for a backend, in order.
 /// Whether training graphs build causal attention as one kernel with its
 /// own backward rule (`CausalAttention`) rather than primops: the CPU's
 /// full fusion only; the other strategies and the CUDA backend see primops.
@@ -92,6 +91,7 @@ pub fn fused_training_attention(fusion: Fusion, backend: Backend) -> bool {
     fusion == Fusion::Full && backend == Backend::Cpu
 }
 
+/// The passes of a fusion strategy for a backend, in order.
 pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
     let mut p = vec![];
     if fusion != Fusion::None {
