@@ -1,8 +1,9 @@
-//! Prefill and decode of minimind-small-T (random weights) under each fusion
-//! strategy; `lumind bench` prints the same as a table with ratios.
+//! Prefill, decode and a training step of minimind-small-T (random weights)
+//! under each fusion strategy; `lumind bench` prints the same as a table
+//! with ratios.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lumind::bench::{generation_session, synthetic_tokens};
+use lumind::bench::{generation_session, synthetic_tokens, train_setup};
 use lumind::compilers::{Backend, Fusion};
 use lumind::model::ModelDef;
 
@@ -31,6 +32,21 @@ fn model(c: &mut Criterion) {
             b.iter(|| {
                 let l = s.run(&toks[256..257], 1, 256).unwrap();
                 s.recycle(l);
+            })
+        });
+    }
+    g.finish();
+    // forward, backward and AdamW on 2 x 128 tokens (under full fusion,
+    // attention is the CausalAttention kernel and its gradient)
+    let mut g = c.benchmark_group("minimind-small-T training step 2x128");
+    g.sample_size(10);
+    for fusion in Fusion::ALL {
+        let (mut s, batch) = train_setup(Backend::Cpu, &def, fusion, 2, 128).unwrap();
+        let mut step = 0;
+        g.bench_function(BenchmarkId::from_parameter(fusion), |b| {
+            b.iter(|| {
+                step += 1;
+                s.step(&batch, 1e-4, step, true, 1.0).unwrap();
             })
         });
     }

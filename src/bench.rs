@@ -102,10 +102,10 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
     Ok(n as f64 / t.as_secs_f64())
 }
 
-/// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
-/// tokens; tokens/s.
-pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
-    let mut s = TrainSession::on(
+/// A pretraining session on random weights and a synthetic `batch` x `seq`
+/// batch, for timing steps.
+pub fn train_setup(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize) -> Result<(TrainSession, Batch)> {
+    let s = TrainSession::on(
         device,
         def,
         Weights::init(def, 0, None),
@@ -121,7 +121,13 @@ pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize,
             (ids, labels)
         })
         .collect();
-    let b = Batch::from_labels(&rows);
+    Ok((s, Batch::from_labels(&rows)))
+}
+
+/// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
+/// tokens; tokens/s.
+pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
+    let (mut s, b) = train_setup(device, def, fusion, batch, seq)?;
     let mut step = 1;
     s.step(&b, 1e-4, step, true, 1.0)?;
     let t = median(reps, || {
