@@ -190,3 +190,18 @@ fn row_groups_never_depend_on_each_other() {
         close(&y, &want, 1e-5);
     }
 }
+
+/// A narrow product big enough to be split by columns across threads (the
+/// k and v projections' path): columns 0..112 and 112..200 on two threads.
+#[test]
+fn matmul_split_by_columns() {
+    let (m, k, n) = (96, 64, 200);
+    let a = data(m * k, 7);
+    let w = data(n * k, 8);
+    let want: Vec<f32> = (0..m * n).map(|i| (0..k).map(|x| a[i / n * k + x] * w[i % n * k + x]).sum()).collect();
+    for f in Fusion::ALL {
+        let (s, y) = run(f, &[("a", vec![m, k], a.clone()), ("w", vec![n, k], w.clone())], &[], |_, t| t[0].linear(&t[1]));
+        assert_eq!(s, vec![m, n]);
+        close(&y, &want, 1e-5);
+    }
+}
