@@ -371,7 +371,8 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                 let (q, k, v) = (view(0), view(1), view(2));
                 let (heads, kv) = (q.dim(1), k.dim(1));
                 let dims = [q.dim(0), shape::add(heads, shape::mul(kv, shape::d(2))), q.dim(2), q.dim(3)];
-                let packed = b.kernel(CausalAttentionGrad { groups: att.groups, scale: att.scale }, &[&q, &k, &v, &g], &dims);
+                let (cos, sin) = (view(3), view(4));
+                let packed = b.kernel(CausalAttentionGrad { groups: att.groups, scale: att.scale }, &[&q, &k, &v, &cos, &sin, &g], &dims);
                 let kv_end = shape::add(heads, kv);
                 let parts = [(shape::d(0), heads), (heads, kv_end), (kv_end, dims[1])];
                 for (i, (start, end)) in parts.into_iter().enumerate() {

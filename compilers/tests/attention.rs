@@ -1,7 +1,7 @@
 //! The causal attention kernels (forward and their backward rule) against the
-//! same attention written in primops, as the model builder writes it:
-//! outputs and the gradients of q, k and v, over several query blocks (one
-//! of them partial) and grouped-query heads.
+//! same attention written in primops, as the model builder writes it (rotary
+//! embedding included): outputs and the gradients of q, k and v, over
+//! several query blocks (one of them partial) and grouped-query heads.
 
 use lumind_compilers::autograd::backward;
 use lumind_compilers::kernels::causal_attention::CausalAttention;
@@ -12,8 +12,18 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(97)) % 2000) as f32 / 1000.0 - 1.0) * 1.5).collect()
 }
 
-/// `softmax(q k^T * scale + causal mask) v` in primops, GQA by expanding k, v.
-fn primops(b: &GraphBuilder, q: &Tensor, k: &Tensor, v: &Tensor, groups: usize, scale: f32) -> Tensor {
+/// `x cos + rotate_half(x) sin` over the last axis of `[b, heads, s, D]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let dims = x.dims();
+    let (half, full) = (d(x.dim(3).to_usize().unwrap() / 2), x.dim(3));
+    let rotated = x.slice(3, half, full).scale(-1.0).concat(&x.slice(3, d(0), half), 3);
+    x.mul(&cos.expand_to(&dims)) + rotated.mul(&sin.expand_to(&dims))
+}
+
+/// `softmax(rope(q) rope(k)^T * scale + causal mask) v` in primops, GQA by
+/// expanding k, v.
+fn primops(b: &GraphBuilder, [q, k, v, cos, sin]: [&Tensor; 5], groups: usize, scale: f32) -> Tensor {
+    let (q, k) = (rope(q, cos, sin), rope(k, cos, sin));
     let [bs, h, s, hd] = [q.dim(0), q.dim(1), q.dim(2), q.dim(3)];
     let kv = k.dim(1);
     let q5 = q.reshape(&[bs, kv, d(groups), s, hd]);
@@ -24,20 +34,23 @@ fn primops(b: &GraphBuilder, q: &Tensor, k: &Tensor, v: &Tensor, groups: usize, 
     probs.matmul(&v5).reshape(&[bs, h, s, hd])
 }
 
-/// (output, dq, dk, dv) of `sum(attention(q, k, v) * w)`.
-fn run(fused: bool, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 4]) -> Vec<Vec<f32>> {
+/// (output, dq, dk, dv) of `sum(attention(q, k, v) * w)`; `vals` holds q,
+/// k, v, w, cos, sin.
+fn run(fused: bool, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 6]) -> Vec<Vec<f32>> {
     let [bs, kv, groups, s, hd] = shape;
     let scale = 1.0 / (hd as f32).sqrt();
     let b = GraphBuilder::new();
     let qkv = |name: &str, heads: usize| b.input(name, &[d(bs), d(heads), d(s), d(hd)], InputKind::Param);
     let (q, k, v) = (qkv("q", kv * groups), qkv("k", kv), qkv("v", kv));
     let w = b.input("w", &[d(bs), d(kv * groups), d(s), d(hd)], InputKind::Data);
+    let cos = b.input("cos", &[d(s), d(hd)], InputKind::Data);
+    let sin = b.input("sin", &[d(s), d(hd)], InputKind::Data);
     // the builder hands the kernel permuted views: do the same with q
     let qt = q.permute(&[0, 2, 1, 3]).contiguous().permute(&[0, 2, 1, 3]);
     let out = if fused {
-        b.kernel(CausalAttention { groups, scale }, &[&qt, &k, &v], &qt.dims())
+        b.kernel(CausalAttention { groups, scale }, &[&qt, &k, &v, &cos, &sin], &qt.dims())
     } else {
-        primops(&b, &qt, &k, &v, groups, scale)
+        primops(&b, [&qt, &k, &v, &cos, &sin], groups, scale)
     };
     let loss = sum_all(&out.mul(&w));
     let grads = backward(&loss, &[q.clone(), k.clone(), v.clone()]).unwrap();
@@ -51,7 +64,8 @@ fn run(fused: bool, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 4]) -> 
     for (name, v) in ["q", "k", "v"].iter().zip(vals) {
         ex.set(name, v.clone()).unwrap();
     }
-    let mut res = ex.run(&[("w", vals[3].as_slice())], &DimValues::default()).unwrap();
+    let data = [("w", vals[3].as_slice()), ("cos", vals[4].as_slice()), ("sin", vals[5].as_slice())];
+    let mut res = ex.run(&data, &DimValues::default()).unwrap();
     ["out", "dq", "dk", "dv"].iter().map(|n| res.take(n).unwrap().1).collect()
 }
 
@@ -64,7 +78,9 @@ fn causal_attention_kernels_match_primops() {
     let k = data(bs * kv * s * hd, 2);
     let v = data(bs * kv * s * hd, 3);
     let w = data(bs * kv * groups * s * hd, 4);
-    let vals = [q, k, v, w];
+    // arbitrary tables (not real rotations), so no symmetry of theirs hides a mistake
+    let (cos, sin) = (data(s * hd, 5), data(s * hd, 6));
+    let vals = [q, k, v, w, cos, sin];
     let want = run(false, Fusion::None, shape, &vals);
     for fusion in Fusion::ALL {
         let got = run(true, fusion, shape, &vals);

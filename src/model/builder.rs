@@ -196,9 +196,15 @@ impl Forward<'_> {
             k = self.rmsnorm(&k, &format!("{pre}.k_norm.weight"));
         }
         // [b, heads, s, hd]
-        let q = self.rope(&q.permute(&[0, 2, 1, 3]));
-        let k = self.rope(&k.permute(&[0, 2, 1, 3]));
-        let v = v.permute(&[0, 2, 1, 3]);
+        let (q, k, v) = (q.permute(&[0, 2, 1, 3]), k.permute(&[0, 2, 1, 3]), v.permute(&[0, 2, 1, 3]));
+        let scale = 1.0 / (hd as f32).sqrt();
+        if self.opts.fused_attention && !self.opts.kv_cache {
+            // one kernel: rotary embedding, scores, causal softmax, p v
+            let out = self.b.kernel(CausalAttention { groups, scale }, &[&q, &k, &v, &self.cos, &self.sin], &q.dims()); // [b, h, s, hd]
+            let out = out.permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
+            return out.linear(self.w(&format!("{pre}.o_proj.weight")));
+        }
+        let (q, k) = (self.rope(&q), self.rope(&k));
         let (k, v) = if self.opts.kv_cache {
             let total = add(self.past, s);
             let cache = |name: &str, new: &Tensor| {
@@ -210,12 +216,6 @@ impl Forward<'_> {
         } else {
             (k, v)
         };
-        let scale = 1.0 / (hd as f32).sqrt();
-        if self.opts.fused_attention && !self.opts.kv_cache {
-            let out = self.b.kernel(CausalAttention { groups, scale }, &[&q, &k, &v], &q.dims()); // [b, h, s, hd]
-            let out = out.permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
-            return out.linear(self.w(&format!("{pre}.o_proj.weight")));
-        }
         // grouped-query attention: query head h = kv * groups + g reads kv head `kv`
         let q = q.reshape(&[bsz, d(nkv), d(groups), s, d(hd)]);
         let k = k.expand(2, d(groups));

@@ -1,17 +1,22 @@
 //! Causal attention for training, as two kernels that exist before autograd
 //! runs (like `Gather`), so a training step never holds the `s x s` scores
 //! or probabilities: [`CausalAttention`] computes
-//! `softmax(q k^T * scale + causal mask) v` one block of query rows at a
-//! time, and [`CausalAttentionGrad`], its backward rule, recomputes each
-//! block's probabilities and writes `dq`, `dk` and `dv`. A block sees only
-//! the keys up to its last position, so every product skips most of the
-//! masked half.
+//! `softmax(rope(q) rope(k)^T * scale + causal mask) v` one block of query
+//! rows at a time, and [`CausalAttentionGrad`], its backward rule,
+//! recomputes each block's probabilities and writes `dq`, `dk` and `dv`. A
+//! block sees only the keys up to its last position, so every product skips
+//! most of the masked half. The rotary embedding is applied as rows are
+//! read (and its transpose to the gradients as they are written), so
+//! neither it nor its backward touches memory on its own.
 //!
-//! Inputs `q [b, H, s, D]`, `k` and `v [b, KV, s, D]`, read through any
-//! strides (no padding); grouped-query attention: query head `h` reads kv
-//! head `h / groups`, `H = KV * groups`. The gradient kernel also reads
-//! `dO [b, H, s, D]` and writes one buffer `[b, H + 2 KV, s, D]`: `dq` in the
-//! first `H` heads, then `dk`, then `dv` (slices of it are the gradients).
+//! Inputs `q [b, H, s, D]`, `k` and `v [b, KV, s, D]`, then the rotary
+//! tables `cos` and `sin [s, D]`, read through any strides (no padding);
+//! `rope(x) = x cos + rotate_half(x) sin` with `rotate_half(x) = [-x2, x1]`.
+//! Grouped-query attention: query head `h` reads kv head `h / groups`,
+//! `H = KV * groups`. The gradient kernel also reads `dO [b, H, s, D]` and
+//! writes one buffer `[b, H + 2 KV, s, D]`: `dq` in the first `H` heads,
+//! then `dk`, then `dv` (slices of it are the gradients of the un-rotated
+//! q, k and v).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -72,16 +77,72 @@ fn head(x: &Arg, bb: usize, hh: usize) -> (*const f32, isize, isize) {
     (unsafe { x.data.as_ptr().offset(off) }, st[2], st[3])
 }
 
-/// Rows `i0..i0 + rows` of the `groups` query heads of kv head `kv` (of
-/// batch `bb`), packed as `[groups * rows, D]`.
-fn pack(x: &Arg, (bb, kv): (usize, usize), groups: usize, (i0, rows): (usize, usize), d: usize, buf: &mut [f32]) {
+/// The rotary tables, `[s, D]` each, contiguous.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    d: usize,
+}
+
+impl Rope {
+    fn new(cos: &Arg, sin: &Arg, s: usize, d: usize) -> Rope {
+        let table = |x: &Arg, name: &str| {
+            assert!(x.view.rank == 2 && !x.view.padded && x.view.dims() == [s, d], "causal attention: {name} must be [s, D]");
+            let mut t = vec![0f32; s * d];
+            for (i, row) in t.chunks_exact_mut(d).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = x.data[x.view.index(&[i, c]).expect("unpadded")];
+                }
+            }
+            t
+        };
+        Rope { cos: table(cos, "cos"), sin: table(sin, "sin"), d }
+    }
+    fn at(&self, i: usize) -> (&[f32], &[f32]) {
+        (&self.cos[i * self.d..][..self.d], &self.sin[i * self.d..][..self.d])
+    }
+    /// `dst = x cos + rotate_half(x) sin` at position `i`. (Each half in
+    /// its own loop, so both vectorise.)
+    fn rotate(&self, dst: &mut [f32], x: &[f32], i: usize) {
+        let ((cos, sin), h) = (self.at(i), self.d / 2);
+        let ((d1, d2), (x1, x2)) = (dst.split_at_mut(h), x.split_at(h));
+        let ((c1, c2), (s1, s2)) = (cos.split_at(h), sin.split_at(h));
+        for c in 0..h {
+            d1[c] = x1[c] * c1[c] - x2[c] * s1[c];
+            d2[c] = x2[c] * c2[c] + x1[c] * s2[c];
+        }
+    }
+    /// The transpose: `dst = g cos + rotate_half^T(g sin)`.
+    fn unrotate(&self, dst: &mut [f32], g: &[f32], i: usize) {
+        let ((cos, sin), h) = (self.at(i), self.d / 2);
+        let ((d1, d2), (g1, g2)) = (dst.split_at_mut(h), g.split_at(h));
+        let ((c1, c2), (s1, s2)) = (cos.split_at(h), sin.split_at(h));
+        for c in 0..h {
+            d1[c] = g1[c] * c1[c] + g2[c] * s2[c];
+            d2[c] = g2[c] * c2[c] - g1[c] * s1[c];
+        }
+    }
+}
+
+/// Rows `i0..i0 + rows` of the `groups` heads from `first` on (of batch
+/// `bb`), packed as `[groups * rows, D]`, rotated when `rope` is given.
+fn pack(x: &Arg, (bb, first): (usize, usize), groups: usize, (i0, rows): (usize, usize), rope: Option<&Rope>, buf: &mut [f32]) {
+    let d = x.view.shape[3];
+    let mut tmp = vec![0f32; d];
     for g in 0..groups {
-        let (p, rs, cs) = head(x, bb, kv * groups + g);
+        let (p, rs, cs) = head(x, bb, first + g);
         for r in 0..rows {
             let row = &mut buf[(g * rows + r) * d..][..d];
-            for (c, v) in row.iter_mut().enumerate() {
-                // SAFETY: the executor checked the view against its buffer
-                *v = unsafe { *p.offset((i0 + r) as isize * rs + c as isize * cs) };
+            // SAFETY: the executor checked the view against its buffer
+            let src = unsafe { p.offset((i0 + r) as isize * rs) };
+            let read = if rope.is_some() { &mut tmp[..] } else { &mut row[..] };
+            if cs == 1 {
+                read.copy_from_slice(unsafe { std::slice::from_raw_parts(src, d) });
+            } else {
+                read.iter_mut().enumerate().for_each(|(c, v)| *v = unsafe { *src.offset(c as isize * cs) });
+            }
+            if let Some(rope) = rope {
+                rope.rotate(row, &tmp, i0 + r);
             }
         }
     }
@@ -144,18 +205,22 @@ impl Kernel for CausalAttention {
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
         let dm = dims_of(self.groups, &q.view, &k.view, &v.view);
         let (g, d) = (self.groups, dm.d);
+        let rope = Rope::new(&inputs[3], &inputs[4], dm.s, d);
         let out = Ptr(outputs[0].as_mut_ptr());
+        // the keys, rotated once: [b, KV, s, D]
+        let mut keys = vec![0f32; dm.b * dm.kv * dm.s * d];
+        keys.par_chunks_mut(dm.s * d).enumerate().for_each(|(t, kb)| pack(k, (t / dm.kv, t % dm.kv), 1, (0, dm.s), Some(&rope), kb));
         let blks: Vec<(usize, usize, usize)> = blocks(dm.s).collect();
         let tasks = dm.b * dm.kv * blks.len();
         let init = || (vec![0f32; g * BLOCK * d], vec![0f32; g * BLOCK * dm.s], vec![0f32; g * BLOCK * d]);
         (0..tasks).into_par_iter().for_each_init(init, |(qb, scores, ob), t| {
             let (bb, kv, (i0, rows, tb)) = (t / (dm.kv * blks.len()), t / blks.len() % dm.kv, blks[t % blks.len()]);
-            let r = g * rows;
-            pack(q, (bb, kv), g, (i0, rows), d, qb);
-            let (kp, krs, kcs) = head(k, bb, kv);
+            let kb = &keys[(bb * dm.kv + kv) * dm.s * d..];
             let (vp, vrs, vcs) = head(v, bb, kv);
+            let r = g * rows;
+            pack(q, (bb, kv * g), g, (i0, rows), Some(&rope), qb);
             // scores[r, tb] = q k^T, then probabilities in place
-            product((r, tb, d), (scores.as_mut_ptr(), 1, tb as isize), (qb.as_ptr(), 1, d as isize), (kp, krs, kcs), false);
+            product((r, tb, d), (scores.as_mut_ptr(), 1, tb as isize), (qb.as_ptr(), 1, d as isize), (kb.as_ptr(), d as isize, 1), false);
             softmax_rows(&mut scores[..r * tb], tb, i0, rows, self.scale);
             // o[r, D] = p v
             product((r, d, tb), (ob.as_mut_ptr(), 1, d as isize), (scores.as_ptr(), 1, tb as isize), (vp, vcs, vrs), false);
@@ -192,7 +257,7 @@ impl Kernel for CausalAttentionGrad {
         vec![vec![q.shape[0], q.shape[1] + 2 * k.shape[1], q.shape[2], q.shape[3]]]
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
-        let (q, k, v, dout) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
+        let (q, k, v, dout) = (&inputs[0], &inputs[1], &inputs[2], &inputs[5]);
         let dm = dims_of(self.groups, &q.view, &k.view, &v.view);
         assert!(
             dout.view.rank == 4 && !dout.view.padded && dout.view.dims() == q.view.dims(),
@@ -200,13 +265,14 @@ impl Kernel for CausalAttentionGrad {
             dout.view.dims()
         );
         let (g, d, s) = (self.groups, dm.d, dm.s);
+        let rope = Rope::new(&inputs[3], &inputs[4], s, d);
         let heads = dm.h + 2 * dm.kv;
         let out = Ptr(outputs[0].as_mut_ptr());
         let buf = || vec![0f32; g * BLOCK * s.max(d)];
-        let init = || (buf(), buf(), buf(), buf(), buf());
+        let init = || (buf(), buf(), buf(), buf(), buf(), vec![0f32; s * d]);
         // one task per (batch, kv head): it owns its dk and dv rows and adds
         // every query block's share into them
-        (0..dm.b * dm.kv).into_par_iter().for_each_init(init, |(qb, dob, p, dp, dqb), t| {
+        (0..dm.b * dm.kv).into_par_iter().for_each_init(init, |(qb, dob, p, dp, dqb, kb), t| {
             let (bb, kv) = (t / dm.kv, t % dm.kv);
             let at = |hh: usize, i: usize| ((bb * heads + hh) * s + i) * d;
             let (dk, dv) = (out.at(at(dm.h + kv, 0)), out.at(at(dm.h + dm.kv + kv, 0)));
@@ -215,15 +281,16 @@ impl Kernel for CausalAttentionGrad {
                 std::slice::from_raw_parts_mut(dk, s * d).fill(0.0);
                 std::slice::from_raw_parts_mut(dv, s * d).fill(0.0);
             }
-            let (kp, krs, kcs) = head(k, bb, kv);
+            pack(k, (bb, kv), 1, (0, s), Some(&rope), kb);
             let (vp, vrs, vcs) = head(v, bb, kv);
+            let mut tmp = vec![0f32; d];
             for (i0, rows, tb) in blocks(s) {
                 let r = g * rows;
-                pack(q, (bb, kv), g, (i0, rows), d, qb);
-                pack(dout, (bb, kv), g, (i0, rows), d, dob);
+                pack(q, (bb, kv * g), g, (i0, rows), Some(&rope), qb);
+                pack(dout, (bb, kv * g), g, (i0, rows), None, dob);
                 let (dsd, dtb) = (d as isize, tb as isize);
                 // p = softmax(q k^T) as in the forward; dp = dO v^T
-                product((r, tb, d), (p.as_mut_ptr(), 1, dtb), (qb.as_ptr(), 1, dsd), (kp, krs, kcs), false);
+                product((r, tb, d), (p.as_mut_ptr(), 1, dtb), (qb.as_ptr(), 1, dsd), (kb.as_ptr(), dsd, 1), false);
                 softmax_rows(&mut p[..r * tb], tb, i0, rows, self.scale);
                 product((r, tb, d), (dp.as_mut_ptr(), 1, dtb), (dob.as_ptr(), 1, dsd), (vp, vrs, vcs), false);
                 // ds = p * (dp - sum(p * dp)) * scale, in place of dp
@@ -232,14 +299,23 @@ impl Kernel for CausalAttentionGrad {
                     dr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - c) * self.scale);
                 }
                 // dq[r, D] = ds k; dk[tb, D] += ds^T q; dv[tb, D] += p^T dO
-                product((r, d, tb), (dqb.as_mut_ptr(), 1, dsd), (dp.as_ptr(), 1, dtb), (kp, kcs, krs), false);
+                product((r, d, tb), (dqb.as_mut_ptr(), 1, dsd), (dp.as_ptr(), 1, dtb), (kb.as_ptr(), 1, dsd), false);
                 product((tb, d, r), (dk, 1, dsd), (dp.as_ptr(), dtb, 1), (qb.as_ptr(), 1, dsd), true);
                 product((tb, d, r), (dv, 1, dsd), (p.as_ptr(), dtb, 1), (dob.as_ptr(), 1, dsd), true);
                 for gg in 0..g {
                     // SAFETY: this task's rows of its query heads' dq
                     let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at(kv * g + gg, i0)), rows * d) };
-                    dst.copy_from_slice(&dqb[gg * rows * d..][..rows * d]);
+                    let src = dqb[gg * rows * d..].chunks_exact(d);
+                    for (i, (row, grad)) in dst.chunks_exact_mut(d).zip(src).enumerate() {
+                        rope.unrotate(row, grad, i0 + i);
+                    }
                 }
+            }
+            // SAFETY: as above
+            let dk = unsafe { std::slice::from_raw_parts_mut(dk, s * d) };
+            for (i, row) in dk.chunks_exact_mut(d).enumerate() {
+                tmp.copy_from_slice(row);
+                rope.unrotate(row, &tmp, i);
             }
         });
     }
