@@ -196,7 +196,7 @@ impl Kernel for CausalAttention {
         "CausalAttention".into()
     }
     fn fused_from(&self) -> Vec<String> {
-        vec!["MatMul (q k^T)".into(), "causal softmax".into(), "MatMul (p v)".into()]
+        vec!["RoPE (q, k)".into(), "MatMul (q k^T)".into(), "causal softmax".into(), "MatMul (p v)".into()]
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         vec![inputs[0].dims().to_vec()]
@@ -245,11 +245,13 @@ impl Kernel for CausalAttentionGrad {
     }
     fn fused_from(&self) -> Vec<String> {
         vec![
+            "RoPE (q, k, again)".into(),
             "MatMul (q k^T, again)".into(),
             "causal softmax".into(),
             "MatMul (dO v^T)".into(),
             "softmax backward".into(),
             "MatMul x3 (dq, dk, dv)".into(),
+            "RoPE backward (dq, dk)".into(),
         ]
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
