@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lumind_compilers::passes::pipeline_for;
 use lumind_compilers::passes::Pass;
+use lumind_compilers::passes::{fused_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner};
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
@@ -61,6 +61,7 @@ impl Session {
         passes: &[Pass],
     ) -> Result<Session> {
         let t = Instant::now();
+        let opts = ForwardOptions { fused_attention: fused_attention(fusion, backend), ..opts };
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);
         let out = forward(&b, def, &inputs, &opts);

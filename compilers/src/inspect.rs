@@ -80,11 +80,16 @@ impl Snapshot {
         let (added, removed) = match prev {
             None => (vec![], vec![]),
             Some(p) => {
-                let before: FxHashMap<NodeIndex, &str> = p.nodes.iter().map(|x| (x.id, x.op.as_str())).collect();
-                let now: FxHashMap<NodeIndex, &str> = nodes.iter().map(|x| (x.id, x.op.as_str())).collect();
-                // a node index reused for a different op counts as both
-                let added = nodes.iter().filter(|x| before.get(&x.id) != Some(&x.op.as_str())).map(|x| x.id).collect();
-                let removed = p.nodes.iter().filter(|x| now.get(&x.id) != Some(&x.op.as_str())).map(|x| x.op.clone()).collect();
+                let before: FxHashMap<NodeIndex, (&str, &[String])> =
+                    p.nodes.iter().map(|x| (x.id, (x.op.as_str(), &x.fused_from[..]))).collect();
+                let now: FxHashMap<NodeIndex, (&str, &[String])> =
+                    nodes.iter().map(|x| (x.id, (x.op.as_str(), &x.fused_from[..]))).collect();
+                // a node index reused for a different op, or a kernel a pass
+                // rewrote in place, counts as both
+                let same =
+                    |m: &FxHashMap<NodeIndex, (&str, &[String])>, x: &NodeInfo| m.get(&x.id) == Some(&(x.op.as_str(), &x.fused_from[..]));
+                let added = nodes.iter().filter(|x| !same(&before, x)).map(|x| x.id).collect();
+                let removed = p.nodes.iter().filter(|x| !same(&now, x)).map(|x| x.op.clone()).collect();
                 (added, removed)
             }
         };

@@ -1,10 +1,12 @@
 //! The causal attention kernels (forward and their backward rule) against the
 //! same attention written in primops, as the model builder writes it (rotary
 //! embedding included): outputs and the gradients of q, k and v, over
-//! several query blocks (one of them partial) and grouped-query heads.
+//! several query blocks (one of them partial) and grouped-query heads. And
+//! the rotary embedding kernel of generation against its primops.
 
 use lumind_compilers::autograd::backward;
 use lumind_compilers::kernels::causal_attention::CausalAttention;
+use lumind_compilers::kernels::rope::Rope;
 use lumind_compilers::losses::sum_all;
 use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
 
@@ -92,4 +94,31 @@ fn causal_attention_kernels_match_primops() {
             assert!(worst <= 1e-5 * scale.max(1.0), "{fusion:?} {name}: max diff {worst} (scale {scale})");
         }
     }
+}
+
+#[test]
+fn rope_kernel_matches_primops() {
+    // q as generation hands it over: [b, heads, s, D] permuted from the
+    // projection's [b, s, heads, D]; the tables a slice of a longer table
+    // (positions past..past + s), as with a KV cache
+    let ([bs, h, s, hd], past, rows) = ([2, 3, 5, 8], 4, 12);
+    let (xs, cs, ss) = (data(bs * s * h * hd, 7), data(rows * hd, 8), data(rows * hd, 9));
+    let run = |fused: bool| {
+        let b = GraphBuilder::new();
+        let x = b.input("x", &[d(bs), d(s), d(h), d(hd)], InputKind::Data).permute(&[0, 2, 1, 3]);
+        let table = |name: &str| b.input(name, &[d(rows), d(hd)], InputKind::Data).slice(0, d(past), d(past + s));
+        let (cos, sin) = (table("cos"), table("sin"));
+        let out = if fused { b.kernel(Rope, &[&x, &cos, &sin], &x.dims()) } else { rope(&x, &cos, &sin) };
+        b.output("out", &out);
+        let mut g = b.finish().unwrap();
+        compile(&mut g, &pipeline(Fusion::Full), |_, _| {});
+        let mut ex = Executor::new(g);
+        let mut res = ex.run(&[("x", &xs), ("cos", &cs), ("sin", &ss)], &DimValues::default()).unwrap();
+        res.take("out").unwrap().1
+    };
+    let (got, want) = (run(true), run(false));
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    // the same products and sums: at most an f32 rounding apart
+    assert!(worst <= 1e-6 * 8.0, "max diff {worst}");
 }

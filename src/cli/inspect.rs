@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use lumind_compilers::cuda::graph_source;
 use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
-use lumind_compilers::passes::{fused_training_attention, pipeline_for};
+use lumind_compilers::passes::{fused_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, Fusion};
 
 use super::job::{build_job_graph, Job};
@@ -16,8 +16,8 @@ pub struct Args {
     /// Model definition (models/*.toml); not needed with --config
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Which graph: forward (whole sequence), decode (one token with a KV
-    /// cache), train (forward, loss, backward, AdamW), or a stage of a
+    /// Which graph: forward (whole sequence), prefill or decode (the
+    /// generation graph, with a KV cache: one graph for both), train (forward, loss, backward, AdamW), or a stage of a
     /// training config: sft, lora, dpo
     #[arg(long, default_value = "forward")]
     job: Job,
@@ -51,9 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     {
         anyhow::bail!("--job {} needs --config with that stage", a.job);
     }
-    let trains = matches!(a.job, Job::Train | Job::Sft | Job::Lora | Job::Dpo);
-    let fused_attention = trains && fused_training_attention(a.fusion, a.device);
-    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fused_attention)?;
+    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fused_attention(a.fusion, a.device))?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
     compile(&mut built, &pipeline_for(a.fusion, a.device), |pass, g| {
         let s = Snapshot::take(pass, g, snaps.last());
@@ -69,11 +67,12 @@ pub fn run(a: Args) -> Result<()> {
     let summary = format!("{title}\n{about}\n\n{}\n{}", summary_table(&snaps), fusion_report(&snaps));
     std::fs::write(a.out.join("summary.txt"), &summary)?;
     std::fs::write(a.out.join("report.html"), html_report(&format!("{title}\n{about}"), &snaps))?;
-    // kernels.cu is CUDA C, and the CPU's training attention kernel has
-    // none: show the job as the CUDA backend builds it (attention in primops)
-    if fused_attention {
+    // kernels.cu is what `--device cuda` compiles: for the CPU, build the
+    // job again as the CUDA backend does (its attention in primops, its own
+    // pipeline; the CPU's attention kernels and row routines have no CUDA C)
+    if a.device == Backend::Cpu {
         (built, _) = build_job_graph(&def, a.job, stage, false)?;
-        compile(&mut built, &pipeline_for(a.fusion, a.device), |_, _| {});
+        compile(&mut built, &pipeline_for(a.fusion, Backend::Cuda), |_, _| {});
     }
     std::fs::write(a.out.join("kernels.cu"), graph_source(built)?)?;
     if !about.is_empty() {

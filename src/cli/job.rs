@@ -15,6 +15,7 @@ use crate::train::graph::{build, Stage, Update};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     Forward,
+    Prefill,
     Decode,
     Train,
     Sft,
@@ -27,12 +28,13 @@ impl FromStr for Job {
     fn from_str(s: &str) -> Result<Job, String> {
         match s {
             "forward" => Ok(Job::Forward),
+            "prefill" => Ok(Job::Prefill),
             "decode" => Ok(Job::Decode),
             "train" => Ok(Job::Train),
             "sft" => Ok(Job::Sft),
             "lora" => Ok(Job::Lora),
             "dpo" => Ok(Job::Dpo),
-            _ => Err(format!("unknown job `{s}` (expected forward, decode, train, sft, lora or dpo)")),
+            _ => Err(format!("unknown job `{s}` (expected forward, prefill, decode, train, sft, lora or dpo)")),
         }
     }
 }
@@ -41,6 +43,7 @@ impl fmt::Display for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Job::Forward => "forward",
+            Job::Prefill => "prefill",
             Job::Decode => "decode",
             Job::Train => "train",
             Job::Sft => "sft",
@@ -55,13 +58,14 @@ pub const POSITIONS: usize = 256;
 
 pub fn options(job: Job, positions: usize) -> ForwardOptions {
     match job {
-        Job::Decode => ForwardOptions::generation(positions),
+        Job::Prefill | Job::Decode => ForwardOptions::generation(positions),
         _ => ForwardOptions::full(positions),
     }
 }
 
 /// The uncompiled graph of a job (training stages take their settings from
-/// `stage`), with a description of what it trains and keeps frozen.
+/// `stage`), with a description of what it trains and keeps frozen;
+/// `fused_attention` per `lumind_compilers::passes::fused_attention`.
 pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fused_attention: bool) -> Result<(BuiltGraph, String)> {
     match job {
         Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
@@ -87,7 +91,7 @@ pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fused_att
         _ => {
             let b = GraphBuilder::new();
             let inputs = declare_inputs(&b, def);
-            let out = forward(&b, def, &inputs, &options(job, POSITIONS));
+            let out = forward(&b, def, &inputs, &ForwardOptions { fused_attention, ..options(job, POSITIONS) });
             b.output("logits", &out.logits);
             Ok((b.finish()?, String::new()))
         }

@@ -22,8 +22,10 @@ pub struct Args {
     /// Weights (default: seeded random weights)
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// forward (a whole sequence), decode (one token after a prompt) or
-    /// train (forward, backward, AdamW)
+    /// forward (a whole sequence, logits at every position), prefill (a
+    /// prompt into an empty KV cache, last logits: what generation and
+    /// `bench`'s pp tests run), decode (one token after a prompt) or train
+    /// (forward, backward, AdamW)
     #[arg(long, default_value = "forward")]
     job: Job,
     #[arg(long, default_value = "full")]
@@ -62,6 +64,17 @@ pub fn run(a: Args) -> Result<()> {
                 s.recycle(l);
             }
             (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
+        }
+        Job::Prefill => {
+            let mut s = generation_session(a.device, &def, a.fusion, a.tokens)?;
+            let toks = synthetic_tokens(a.tokens, def.vocab_size, 1);
+            s.run(&toks, 1, 0)?;
+            s.exec.enable_profile();
+            for _ in 0..a.runs {
+                let l = s.run(&toks, 1, 0)?;
+                s.recycle(l);
+            }
+            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens)
         }
         Job::Decode => {
             let mut s = generation_session(a.device, &def, a.fusion, a.tokens + a.runs + 1)?;

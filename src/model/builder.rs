@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use lumind_compilers::kernels::causal_attention::CausalAttention;
 use lumind_compilers::kernels::kv_write::KvWrite;
+use lumind_compilers::kernels::rope::Rope;
 use lumind_compilers::shape::{add, d, sub, sym, Dim};
 use lumind_compilers::tensor::dim_constant;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
@@ -33,10 +34,13 @@ pub struct ForwardOptions {
     pub last_only: bool,
     /// Also compute the MoE auxiliary (load-balancing) loss (training).
     pub aux_loss: bool,
-    /// Build causal attention as one kernel with its own backward rule
-    /// (`CausalAttention`) instead of primops, so a training step never
-    /// holds the `s x s` probabilities. Only without a KV cache, and only for
-    /// the CPU's full fusion: other strategies and backends see primops.
+    /// Build attention from lumind's own CPU kernels instead of primops:
+    /// without a KV cache, causal attention as one kernel with its own
+    /// backward rule (`CausalAttention`), so a training step never holds the
+    /// `s x s` probabilities; with one, the rotary embedding as one kernel
+    /// (`Rope`; the passes fuse the rest). For the CPU's full fusion only
+    /// (`passes::fused_attention`): other strategies and backends see
+    /// primops. Sessions set it from their strategy and backend.
     pub fused_attention: bool,
 }
 
@@ -175,6 +179,9 @@ impl Forward<'_> {
 
     /// Rotary embedding on `[b, heads, s, head_dim]`: `x cos + rotate_half(x) sin`.
     fn rope(&self, x: &Tensor) -> Tensor {
+        if self.opts.fused_attention {
+            return self.b.kernel(Rope, &[x, &self.cos, &self.sin], &x.dims());
+        }
         let dims = x.dims();
         let half = d(self.def.head_dim / 2);
         let full = d(self.def.head_dim);

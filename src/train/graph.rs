@@ -124,7 +124,7 @@ fn plus_aux(x: Tensor, aux: &Option<Tensor>) -> Tensor {
 /// Build the training graph of a stage. Outputs `loss`, `ce`, `aux` (and
 /// for DPO `dpo_logits`), then gradients or `grad_norm`. `fused_attention`
 /// builds attention as one kernel with its own backward rule (see
-/// `lumind_compilers::passes::fused_training_attention`).
+/// `lumind_compilers::passes::fused_attention`).
 pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, fused_attention: bool) -> anyhow::Result<TrainGraph> {
     let b = GraphBuilder::new();
     let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);

@@ -13,8 +13,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::matmul::sgemm;
-use super::reduce::ReduceOp;
-use super::rowfused::{RowFused, RowOp, Scratch};
+use super::rowfused::{RowFused, Scratch};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
@@ -33,8 +32,7 @@ const BLOCK: usize = 64;
 impl Kernel for Attention {
     fn name(&self) -> String {
         // the same shape also matches a gated MLP: x Wg -> silu * up -> Wd
-        let softmax = self.program.instrs.iter().any(|i| matches!(i.op, RowOp::Reduce(ReduceOp::Max, _)));
-        if softmax { "Attention" } else { "GatedMLP" }.into()
+        if self.program.has_softmax() { "Attention" } else { "GatedMLP" }.into()
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         let (q, v) = (&inputs[0], &inputs[2]);

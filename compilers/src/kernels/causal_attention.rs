@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use super::fastmath::exp2;
 use super::matmul::sgemm_into;
+use super::rope::Tables;
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
@@ -77,56 +78,9 @@ fn head(x: &Arg, bb: usize, hh: usize) -> (*const f32, isize, isize) {
     (unsafe { x.data.as_ptr().offset(off) }, st[2], st[3])
 }
 
-/// The rotary tables, `[s, D]` each, contiguous.
-struct Rope {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    d: usize,
-}
-
-impl Rope {
-    fn new(cos: &Arg, sin: &Arg, s: usize, d: usize) -> Rope {
-        let table = |x: &Arg, name: &str| {
-            assert!(x.view.rank == 2 && !x.view.padded && x.view.dims() == [s, d], "causal attention: {name} must be [s, D]");
-            let mut t = vec![0f32; s * d];
-            for (i, row) in t.chunks_exact_mut(d).enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = x.data[x.view.index(&[i, c]).expect("unpadded")];
-                }
-            }
-            t
-        };
-        Rope { cos: table(cos, "cos"), sin: table(sin, "sin"), d }
-    }
-    fn at(&self, i: usize) -> (&[f32], &[f32]) {
-        (&self.cos[i * self.d..][..self.d], &self.sin[i * self.d..][..self.d])
-    }
-    /// `dst = x cos + rotate_half(x) sin` at position `i`. (Each half in
-    /// its own loop, so both vectorise.)
-    fn rotate(&self, dst: &mut [f32], x: &[f32], i: usize) {
-        let ((cos, sin), h) = (self.at(i), self.d / 2);
-        let ((d1, d2), (x1, x2)) = (dst.split_at_mut(h), x.split_at(h));
-        let ((c1, c2), (s1, s2)) = (cos.split_at(h), sin.split_at(h));
-        for c in 0..h {
-            d1[c] = x1[c] * c1[c] - x2[c] * s1[c];
-            d2[c] = x2[c] * c2[c] + x1[c] * s2[c];
-        }
-    }
-    /// The transpose: `dst = g cos + rotate_half^T(g sin)`.
-    fn unrotate(&self, dst: &mut [f32], g: &[f32], i: usize) {
-        let ((cos, sin), h) = (self.at(i), self.d / 2);
-        let ((d1, d2), (g1, g2)) = (dst.split_at_mut(h), g.split_at(h));
-        let ((c1, c2), (s1, s2)) = (cos.split_at(h), sin.split_at(h));
-        for c in 0..h {
-            d1[c] = g1[c] * c1[c] + g2[c] * s2[c];
-            d2[c] = g2[c] * c2[c] - g1[c] * s1[c];
-        }
-    }
-}
-
 /// Rows `i0..i0 + rows` of the `groups` heads from `first` on (of batch
 /// `bb`), packed as `[groups * rows, D]`, rotated when `rope` is given.
-fn pack(x: &Arg, (bb, first): (usize, usize), groups: usize, (i0, rows): (usize, usize), rope: Option<&Rope>, buf: &mut [f32]) {
+fn pack(x: &Arg, (bb, first): (usize, usize), groups: usize, (i0, rows): (usize, usize), rope: Option<&Tables>, buf: &mut [f32]) {
     let d = x.view.shape[3];
     let mut tmp = vec![0f32; d];
     for g in 0..groups {
@@ -205,7 +159,7 @@ impl Kernel for CausalAttention {
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
         let dm = dims_of(self.groups, &q.view, &k.view, &v.view);
         let (g, d) = (self.groups, dm.d);
-        let rope = Rope::new(&inputs[3], &inputs[4], dm.s, d);
+        let rope = Tables::new(&inputs[3], &inputs[4], dm.s, d);
         let out = Ptr(outputs[0].as_mut_ptr());
         // the keys, rotated once: [b, KV, s, D]
         let mut keys = vec![0f32; dm.b * dm.kv * dm.s * d];
@@ -267,7 +221,7 @@ impl Kernel for CausalAttentionGrad {
             dout.view.dims()
         );
         let (g, d, s) = (self.groups, dm.d, dm.s);
-        let rope = Rope::new(&inputs[3], &inputs[4], s, d);
+        let rope = Tables::new(&inputs[3], &inputs[4], s, d);
         let heads = dm.h + 2 * dm.kv;
         let out = Ptr(outputs[0].as_mut_ptr());
         let buf = || vec![0f32; g * BLOCK * s.max(d)];

@@ -12,6 +12,7 @@ pub mod iota;
 pub mod kv_write;
 pub mod matmul;
 pub mod reduce;
+pub mod rope;
 pub mod rowfused;
 pub mod topk;
 pub mod unary;

@@ -29,6 +29,10 @@ pub enum RowOp {
     Binary(BinaryOp, usize, usize),
     /// reduce a row instruction to a scalar
     Reduce(ReduceOp, usize),
+    /// `exp2((x - max x) * c) / sum(...)` over a row: a softmax when `c` is
+    /// log2 e (one routine for the builder's seven-instruction chain; set by
+    /// `passes::row_programs`, CPU only)
+    Softmax(usize, f32),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +79,11 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl RowFused {
+    /// Does the program normalise its rows with a softmax (attention)?
+    pub fn has_softmax(&self) -> bool {
+        self.instrs.iter().any(|i| matches!(i.op, RowOp::Reduce(ReduceOp::Max, _) | RowOp::Softmax(..)))
+    }
+
     fn dims(&self, dims: &DimValues) -> (Vec<usize>, usize) {
         let mut st = vec![];
         (self.outer.iter().map(|e| eval(e, dims, &mut st)).collect(), eval(&self.row_len, dims, &mut st))
@@ -134,6 +143,9 @@ impl Kernel for RowFused {
         let mut f = self.from.clone();
         if let Some(g) = self.guard {
             f.push(format!("(masked columns skipped: input {} is the mask)", g.input));
+        }
+        if self.instrs.iter().any(|i| matches!(i.op, RowOp::Softmax(..))) {
+            f.push("(softmax as one routine)".into());
         }
         f
     }
@@ -260,6 +272,7 @@ impl RowFused {
                         Operand::Scalar(x) => dst.fill(op.apply(x)),
                     },
                     RowOp::Binary(op, a, b) => binary_row(*op, src(*a), src(*b), dst),
+                    RowOp::Softmax(a, c) => softmax_row(row_of(&s.at, *a), *c, dst),
                     RowOp::Reduce(..) => unreachable!("a reduction is a scalar"),
                 }
             } else {
@@ -272,6 +285,7 @@ impl RowFused {
                     RowOp::Unary(op, a) => op.apply(s.scalars[*a]),
                     RowOp::Binary(op, a, b) => op.apply(s.scalars[*a], s.scalars[*b]),
                     RowOp::Reduce(op, a) => op.of(row_of(&s.at, *a)),
+                    RowOp::Softmax(..) => unreachable!("a softmax is a row"),
                 };
                 s.scalars[k] = v;
             }
@@ -348,6 +362,15 @@ fn unary_row(op: UnaryOp, x: &[f32], dst: &mut [f32]) {
     }
 }
 
+/// The builder's softmax chain in three passes, with its arithmetic:
+/// `max`, then `exp2((x + -max) * c)`, their `sum`, times `1 / sum`.
+fn softmax_row(x: &[f32], c: f32, dst: &mut [f32]) {
+    let neg = -super::reduce::max(x);
+    dst.iter_mut().zip(x).for_each(|(o, &v)| *o = super::fastmath::exp2((v + neg) * c));
+    let inv = 1.0 / super::reduce::sum(dst);
+    dst.iter_mut().for_each(|o| *o *= inv);
+}
+
 fn binary_row(op: BinaryOp, a: Operand, b: Operand, dst: &mut [f32]) {
     macro_rules! go {
         ($f:expr) => {
@@ -363,5 +386,55 @@ fn binary_row(op: BinaryOp, a: Operand, b: Operand, dst: &mut [f32]) {
         BinaryOp::Add => go!(|x: f32, y: f32| x + y),
         BinaryOp::Mul => go!(|x: f32, y: f32| x * y),
         _ => go!(|x: f32, y: f32| op.apply(x, y)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A program over one row of 8 with two row inputs.
+    pub fn program(instrs: &[(RowOp, bool)], outputs: &[usize]) -> RowFused {
+        RowFused {
+            instrs: instrs.iter().map(|(op, row)| Instr { op: op.clone(), row: *row }).collect(),
+            input_row: vec![true, true],
+            outputs: outputs.to_vec(),
+            outer: vec![],
+            row_len: 8.into(),
+            from: vec![],
+            guard: None,
+        }
+    }
+
+    /// softmax(scores * 0.25 + mask) as the builder's graph fuses it (the
+    /// exponentials are instruction 11)
+    pub fn masked_softmax() -> RowFused {
+        use BinaryOp::*;
+        use RowOp::*;
+        program(
+            &[
+                (Input(0), true),
+                (Const(0.25), false),
+                (Binary(Mul, 0, 1), true),
+                (Input(1), true),
+                (Binary(Add, 2, 3), true),
+                (Reduce(ReduceOp::Max, 4), false),
+                (Const(-1.0), false),
+                (Binary(Mul, 5, 6), true),
+                (Binary(Add, 4, 7), true),
+                (Const(1.442695), false),
+                (Binary(Mul, 8, 9), true),
+                (Unary(UnaryOp::Exp2, 10), true),
+                (Reduce(ReduceOp::Sum, 11), false),
+                (Unary(UnaryOp::Recip, 12), false),
+                (Binary(Mul, 11, 13), true),
+            ],
+            &[14],
+        )
+    }
+
+    /// A contiguous row as a kernel argument.
+    pub fn arg(x: &[f32]) -> Arg<'_> {
+        Arg { data: x, view: View::contiguous(&[x.len()]) }
     }
 }

@@ -10,8 +10,7 @@ use petgraph::Direction;
 use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::attention::Attention;
 use crate::kernels::matmul::MatMul;
-use crate::kernels::reduce::ReduceOp;
-use crate::kernels::rowfused::{RowFused, RowOp};
+use crate::kernels::rowfused::RowFused;
 use crate::shape::{is_plain, logical_dims, shapes_eq};
 
 #[derive(Debug)]
@@ -63,7 +62,7 @@ impl Compiler for AttentionFusion {
             if prog.outputs.len() != 1 || !prog.instrs[prog.outputs[0]].row || consumers(graph, rf) != 1 {
                 continue;
             }
-            let softmax = prog.instrs.iter().any(|i| matches!(i.op, RowOp::Reduce(ReduceOp::Max, _)));
+            let softmax = prog.has_softmax();
             if !softmax && !self.gated_mlp {
                 continue;
             }

@@ -101,44 +101,14 @@ impl Compiler for MaskedRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rowfused::Instr;
+    use crate::kernels::rowfused::tests::masked_softmax;
 
-    fn program(instrs: &[(RowOp, bool)], outputs: &[usize]) -> RowFused {
-        RowFused {
-            instrs: instrs.iter().map(|(op, row)| Instr { op: op.clone(), row: *row }).collect(),
-            input_row: vec![true, true],
-            outputs: outputs.to_vec(),
-            outer: vec![],
-            row_len: 8.into(),
-            from: vec![],
-            guard: None,
-        }
-    }
-
-    /// softmax(scores * 0.25 + mask) as the builder's graph fuses it
+    /// the builder's softmax with its sum reading instruction `sum_of`
     fn softmax(sum_of: usize) -> RowFused {
-        use BinaryOp::*;
-        use RowOp::*;
-        program(
-            &[
-                (Input(0), true),
-                (Const(0.25), false),
-                (Binary(Mul, 0, 1), true),
-                (Input(1), true),
-                (Binary(Add, 2, 3), true),
-                (Reduce(ReduceOp::Max, 4), false),
-                (Const(-1.0), false),
-                (Binary(Mul, 5, 6), true),
-                (Binary(Add, 4, 7), true),
-                (Const(1.442695), false),
-                (Binary(Mul, 8, 9), true),
-                (Unary(UnaryOp::Exp2, 10), true),
-                (Reduce(ReduceOp::Sum, sum_of), false),
-                (Unary(UnaryOp::Recip, 12), false),
-                (Binary(Mul, 11, 13), true),
-            ],
-            &[11, 13, 14],
-        )
+        let mut p = masked_softmax();
+        p.instrs[12].op = RowOp::Reduce(ReduceOp::Sum, sum_of);
+        p.outputs = vec![11, 13, 14];
+        p
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod lower;
 pub mod masked;
 pub mod matmul;
+pub mod row_programs;
 pub mod rowfusion;
 
 use std::fmt;
@@ -84,10 +85,12 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
     pipeline_for(fusion, Backend::Cpu)
 }
 
-/// Whether training graphs build causal attention as one kernel with its
-/// own backward rule (`CausalAttention`) rather than primops: the CPU's
-/// full fusion only; the other strategies and the CUDA backend see primops.
-pub fn fused_training_attention(fusion: Fusion, backend: Backend) -> bool {
+/// Whether graphs build attention from lumind's own CPU kernels rather than
+/// primops (causal attention as one kernel with its own backward rule,
+/// `CausalAttention`; with a KV cache, the rotary embedding as `Rope`): the
+/// CPU's full fusion only; the other strategies and the CUDA backend see
+/// primops.
+pub fn fused_attention(fusion: Fusion, backend: Backend) -> bool {
     fusion == Fusion::Full && backend == Backend::Cpu
 }
 
@@ -105,6 +108,10 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
     if fusion == Fusion::Full {
         p.push(Pass::new("RowFusion", rowfusion::RowFusion));
         p.push(Pass::new("MaskedRows", masked::MaskedRows));
+        if backend == Backend::Cpu {
+            // (instructions the CUDA code generator has no use for)
+            p.push(Pass::new("RowPrograms", row_programs::RowPrograms));
+        }
         p.push(Pass::new("AttentionFusion", attention::AttentionFusion { gated_mlp: backend == Backend::Cpu }));
     }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));

@@ -1,0 +1,124 @@
+//! The rotary embedding as one kernel: `x cos + rotate_half(x) sin` over
+//! `[b, heads, s, D]`, one pass per row, `rotate_half(x) = [-x2, x1]`.
+//!
+//! The builder's primops for it (two slices, a negation, a concat, two
+//! products and a sum) become three kernels whose rows are `D` values long
+//! (32 in minimind), where the per-row cost of a row program outweighs its
+//! arithmetic: ~0.3 ms per tensor at 256 tokens, 8% of a prefill. The
+//! builder emits this kernel for generation (with a KV cache) on the CPU
+//! under full fusion; causal attention without a cache rotates q and k as
+//! it reads them ([`super::causal_attention`]), with these same tables.
+//!
+//! inputs: `x [b, heads, s, D]` (any strides, no padding), then `cos` and
+//! `sin [s, D]`. Output: `[b, heads, s, D]`, contiguous.
+
+use rayon::prelude::*;
+
+use crate::kernel::{Arg, Cost, Kernel};
+use crate::view::{DimValues, View};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope;
+
+/// The rotary tables of one call, `[s, D]` each, contiguous.
+pub(crate) struct Tables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    d: usize,
+}
+
+impl Tables {
+    pub fn new(cos: &Arg, sin: &Arg, s: usize, d: usize) -> Tables {
+        let table = |x: &Arg, name: &str| {
+            assert!(x.view.rank == 2 && !x.view.padded && x.view.dims() == [s, d], "rotary embedding: {name} must be [s, D] = [{s}, {d}]");
+            let mut t = vec![0f32; s * d];
+            let [rs, cs] = [x.view.strides[0], x.view.strides[1]];
+            for (i, row) in t.chunks_exact_mut(d).enumerate() {
+                let at = x.view.offset + i as isize * rs;
+                if cs == 1 {
+                    row.copy_from_slice(&x.data[at as usize..][..d]);
+                } else {
+                    row.iter_mut().enumerate().for_each(|(c, v)| *v = x.data[(at + c as isize * cs) as usize]);
+                }
+            }
+            t
+        };
+        Tables { cos: table(cos, "cos"), sin: table(sin, "sin"), d }
+    }
+    fn at(&self, i: usize) -> (&[f32], &[f32]) {
+        (&self.cos[i * self.d..][..self.d], &self.sin[i * self.d..][..self.d])
+    }
+    /// `dst = x cos + rotate_half(x) sin` at position `i`. (Each half in
+    /// its own loop over zipped slices, so both vectorise.)
+    pub fn rotate(&self, dst: &mut [f32], x: &[f32], i: usize) {
+        let ((cos, sin), h) = (self.at(i), self.d / 2);
+        let ((d1, d2), (x1, x2)) = (dst.split_at_mut(h), x.split_at(h));
+        let ((c1, c2), (s1, s2)) = (cos.split_at(h), sin.split_at(h));
+        for ((((o, &a), &b), &c), &s) in d1.iter_mut().zip(x1).zip(x2).zip(c1).zip(s1) {
+            *o = a * c - b * s;
+        }
+        for ((((o, &a), &b), &c), &s) in d2.iter_mut().zip(x1).zip(x2).zip(c2).zip(s2) {
+            *o = b * c + a * s;
+        }
+    }
+    /// The transpose: `dst = g cos + rotate_half^T(g sin)`.
+    pub fn unrotate(&self, dst: &mut [f32], g: &[f32], i: usize) {
+        let ((cos, sin), h) = (self.at(i), self.d / 2);
+        let ((d1, d2), (g1, g2)) = (dst.split_at_mut(h), g.split_at(h));
+        let ((c1, c2), (s1, s2)) = (cos.split_at(h), sin.split_at(h));
+        for ((((o, &a), &b), &c), &s) in d1.iter_mut().zip(g1).zip(g2).zip(c1).zip(s2) {
+            *o = a * c + b * s;
+        }
+        for ((((o, &a), &b), &c), &s) in d2.iter_mut().zip(g1).zip(g2).zip(c2).zip(s1) {
+            *o = b * c - a * s;
+        }
+    }
+}
+
+impl Kernel for Rope {
+    fn name(&self) -> String {
+        "Rope".into()
+    }
+    fn fused_from(&self) -> Vec<String> {
+        vec!["Slice x2, Mul (-1), Concat (rotate_half)".into(), "Mul (cos)".into(), "Mul (sin)".into(), "Add".into()]
+    }
+    fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
+        vec![inputs[0].dims().to_vec()]
+    }
+    fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
+        let x = &inputs[0];
+        assert!(x.view.rank == 4 && !x.view.padded, "rotary embedding: x must be an unpadded [b, heads, s, D] view");
+        let [_, h, s, d] = [x.view.shape[0], x.view.shape[1], x.view.shape[2], x.view.shape[3]];
+        let tables = Tables::new(&inputs[1], &inputs[2], s, d);
+        let st = x.view.strides;
+        // one (batch, head) at a time: its s rows of the output
+        let head = |(t, out): (usize, &mut [f32])| {
+            let base = x.view.offset + (t / h) as isize * st[0] + (t % h) as isize * st[1];
+            let mut row = vec![0f32; d];
+            for (i, dst) in out.chunks_exact_mut(d).enumerate() {
+                let at = base + i as isize * st[2];
+                let src = if st[3] == 1 {
+                    &x.data[at as usize..][..d]
+                } else {
+                    row.iter_mut().enumerate().for_each(|(c, v)| *v = x.data[(at + c as isize * st[3]) as usize]);
+                    &row[..]
+                };
+                tables.rotate(dst, src, i);
+            }
+        };
+        let out = &mut *outputs[0];
+        if out.is_empty() {
+            return;
+        }
+        // (one thread below ~1k tokens: waking the pool cost more than it saved)
+        if out.len() >= 1 << 18 {
+            out.par_chunks_mut(s * d).enumerate().for_each(head);
+        } else {
+            out.chunks_mut(s * d).enumerate().for_each(head);
+        }
+    }
+    fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
+        let n = inputs[0].numel();
+        Cost { flops: 3.0 * n as f64, bytes: 8.0 * n as f64 }
+    }
+}

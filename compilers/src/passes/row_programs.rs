@@ -1,0 +1,244 @@
+//! Row programs: rewrites inside each [`RowFused`] program that make its
+//! interpreter run fewer passes over a row (CPU only).
+//!
+//! The interpreter runs one loop over the row per row instruction, so a
+//! softmax as the builder writes it (`max`, `* -1` broadcast back along the
+//! row, `+`, `* log2 e`, `exp2`, `sum`, `recip`, `*`) costs seven passes and
+//! dominated the prefill attention kernel (about 60% of its time at 256
+//! tokens). Two rewrites:
+//! - a value computed from scalars only (such as `max * -1`, which the
+//!   graph broadcasts back along the row) becomes a scalar, unless a
+//!   reduction or an output needs it as a row;
+//! - that softmax chain becomes one [`RowOp::Softmax`], which does the same
+//!   arithmetic (so the same result, bit for bit) in three passes.
+//!
+//! Instructions left unused are then dropped. Runs after `MaskedRows`,
+//! whose proof reads the primitive instructions.
+
+use luminal::prelude::{Compiler, Graph, ToIdsMut};
+
+use crate::kernel::{kernel_of, KernelOp};
+use crate::kernels::binary::BinaryOp;
+use crate::kernels::reduce::ReduceOp;
+use crate::kernels::rowfused::{Instr, RowFused, RowOp};
+use crate::kernels::unary::UnaryOp;
+
+#[derive(Debug, Default)]
+pub struct RowPrograms;
+
+impl Compiler for RowPrograms {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
+        let nodes: Vec<_> = graph.graph.node_indices().collect();
+        for n in nodes {
+            let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()) else {
+                continue;
+            };
+            let better = simplify(prog);
+            if better != *prog {
+                *graph.graph.node_weight_mut(n).unwrap() = Box::new(KernelOp::new(better));
+            }
+        }
+    }
+}
+
+/// The program with both rewrites applied and unused instructions dropped.
+pub fn simplify(p: &RowFused) -> RowFused {
+    let mut p = p.clone();
+    demote_scalars(&mut p);
+    fuse_softmax(&mut p);
+    drop_unused(&mut p);
+    p
+}
+
+/// The instructions each instruction reads.
+fn operands(op: &RowOp) -> Vec<usize> {
+    match *op {
+        RowOp::Unary(_, a) | RowOp::Reduce(_, a) | RowOp::Softmax(a, _) => vec![a],
+        RowOp::Binary(_, a, b) => vec![a, b],
+        RowOp::Input(_) | RowOp::Const(_) | RowOp::Dim(_) => vec![],
+    }
+}
+
+/// Row instructions whose operands are all scalars become scalars, unless
+/// an output, a reduction or a softmax reads them as rows.
+fn demote_scalars(p: &mut RowFused) {
+    let mut needs_row: Vec<bool> = vec![false; p.instrs.len()];
+    for &o in &p.outputs {
+        needs_row[o] = true;
+    }
+    for ins in &p.instrs {
+        if let RowOp::Reduce(_, a) | RowOp::Softmax(a, _) = ins.op {
+            needs_row[a] = true;
+        }
+    }
+    for k in 0..p.instrs.len() {
+        let computed = matches!(p.instrs[k].op, RowOp::Unary(..) | RowOp::Binary(..));
+        if p.instrs[k].row && computed && !needs_row[k] && operands(&p.instrs[k].op).iter().all(|&a| !p.instrs[a].row) {
+            p.instrs[k].row = false;
+        }
+    }
+}
+
+/// `exp2((x + max(x) * -1) * c) * recip(sum(...))` -> `Softmax(x, c)`, when
+/// the chain's values are read nowhere else.
+fn fuse_softmax(p: &mut RowFused) {
+    let n = p.instrs.len();
+    let mut uses = vec![0usize; n];
+    for ins in &p.instrs {
+        for a in operands(&ins.op) {
+            uses[a] += 1;
+        }
+    }
+    for &o in &p.outputs {
+        uses[o] += 1;
+    }
+    let op = |k: usize| p.instrs[k].op.clone();
+    let konst = |k: usize| match p.instrs[k].op {
+        RowOp::Const(c) => Some(c),
+        _ => None,
+    };
+    // the operand of a commutative `a op b` that is not `k`, when one is
+    let other = |a: usize, b: usize, test: &dyn Fn(usize) -> bool| {
+        if test(a) {
+            Some((a, b))
+        } else if test(b) {
+            Some((b, a))
+        } else {
+            None
+        }
+    };
+    let mut found = vec![];
+    for out in 0..n {
+        let RowOp::Binary(BinaryOp::Mul, a, b) = op(out) else { continue };
+        // out = e * r, r = recip(s), s = sum(e), e = exp2(z)
+        let Some((r, e)) = other(a, b, &|k| matches!(op(k), RowOp::Unary(UnaryOp::Recip, _))) else { continue };
+        let RowOp::Unary(UnaryOp::Recip, s) = op(r) else { continue };
+        if op(s) != RowOp::Reduce(ReduceOp::Sum, e) {
+            continue;
+        }
+        let RowOp::Unary(UnaryOp::Exp2, z) = op(e) else { continue };
+        // z = d * c, d = x + neg, neg = m * -1, m = max(x)
+        let RowOp::Binary(BinaryOp::Mul, z1, z2) = op(z) else { continue };
+        let Some((c, d)) = other(z1, z2, &|k| konst(k).is_some()) else { continue };
+        let RowOp::Binary(BinaryOp::Add, d1, d2) = op(d) else { continue };
+        let is_neg_max = |k: usize| match op(k) {
+            RowOp::Binary(BinaryOp::Mul, m1, m2) => {
+                other(m1, m2, &|j| konst(j) == Some(-1.0)).is_some_and(|(_, m)| matches!(op(m), RowOp::Reduce(ReduceOp::Max, _)))
+            }
+            _ => false,
+        };
+        let Some((neg, x)) = other(d1, d2, &is_neg_max) else { continue };
+        let RowOp::Binary(BinaryOp::Mul, m1, m2) = op(neg) else { continue };
+        let m = if konst(m1) == Some(-1.0) { m2 } else { m1 };
+        if op(m) != RowOp::Reduce(ReduceOp::Max, x) || !p.instrs[x].row || !p.instrs[out].row {
+            continue;
+        }
+        // e feeds the sum and the product; the rest one instruction each
+        if uses[e] != 2 || [z, d, neg, m, s, r].iter().any(|&k| uses[k] != 1) {
+            continue;
+        }
+        found.push((out, x, konst(c).unwrap()));
+    }
+    for (out, x, c) in found {
+        p.instrs[out].op = RowOp::Softmax(x, c);
+    }
+}
+
+/// Drop instructions no output depends on (renumbering the rest).
+fn drop_unused(p: &mut RowFused) {
+    let n = p.instrs.len();
+    let mut live = vec![false; n];
+    for &o in &p.outputs {
+        live[o] = true;
+    }
+    for k in (0..n).rev() {
+        if live[k] {
+            for a in operands(&p.instrs[k].op) {
+                live[a] = true;
+            }
+        }
+    }
+    let mut new_index = vec![usize::MAX; n];
+    let mut kept: Vec<Instr> = vec![];
+    for k in 0..n {
+        if live[k] {
+            new_index[k] = kept.len();
+            kept.push(p.instrs[k].clone());
+        }
+    }
+    for ins in &mut kept {
+        ins.op = match ins.op.clone() {
+            RowOp::Unary(u, a) => RowOp::Unary(u, new_index[a]),
+            RowOp::Binary(b, x, y) => RowOp::Binary(b, new_index[x], new_index[y]),
+            RowOp::Reduce(r, a) => RowOp::Reduce(r, new_index[a]),
+            RowOp::Softmax(a, c) => RowOp::Softmax(new_index[a], c),
+            op => op,
+        };
+    }
+    for o in &mut p.outputs {
+        *o = new_index[*o];
+    }
+    p.instrs = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::rowfused::tests::{masked_softmax, program};
+    use crate::kernels::rowfused::Scratch;
+
+    #[test]
+    fn the_builders_softmax_becomes_one_instruction() {
+        let p = simplify(&masked_softmax());
+        // input, scale, product, mask, sum, softmax
+        let ops: Vec<RowOp> = p.instrs.iter().map(|i| i.op.clone()).collect();
+        assert_eq!(ops.len(), 6, "{ops:?}");
+        assert_eq!(ops[5], RowOp::Softmax(4, 1.442695));
+        assert_eq!(p.outputs, vec![5]);
+    }
+
+    #[test]
+    fn a_softmax_whose_pieces_are_read_elsewhere_stays() {
+        // the exponentials are also an output
+        let mut p = masked_softmax();
+        p.outputs.push(11);
+        let s = simplify(&p);
+        assert!(!s.instrs.iter().any(|i| matches!(i.op, RowOp::Softmax(..))));
+        assert_eq!(s.instrs.len(), p.instrs.len());
+        // the broadcast `max * -1` became a scalar all the same
+        assert!(!s.instrs[7].row);
+    }
+
+    #[test]
+    fn simplified_programs_compute_the_same_rows() {
+        use BinaryOp::*;
+        use RowOp::*;
+        // a softmax, and a scalar chain read by a row op (rms-norm-like)
+        let norm = program(
+            &[
+                (Input(0), true),
+                (Binary(Mul, 0, 0), true),
+                (Reduce(ReduceOp::Sum, 1), false),
+                (Const(0.125), false),
+                (Binary(Mul, 2, 3), true),
+                (Unary(UnaryOp::Sqrt, 4), true),
+                (Unary(UnaryOp::Recip, 5), true),
+                (Binary(Mul, 0, 6), true),
+            ],
+            &[7],
+        );
+        for p in [masked_softmax(), norm] {
+            let s = simplify(&p);
+            assert_ne!(s, p, "the rewrite applies");
+            let x: Vec<f32> = (0..8).map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0).collect();
+            let mask: Vec<f32> = (0..8).map(|i| if i < 5 { 0.0 } else { -1e30 }).collect();
+            let run = |p: &RowFused| {
+                let inputs = [crate::kernels::rowfused::tests::arg(&x), crate::kernels::rowfused::tests::arg(&mask)];
+                let mut sc: Scratch = p.scratch(8, &Default::default());
+                p.eval_row(&[], 8, &inputs, None, &mut sc);
+                p.output_row(0, 8, &sc).to_vec()
+            };
+            assert_eq!(run(&s), run(&p), "bit for bit");
+        }
+    }
+}
