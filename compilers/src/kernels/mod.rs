@@ -14,6 +14,7 @@ pub mod matmul;
 pub mod reduce;
 pub mod rope;
 pub mod rowfused;
+pub mod simd;
 pub mod topk;
 pub mod unary;
 pub mod walk;

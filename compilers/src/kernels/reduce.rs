@@ -29,6 +29,7 @@ impl ReduceOp {
         }
     }
     /// The reduction of a contiguous run (vectorised).
+    #[inline(always)]
     pub fn of(self, run: &[f32]) -> f32 {
         match self {
             ReduceOp::Sum => sum(run),
@@ -157,7 +158,7 @@ impl Reduce {
 }
 
 /// Sum with 8 independent accumulators so the loop vectorises.
-#[inline]
+#[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
@@ -177,6 +178,7 @@ pub fn sum(x: &[f32]) -> f32 {
 /// Largest element (NaN ignored, as `f32::max` does), with 8 independent
 /// maxima: one running maximum is a chain of dependent instructions; eight
 /// vectorise. The result is the same, since max is exact in any order.
+#[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
