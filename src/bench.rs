@@ -70,6 +70,44 @@ pub fn read_bandwidth() -> f64 {
     (n * 4) as f64 / best
 }
 
+/// fp32 multiply-add throughput of all worker threads together, in FLOP/s:
+/// every thread runs twelve independent chains of 8-lane FMAs, the AVX2
+/// kernels the gemm crate uses here (None without AVX2 and FMA). With the
+/// FLOPs of a token, a bound on prefill and training speed, as the read
+/// bandwidth is for decoding.
+pub fn fma_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if lumind_compilers::kernels::simd::avx2() {
+        const ITERS: usize = 4 << 20;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            // SAFETY: the CPU has AVX2 and FMA
+            let sink: f32 = rayon::broadcast(|_| unsafe { fma_chains(ITERS) }).iter().sum();
+            std::hint::black_box(sink);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        return Some((rayon::current_num_threads() * ITERS * 12 * 8 * 2) as f64 / best);
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x)));
+    lanes.iter().sum()
+}
+
 /// A generation session (KV cache, last-position logits) with random weights.
 pub fn generation_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize) -> Result<Session> {
     Session::on(device, def, Weights::init(def, 0, None), ForwardOptions::generation(positions), fusion)

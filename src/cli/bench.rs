@@ -7,7 +7,7 @@ use anyhow::Result;
 use lumind_compilers::{Backend, Fusion};
 use serde_json::json;
 
-use crate::bench::{decode, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes};
+use crate::bench::{decode, fma_peak, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes};
 use crate::model::params::{count_params, human};
 use crate::model::ModelDef;
 
@@ -45,6 +45,9 @@ pub fn run(a: Args) -> Result<()> {
     let bw = read_bandwidth();
     let bytes = weight_bytes(&def);
     let bound = bw / bytes;
+    // prefill bound per length: FMA peak / FLOPs per token
+    let peak = if a.device == Backend::Cpu { fma_peak() } else { None };
+    let pp_bound = |n: usize| peak.map(|p| p / (forward_flops(&def, n, 0) / n as f64));
     let train = match &a.train {
         Some(s) => {
             let (b, t) = s.split_once('x').ok_or_else(|| anyhow::anyhow!("--train expects BATCHxSEQ, e.g. 4x256"))?;
@@ -59,7 +62,15 @@ pub fn run(a: Args) -> Result<()> {
             human(count_params(&def).total),
             bytes / 1e6
         );
-        println!("memory read bandwidth (1 thread): {:.1} GB/s -> decode bound {:.1} tokens/s\n", bw / 1e9, bound);
+        println!("memory read bandwidth (1 thread): {:.1} GB/s -> decode bound {:.1} tokens/s", bw / 1e9, bound);
+        if let (Some(p), Some(&n)) = (peak, a.pp.iter().max()) {
+            println!(
+                "fp32 FMA peak ({threads} threads): {:.1} GFLOP/s -> prefill bound {:.1} tokens/s at pp{n}",
+                p / 1e9,
+                pp_bound(n).unwrap()
+            );
+        }
+        println!();
         println!("| {:<8} | {:<10} | {:>11} | {:>9} | {:>8} | {:>10} |", "fusion", "test", "tokens/s", "GFLOP/s", "GB/s", "compile ms");
         println!("|{:-<10}|{:-<12}|{:-<13}|{:-<11}|{:-<10}|{:-<12}|", "", "", "", "", "", "");
     }
@@ -98,11 +109,16 @@ pub fn run(a: Args) -> Result<()> {
             "read_bandwidth_gbs": bw / 1e9,
             "weight_mb": bytes / 1e6,
             "decode_bound_tokens_per_s": bound,
+            "fma_peak_gflops": peak.map(|p| p / 1e9),
+            "prefill_bound_tokens_per_s": a.pp.iter().map(|&n| (format!("pp{n}"), json!(pp_bound(n)))).collect::<serde_json::Map<_, _>>(),
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("\ntg GB/s = weight bytes per token x tokens/s; the decode bound assumes every weight is read once per token at the 1-thread bandwidth.");
+        if peak.is_some() {
+            println!("The prefill bound is the FMA peak over the FLOPs of a token (matmuls and attention): no fp32 kernel runs faster.");
+        }
     }
     Ok(())
 }
