@@ -17,8 +17,9 @@ pub struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Which graph: forward (whole sequence), prefill or decode (the
-    /// generation graph, with a KV cache: one graph for both), train (forward, loss, backward, AdamW), or a stage of a
-    /// training config: sft, lora, dpo
+    /// generation graph, with a KV cache: one graph for both), train
+    /// (forward, loss, backward, AdamW), or a stage of a training config:
+    /// sft, lora, dpo
     #[arg(long, default_value = "forward")]
     job: Job,
     /// Training config (configs/*.toml): its model and stage settings

@@ -80,7 +80,14 @@ fn head(x: &Arg, bb: usize, hh: usize) -> (*const f32, isize, isize) {
 
 /// Rows `i0..i0 + rows` of the `groups` heads from `first` on (of batch
 /// `bb`), packed as `[groups * rows, D]`, rotated when `rope` is given.
-fn pack(x: &Arg, (bb, first): (usize, usize), groups: usize, (i0, rows): (usize, usize), rope: Option<&Tables>, buf: &mut [f32]) {
+pub(super) fn pack(
+    x: &Arg,
+    (bb, first): (usize, usize),
+    groups: usize,
+    (i0, rows): (usize, usize),
+    rope: Option<&Tables>,
+    buf: &mut [f32],
+) {
     let d = x.view.shape[3];
     let mut tmp = vec![0f32; d];
     for g in 0..groups {

@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::causal_attention::pack;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -90,22 +91,9 @@ impl Kernel for Rope {
         assert!(x.view.rank == 4 && !x.view.padded, "rotary embedding: x must be an unpadded [b, heads, s, D] view");
         let [_, h, s, d] = [x.view.shape[0], x.view.shape[1], x.view.shape[2], x.view.shape[3]];
         let tables = Tables::new(&inputs[1], &inputs[2], s, d);
-        let st = x.view.strides;
-        // one (batch, head) at a time: its s rows of the output
-        let head = |(t, out): (usize, &mut [f32])| {
-            let base = x.view.offset + (t / h) as isize * st[0] + (t % h) as isize * st[1];
-            let mut row = vec![0f32; d];
-            for (i, dst) in out.chunks_exact_mut(d).enumerate() {
-                let at = base + i as isize * st[2];
-                let src = if st[3] == 1 {
-                    &x.data[at as usize..][..d]
-                } else {
-                    row.iter_mut().enumerate().for_each(|(c, v)| *v = x.data[(at + c as isize * st[3]) as usize]);
-                    &row[..]
-                };
-                tables.rotate(dst, src, i);
-            }
-        };
+        // one (batch, head) at a time: its s rows of the output, rotated as
+        // causal attention packs its rows
+        let head = |(t, out): (usize, &mut [f32])| pack(x, (t / h, t % h), 1, (0, s), Some(&tables), out);
         let out = &mut *outputs[0];
         if out.is_empty() {
             return;

@@ -25,7 +25,6 @@
 
 use luminal::prelude::{Compiler, Graph, ToIdsMut};
 
-use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::binary::BinaryOp;
 use crate::kernels::reduce::ReduceOp;
 use crate::kernels::rowfused::{Guard, RowFused, RowOp, MASKED_AT};
@@ -84,17 +83,10 @@ pub fn guard_holds(p: &RowFused, input: usize) -> bool {
 
 impl Compiler for MaskedRows {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
-        let nodes: Vec<_> = graph.graph.node_indices().collect();
-        for n in nodes {
-            let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()) else {
-                continue;
-            };
+        super::rewrite_row_programs(graph, |prog| {
             let guard = (0..prog.input_row.len()).filter(|&i| prog.input_row[i]).find(|&i| guard_holds(prog, i));
-            if let Some(input) = guard {
-                let prog = RowFused { guard: Some(Guard { input }), ..prog.clone() };
-                *graph.graph.node_weight_mut(n).unwrap() = Box::new(KernelOp::new(prog));
-            }
-        }
+            guard.map(|input| RowFused { guard: Some(Guard { input }), ..prog.clone() })
+        });
     }
 }
 

@@ -17,7 +17,6 @@
 
 use luminal::prelude::{Compiler, Graph, ToIdsMut};
 
-use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::binary::BinaryOp;
 use crate::kernels::reduce::ReduceOp;
 use crate::kernels::rowfused::{Instr, RowFused, RowOp};
@@ -28,16 +27,7 @@ pub struct RowPrograms;
 
 impl Compiler for RowPrograms {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
-        let nodes: Vec<_> = graph.graph.node_indices().collect();
-        for n in nodes {
-            let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()) else {
-                continue;
-            };
-            let better = simplify(prog);
-            if better != *prog {
-                *graph.graph.node_weight_mut(n).unwrap() = Box::new(KernelOp::new(better));
-            }
-        }
+        super::rewrite_row_programs(graph, |prog| Some(simplify(prog)).filter(|better| better != prog));
     }
 }
 
