@@ -9,7 +9,7 @@ use lumind_compilers::inspect::op_name;
 use lumind_compilers::{Backend, Fusion};
 
 use super::job::Job;
-use crate::bench::{generation_session, synthetic_tokens};
+use crate::bench::synthetic_tokens;
 use crate::model::builder::ForwardOptions;
 use crate::model::{ModelDef, Weights};
 use crate::session::Session;
@@ -66,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
         }
         Job::Prefill => {
-            let mut s = generation_session(a.device, &def, a.fusion, a.tokens)?;
+            let mut s = Session::on(a.device, &def, weights, ForwardOptions::generation(a.tokens), a.fusion)?;
             let toks = synthetic_tokens(a.tokens, def.vocab_size, 1);
             s.run(&toks, 1, 0)?;
             s.exec.enable_profile();
@@ -77,7 +77,7 @@ pub fn run(a: Args) -> Result<()> {
             (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens)
         }
         Job::Decode => {
-            let mut s = generation_session(a.device, &def, a.fusion, a.tokens + a.runs + 1)?;
+            let mut s = Session::on(a.device, &def, weights, ForwardOptions::generation(a.tokens + a.runs + 1), a.fusion)?;
             let toks = synthetic_tokens(a.tokens + a.runs + 1, def.vocab_size, 1);
             s.run(&toks[..a.tokens], 1, 0)?;
             s.exec.enable_profile();
