@@ -40,6 +40,9 @@ fn kernels(c: &mut Criterion) {
             t[0].mul(&inv).mul(&t[1].expand_to(&[d(256), d(512)]))
         }),
         ("silu*up 256x1408", vec![vec![256, 1408], vec![256, 1408]], |t| t[0].silu().mul(&t[1])),
+        ("gated mlp 256x512 (hidden 1408)", vec![vec![256, 512], vec![1408, 512], vec![1408, 512], vec![512, 1408]], |t| {
+            t[0].linear(&t[1]).silu().mul(&t[0].linear(&t[2])).linear(&t[3])
+        }),
         ("attention 16 heads 256x256x32", vec![vec![16, 256, 32], vec![16, 256, 32], vec![16, 256, 32]], |t| {
             t[0].matmul(&t[1].transpose(1, 2)).scale(0.17).softmax(2).matmul(&t[2])
         }),

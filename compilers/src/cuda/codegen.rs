@@ -403,7 +403,7 @@ impl RowCode<'_> {
                 RowOp::Unary(op, a) => unary_expr(*op, &self.operand(*a)),
                 RowOp::Binary(op, a, b) => binary_expr(*op, &self.operand(*a), &self.operand(*b)),
                 RowOp::Reduce(..) => unreachable!("a reduction is a scalar"),
-                RowOp::Softmax(..) => unreachable!("RowPrograms runs in the CPU pipeline only"),
+                RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("RowPrograms runs in the CPU pipeline only"),
             };
             let _ = writeln!(out, "      float r{k} = {e};");
         }
@@ -420,7 +420,7 @@ impl RowCode<'_> {
                 RowOp::Const(_) | RowOp::Dim(_) => format!("f32_of({}[{k}])", self.consts),
                 RowOp::Unary(op, a) => unary_expr(*op, &self.operand(*a)),
                 RowOp::Binary(op, a, b) => binary_expr(*op, &self.operand(*a), &self.operand(*b)),
-                RowOp::Softmax(..) => unreachable!("a softmax is a row"),
+                RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("a softmax or silu is a row"),
                 RowOp::Reduce(op, a) => {
                     let (init, step, is_max) = match op {
                         ReduceOp::Sum => ("0.0f", format!("acc += r{a};"), "false"),

@@ -212,7 +212,8 @@ impl Attention {
         let rank = q.view.rank;
         let parts = rayon::current_num_threads();
         let (t_chunk, h_chunk) = (t.div_ceil(parts).next_multiple_of(16), hd.div_ceil(parts).next_multiple_of(16));
-        let mut p = vec![0f32; n_rows.min(SPLIT_ROWS) * t];
+        // not zeroed: the first product writes every value before it is read
+        let mut p: Vec<f32> = Vec::with_capacity(n_rows.min(SPLIT_ROWS) * t);
         let p_ptr = Ptr(p.as_mut_ptr());
         let mut idx = vec![0usize; rank - 2];
         for r0 in (0..n_rows).step_by(SPLIT_ROWS) {

@@ -33,6 +33,10 @@ pub enum RowOp {
     /// log2 e (one routine for the builder's seven-instruction chain; set by
     /// `passes::row_programs`, CPU only)
     Softmax(usize, f32),
+    /// `x * recip(exp2((x * a) * b) + 1)` over a row: SiLU when `a * b` is
+    /// -log2 e (one routine for the builder's six-instruction chain; set by
+    /// `passes::row_programs`, CPU only)
+    Silu(usize, f32, f32),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -146,6 +150,9 @@ impl Kernel for RowFused {
         }
         if self.instrs.iter().any(|i| matches!(i.op, RowOp::Softmax(..))) {
             f.push("(softmax as one routine)".into());
+        }
+        if self.instrs.iter().any(|i| matches!(i.op, RowOp::Silu(..))) {
+            f.push("(silu as one routine)".into());
         }
         f
     }
@@ -291,6 +298,7 @@ impl RowFused {
                     },
                     RowOp::Binary(op, a, b) => binary_row(*op, src(*a), src(*b), dst),
                     RowOp::Softmax(a, c) => softmax_row(row_of(&s.at, *a), *c, dst),
+                    RowOp::Silu(x, a, b) => silu_row(row_of(&s.at, *x), *a, *b, dst),
                     RowOp::Reduce(..) => unreachable!("a reduction is a scalar"),
                 }
             } else {
@@ -303,7 +311,7 @@ impl RowFused {
                     RowOp::Unary(op, a) => op.apply(s.scalars[*a]),
                     RowOp::Binary(op, a, b) => op.apply(s.scalars[*a], s.scalars[*b]),
                     RowOp::Reduce(op, a) => op.of(row_of(&s.at, *a)),
-                    RowOp::Softmax(..) => unreachable!("a softmax is a row"),
+                    RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("a softmax or silu is a row"),
                 };
                 s.scalars[k] = v;
             }
@@ -391,6 +399,13 @@ fn softmax_row(x: &[f32], c: f32, dst: &mut [f32]) {
     dst.iter_mut().zip(x).for_each(|(o, &v)| *o = super::fastmath::exp2((v + neg) * c));
     let inv = 1.0 / super::reduce::sum(dst);
     dst.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// The builder's SiLU chain in one pass, with its arithmetic:
+/// `x * recip(exp2((x * a) * b) + 1)`.
+#[inline(always)]
+fn silu_row(x: &[f32], a: f32, b: f32, dst: &mut [f32]) {
+    dst.iter_mut().zip(x).for_each(|(o, &v)| *o = v * (1.0 / (super::fastmath::exp2((v * a) * b) + 1.0)));
 }
 
 #[inline(always)]
@@ -487,12 +502,14 @@ pub(crate) mod tests {
             &[9],
         );
         let softmax = crate::passes::row_programs::simplify(&masked_softmax());
+        let fused_silu = crate::passes::row_programs::simplify(&silu);
+        assert!(fused_silu.instrs.iter().any(|i| matches!(i.op, Silu(..))), "{fused_silu:?}");
         // 37 columns: whole vectors of both widths and a tail
         let n = 37;
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 * 0.13 - 6.0).collect();
         let y: Vec<f32> = (0..n).map(|i| if i % 5 == 4 { -1e30 } else { ((i * 31) % 17) as f32 * 0.2 - 1.5 }).collect();
         let inputs = [arg(&x), arg(&y)];
-        for p in [silu, masked_softmax(), softmax] {
+        for p in [silu, masked_softmax(), softmax, fused_silu] {
             let out = |avx2: bool| {
                 let mut s = p.scratch(n, &Default::default());
                 if avx2 {

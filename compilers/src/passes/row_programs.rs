@@ -5,12 +5,14 @@
 //! softmax as the builder writes it (`max`, `* -1` broadcast back along the
 //! row, `+`, `* log2 e`, `exp2`, `sum`, `recip`, `*`) costs seven passes and
 //! dominated the prefill attention kernel (about 60% of its time at 256
-//! tokens). Two rewrites:
+//! tokens). The rewrites:
 //! - a value computed from scalars only (such as `max * -1`, which the
 //!   graph broadcasts back along the row) becomes a scalar, unless a
 //!   reduction or an output needs it as a row;
 //! - that softmax chain becomes one [`RowOp::Softmax`], which does the same
-//!   arithmetic (so the same result, bit for bit) in three passes.
+//!   arithmetic (so the same result, bit for bit) in three passes;
+//! - SiLU (`x * recip(exp2((x * -1) * log2 e) + 1)`, six passes) becomes
+//!   one [`RowOp::Silu`] of one pass, again with the same arithmetic.
 //!
 //! Instructions left unused are then dropped. Runs after `MaskedRows`,
 //! whose proof reads the primitive instructions.
@@ -31,11 +33,12 @@ impl Compiler for RowPrograms {
     }
 }
 
-/// The program with both rewrites applied and unused instructions dropped.
+/// The program with the rewrites applied and unused instructions dropped.
 pub fn simplify(p: &RowFused) -> RowFused {
     let mut p = p.clone();
     demote_scalars(&mut p);
     fuse_softmax(&mut p);
+    fuse_silu(&mut p);
     drop_unused(&mut p);
     p
 }
@@ -43,21 +46,21 @@ pub fn simplify(p: &RowFused) -> RowFused {
 /// The instructions each instruction reads.
 fn operands(op: &RowOp) -> Vec<usize> {
     match *op {
-        RowOp::Unary(_, a) | RowOp::Reduce(_, a) | RowOp::Softmax(a, _) => vec![a],
+        RowOp::Unary(_, a) | RowOp::Reduce(_, a) | RowOp::Softmax(a, _) | RowOp::Silu(a, ..) => vec![a],
         RowOp::Binary(_, a, b) => vec![a, b],
         RowOp::Input(_) | RowOp::Const(_) | RowOp::Dim(_) => vec![],
     }
 }
 
 /// Row instructions whose operands are all scalars become scalars, unless
-/// an output, a reduction or a softmax reads them as rows.
+/// an output, a reduction, a softmax or a silu reads them as rows.
 fn demote_scalars(p: &mut RowFused) {
     let mut needs_row: Vec<bool> = vec![false; p.instrs.len()];
     for &o in &p.outputs {
         needs_row[o] = true;
     }
     for ins in &p.instrs {
-        if let RowOp::Reduce(_, a) | RowOp::Softmax(a, _) = ins.op {
+        if let RowOp::Reduce(_, a) | RowOp::Softmax(a, _) | RowOp::Silu(a, ..) = ins.op {
             needs_row[a] = true;
         }
     }
@@ -69,11 +72,9 @@ fn demote_scalars(p: &mut RowFused) {
     }
 }
 
-/// `exp2((x + max(x) * -1) * c) * recip(sum(...))` -> `Softmax(x, c)`, when
-/// the chain's values are read nowhere else.
-fn fuse_softmax(p: &mut RowFused) {
-    let n = p.instrs.len();
-    let mut uses = vec![0usize; n];
+/// How many instructions (and outputs) read each instruction.
+fn uses(p: &RowFused) -> Vec<usize> {
+    let mut uses = vec![0usize; p.instrs.len()];
     for ins in &p.instrs {
         for a in operands(&ins.op) {
             uses[a] += 1;
@@ -82,26 +83,40 @@ fn fuse_softmax(p: &mut RowFused) {
     for &o in &p.outputs {
         uses[o] += 1;
     }
-    let op = |k: usize| p.instrs[k].op.clone();
-    let konst = |k: usize| match p.instrs[k].op {
+    uses
+}
+
+fn konst(p: &RowFused, k: usize) -> Option<f32> {
+    match p.instrs[k].op {
         RowOp::Const(c) => Some(c),
         _ => None,
-    };
-    // the operand of a commutative `a op b` that is not `k`, when one is
-    let other = |a: usize, b: usize, test: &dyn Fn(usize) -> bool| {
-        if test(a) {
-            Some((a, b))
-        } else if test(b) {
-            Some((b, a))
-        } else {
-            None
-        }
-    };
+    }
+}
+
+/// The operands of a commutative `a op b` as (the one that passes `test`,
+/// the other), when one does.
+fn split(a: usize, b: usize, test: impl Fn(usize) -> bool) -> Option<(usize, usize)> {
+    if test(a) {
+        Some((a, b))
+    } else if test(b) {
+        Some((b, a))
+    } else {
+        None
+    }
+}
+
+/// `exp2((x + max(x) * -1) * c) * recip(sum(...))` -> `Softmax(x, c)`, when
+/// the chain's values are read nowhere else.
+fn fuse_softmax(p: &mut RowFused) {
+    let n = p.instrs.len();
+    let uses = uses(p);
+    let op = |k: usize| p.instrs[k].op.clone();
+    let konst = |k: usize| konst(p, k);
     let mut found = vec![];
     for out in 0..n {
         let RowOp::Binary(BinaryOp::Mul, a, b) = op(out) else { continue };
         // out = e * r, r = recip(s), s = sum(e), e = exp2(z)
-        let Some((r, e)) = other(a, b, &|k| matches!(op(k), RowOp::Unary(UnaryOp::Recip, _))) else { continue };
+        let Some((r, e)) = split(a, b, |k| matches!(op(k), RowOp::Unary(UnaryOp::Recip, _))) else { continue };
         let RowOp::Unary(UnaryOp::Recip, s) = op(r) else { continue };
         if op(s) != RowOp::Reduce(ReduceOp::Sum, e) {
             continue;
@@ -109,15 +124,15 @@ fn fuse_softmax(p: &mut RowFused) {
         let RowOp::Unary(UnaryOp::Exp2, z) = op(e) else { continue };
         // z = d * c, d = x + neg, neg = m * -1, m = max(x)
         let RowOp::Binary(BinaryOp::Mul, z1, z2) = op(z) else { continue };
-        let Some((c, d)) = other(z1, z2, &|k| konst(k).is_some()) else { continue };
+        let Some((c, d)) = split(z1, z2, |k| konst(k).is_some()) else { continue };
         let RowOp::Binary(BinaryOp::Add, d1, d2) = op(d) else { continue };
         let is_neg_max = |k: usize| match op(k) {
             RowOp::Binary(BinaryOp::Mul, m1, m2) => {
-                other(m1, m2, &|j| konst(j) == Some(-1.0)).is_some_and(|(_, m)| matches!(op(m), RowOp::Reduce(ReduceOp::Max, _)))
+                split(m1, m2, |j| konst(j) == Some(-1.0)).is_some_and(|(_, m)| matches!(op(m), RowOp::Reduce(ReduceOp::Max, _)))
             }
             _ => false,
         };
-        let Some((neg, x)) = other(d1, d2, &is_neg_max) else { continue };
+        let Some((neg, x)) = split(d1, d2, is_neg_max) else { continue };
         let RowOp::Binary(BinaryOp::Mul, m1, m2) = op(neg) else { continue };
         let m = if konst(m1) == Some(-1.0) { m2 } else { m1 };
         if op(m) != RowOp::Reduce(ReduceOp::Max, x) || !p.instrs[x].row || !p.instrs[out].row {
@@ -131,6 +146,43 @@ fn fuse_softmax(p: &mut RowFused) {
     }
     for (out, x, c) in found {
         p.instrs[out].op = RowOp::Softmax(x, c);
+    }
+}
+
+/// `x * recip(exp2(x * a [* b]) + 1)` -> `Silu(x, a, b)` (`b` is 1 when
+/// there is one constant), when the chain's values are read nowhere else.
+fn fuse_silu(p: &mut RowFused) {
+    let uses = uses(p);
+    let op = |k: usize| p.instrs[k].op.clone();
+    let is = |k: usize, want: UnaryOp| matches!(op(k), RowOp::Unary(u, _) if u == want);
+    let mut found = vec![];
+    for out in 0..p.instrs.len() {
+        // out = x * r, r = recip(d), d = e + 1, e = exp2(z)
+        let RowOp::Binary(BinaryOp::Mul, o1, o2) = op(out) else { continue };
+        let Some((r, x)) = split(o1, o2, |k| is(k, UnaryOp::Recip)) else { continue };
+        let RowOp::Unary(UnaryOp::Recip, d) = op(r) else { continue };
+        let RowOp::Binary(BinaryOp::Add, d1, d2) = op(d) else { continue };
+        let Some((_, e)) = split(d1, d2, |k| konst(p, k) == Some(1.0)) else { continue };
+        let RowOp::Unary(UnaryOp::Exp2, z) = op(e) else { continue };
+        // z = y * b, where y is x (then a = b, b = 1) or x * a
+        let RowOp::Binary(BinaryOp::Mul, z1, z2) = op(z) else { continue };
+        let Some((cb, y)) = split(z1, z2, |k| konst(p, k).is_some()) else { continue };
+        let (a, b, chain) = if y == x {
+            (konst(p, cb).unwrap(), 1.0, vec![r, d, e, z])
+        } else {
+            let RowOp::Binary(BinaryOp::Mul, y1, y2) = op(y) else { continue };
+            match split(y1, y2, |k| konst(p, k).is_some()) {
+                Some((ca, yx)) if yx == x => (konst(p, ca).unwrap(), konst(p, cb).unwrap(), vec![r, d, e, z, y]),
+                _ => continue,
+            }
+        };
+        if !p.instrs[x].row || !p.instrs[out].row || chain.iter().any(|&k| uses[k] != 1 || !p.instrs[k].row) {
+            continue;
+        }
+        found.push((out, x, a, b));
+    }
+    for (out, x, a, b) in found {
+        p.instrs[out].op = RowOp::Silu(x, a, b);
     }
 }
 
@@ -162,6 +214,7 @@ fn drop_unused(p: &mut RowFused) {
             RowOp::Binary(b, x, y) => RowOp::Binary(b, new_index[x], new_index[y]),
             RowOp::Reduce(r, a) => RowOp::Reduce(r, new_index[a]),
             RowOp::Softmax(a, c) => RowOp::Softmax(new_index[a], c),
+            RowOp::Silu(x, a, b) => RowOp::Silu(new_index[x], a, b),
             op => op,
         };
     }
@@ -187,6 +240,48 @@ mod tests {
         assert_eq!(p.outputs, vec![5]);
     }
 
+    /// `silu(x) * up` as the builder's graph fuses it (the gated MLP's
+    /// program: `x * -1`, `* log2 e`, `exp2`, `+ 1`, `recip`, `x *`)
+    fn silu_times_up() -> RowFused {
+        use BinaryOp::*;
+        use RowOp::*;
+        program(
+            &[
+                (Input(0), true),
+                (Const(-1.0), false),
+                (Binary(Mul, 0, 1), true),
+                (Const(1.442695), false),
+                (Binary(Mul, 2, 3), true),
+                (Unary(UnaryOp::Exp2, 4), true),
+                (Const(1.0), false),
+                (Binary(Add, 5, 6), true),
+                (Unary(UnaryOp::Recip, 7), true),
+                (Binary(Mul, 0, 8), true),
+                (Input(1), true),
+                (Binary(Mul, 9, 10), true),
+            ],
+            &[11],
+        )
+    }
+
+    #[test]
+    fn the_builders_silu_becomes_one_instruction() {
+        let p = simplify(&silu_times_up());
+        let ops: Vec<RowOp> = p.instrs.iter().map(|i| i.op.clone()).collect();
+        // input, silu, up, product
+        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert_eq!(ops[1], RowOp::Silu(0, -1.0, 1.442695));
+        assert_eq!(ops[3], RowOp::Binary(BinaryOp::Mul, 1, 2));
+        // the sigmoid is also an output: the chain stays
+        let mut q = silu_times_up();
+        q.outputs.push(8);
+        assert!(!simplify(&q).instrs.iter().any(|i| matches!(i.op, RowOp::Silu(..))));
+        // `x * recip(exp2(x * c) + 2)` is not a silu
+        let mut q = silu_times_up();
+        q.instrs[6].op = RowOp::Const(2.0);
+        assert!(!simplify(&q).instrs.iter().any(|i| matches!(i.op, RowOp::Silu(..))));
+    }
+
     #[test]
     fn a_softmax_whose_pieces_are_read_elsewhere_stays() {
         // the exponentials are also an output
@@ -203,7 +298,7 @@ mod tests {
     fn simplified_programs_compute_the_same_rows() {
         use BinaryOp::*;
         use RowOp::*;
-        // a softmax, and a scalar chain read by a row op (rms-norm-like)
+        // a softmax, a scalar chain read by a row op (rms-norm-like), a silu
         let norm = program(
             &[
                 (Input(0), true),
@@ -217,10 +312,11 @@ mod tests {
             ],
             &[7],
         );
-        for p in [masked_softmax(), norm] {
+        for p in [masked_softmax(), norm, silu_times_up()] {
             let s = simplify(&p);
             assert_ne!(s, p, "the rewrite applies");
             let x: Vec<f32> = (0..8).map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0).collect();
+            // (the mask doubles as silu's `up`)
             let mask: Vec<f32> = (0..8).map(|i| if i < 5 { 0.0 } else { -1e30 }).collect();
             let run = |p: &RowFused| {
                 let inputs = [crate::kernels::rowfused::tests::arg(&x), crate::kernels::rowfused::tests::arg(&mask)];
