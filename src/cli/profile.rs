@@ -8,7 +8,7 @@ use lumind_compilers::executor::StepStats;
 use lumind_compilers::inspect::op_name;
 use lumind_compilers::{Backend, Fusion};
 
-use super::job::Job;
+use super::job::{options, Job};
 use crate::bench::synthetic_tokens;
 use crate::model::builder::ForwardOptions;
 use crate::model::{ModelDef, Weights};
@@ -54,27 +54,18 @@ pub fn run(a: Args) -> Result<()> {
         None => Weights::init(&def, 0, None),
     };
     let (stats, graph_names, tokens_per_run) = match a.job {
-        Job::Forward => {
-            let mut s = Session::on(a.device, &def, weights, ForwardOptions::full(a.tokens), a.fusion)?;
-            let toks = synthetic_tokens(a.tokens * a.batch, def.vocab_size, 1);
-            s.run(&toks, a.batch, 0)?;
+        Job::Forward | Job::Prefill => {
+            // prefill: one prompt into an empty KV cache (the generation graph)
+            let batch = if a.job == Job::Prefill { 1 } else { a.batch };
+            let mut s = Session::on(a.device, &def, weights, options(a.job, a.tokens), a.fusion)?;
+            let toks = synthetic_tokens(a.tokens * batch, def.vocab_size, 1);
+            s.run(&toks, batch, 0)?;
             s.exec.enable_profile();
             for _ in 0..a.runs {
-                let l = s.run(&toks, a.batch, 0)?;
+                let l = s.run(&toks, batch, 0)?;
                 s.recycle(l);
             }
-            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
-        }
-        Job::Prefill => {
-            let mut s = Session::on(a.device, &def, weights, ForwardOptions::generation(a.tokens), a.fusion)?;
-            let toks = synthetic_tokens(a.tokens, def.vocab_size, 1);
-            s.run(&toks, 1, 0)?;
-            s.exec.enable_profile();
-            for _ in 0..a.runs {
-                let l = s.run(&toks, 1, 0)?;
-                s.recycle(l);
-            }
-            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens)
+            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * batch)
         }
         Job::Decode => {
             let mut s = Session::on(a.device, &def, weights, ForwardOptions::generation(a.tokens + a.runs + 1), a.fusion)?;

@@ -215,10 +215,8 @@ impl Attention {
         // not zeroed: the first product writes every value before it is read
         let mut p: Vec<f32> = Vec::with_capacity(n_rows.min(SPLIT_ROWS) * t);
         let p_ptr = Ptr(p.as_mut_ptr());
-        let mut idx = vec![0usize; rank - 2];
         for r0 in (0..n_rows).step_by(SPLIT_ROWS) {
             let rows = (n_rows - r0).min(SPLIT_ROWS);
-            idx[bd] = r0;
             let at = |view: &View| view.offset + r0 as isize * view.strides[bd];
             (0..t.div_ceil(t_chunk)).into_par_iter().for_each(|j| {
                 let (c0, cols) = (j * t_chunk, t_chunk.min(t - j * t_chunk));
@@ -252,7 +250,8 @@ impl Attention {
                     })
                     .collect();
                 let mut s = self.program.scratch(cols, dims);
-                let mut ridx = idx.clone();
+                // the row's outer index: the other outer dims are all 1
+                let mut ridx = vec![0usize; rank - 2];
                 for r in 0..rows {
                     ridx[bd] = r0 + r;
                     let row = p_ptr.at(r * t + c0);

@@ -471,6 +471,30 @@ pub(crate) mod tests {
         )
     }
 
+    /// `silu(x) * up` as the builder's graph fuses it (the gated MLP's
+    /// program: `x * -1`, `* log2 e`, `exp2`, `+ 1`, `recip`, `x *`)
+    pub fn silu_times_up() -> RowFused {
+        use BinaryOp::*;
+        use RowOp::*;
+        program(
+            &[
+                (Input(0), true),
+                (Const(-1.0), false),
+                (Binary(Mul, 0, 1), true),
+                (Const(1.442695), false),
+                (Binary(Mul, 2, 3), true),
+                (Unary(UnaryOp::Exp2, 4), true),
+                (Const(1.0), false),
+                (Binary(Add, 5, 6), true),
+                (Unary(UnaryOp::Recip, 7), true),
+                (Binary(Mul, 0, 8), true),
+                (Input(1), true),
+                (Binary(Mul, 9, 10), true),
+            ],
+            &[11],
+        )
+    }
+
     /// A contiguous row as a kernel argument.
     pub fn arg(x: &[f32]) -> Arg<'_> {
         Arg { data: x, view: View::contiguous(&[x.len()]) }
@@ -479,31 +503,14 @@ pub(crate) mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_avx2_copy_computes_what_the_portable_one_does() {
-        use BinaryOp::*;
-        use RowOp::*;
         if !crate::kernels::simd::avx2() {
             eprintln!("no AVX2 here: eval_row never takes that path");
             return;
         }
-        // silu(x) * up as the builder's graph fuses it
-        let silu = program(
-            &[
-                (Input(0), true),
-                (Const(-std::f32::consts::LOG2_E), false),
-                (Binary(Mul, 0, 1), true),
-                (Unary(UnaryOp::Exp2, 2), true),
-                (Const(1.0), false),
-                (Binary(Add, 3, 4), true),
-                (Unary(UnaryOp::Recip, 5), true),
-                (Binary(Mul, 0, 6), true),
-                (Input(1), true),
-                (Binary(Mul, 7, 8), true),
-            ],
-            &[9],
-        );
+        let silu = silu_times_up();
         let softmax = crate::passes::row_programs::simplify(&masked_softmax());
         let fused_silu = crate::passes::row_programs::simplify(&silu);
-        assert!(fused_silu.instrs.iter().any(|i| matches!(i.op, Silu(..))), "{fused_silu:?}");
+        assert!(fused_silu.instrs.iter().any(|i| matches!(i.op, RowOp::Silu(..))), "{fused_silu:?}");
         // 37 columns: whole vectors of both widths and a tail
         let n = 37;
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 * 0.13 - 6.0).collect();

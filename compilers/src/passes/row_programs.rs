@@ -149,37 +149,29 @@ fn fuse_softmax(p: &mut RowFused) {
     }
 }
 
-/// `x * recip(exp2(x * a [* b]) + 1)` -> `Silu(x, a, b)` (`b` is 1 when
-/// there is one constant), when the chain's values are read nowhere else.
+/// `x * recip(exp2((x * a) * b) + 1)` -> `Silu(x, a, b)`, when the chain's
+/// values are read nowhere else.
 fn fuse_silu(p: &mut RowFused) {
     let uses = uses(p);
     let op = |k: usize| p.instrs[k].op.clone();
-    let is = |k: usize, want: UnaryOp| matches!(op(k), RowOp::Unary(u, _) if u == want);
+    let is_const = |k: usize| konst(p, k).is_some();
     let mut found = vec![];
     for out in 0..p.instrs.len() {
-        // out = x * r, r = recip(d), d = e + 1, e = exp2(z)
+        // out = x * r, r = recip(d), d = e + 1, e = exp2(z), z = y * b, y = x * a
         let RowOp::Binary(BinaryOp::Mul, o1, o2) = op(out) else { continue };
-        let Some((r, x)) = split(o1, o2, |k| is(k, UnaryOp::Recip)) else { continue };
+        let Some((r, x)) = split(o1, o2, |k| matches!(op(k), RowOp::Unary(UnaryOp::Recip, _))) else { continue };
         let RowOp::Unary(UnaryOp::Recip, d) = op(r) else { continue };
         let RowOp::Binary(BinaryOp::Add, d1, d2) = op(d) else { continue };
         let Some((_, e)) = split(d1, d2, |k| konst(p, k) == Some(1.0)) else { continue };
         let RowOp::Unary(UnaryOp::Exp2, z) = op(e) else { continue };
-        // z = y * b, where y is x (then a = b, b = 1) or x * a
         let RowOp::Binary(BinaryOp::Mul, z1, z2) = op(z) else { continue };
-        let Some((cb, y)) = split(z1, z2, |k| konst(p, k).is_some()) else { continue };
-        let (a, b, chain) = if y == x {
-            (konst(p, cb).unwrap(), 1.0, vec![r, d, e, z])
-        } else {
-            let RowOp::Binary(BinaryOp::Mul, y1, y2) = op(y) else { continue };
-            match split(y1, y2, |k| konst(p, k).is_some()) {
-                Some((ca, yx)) if yx == x => (konst(p, ca).unwrap(), konst(p, cb).unwrap(), vec![r, d, e, z, y]),
-                _ => continue,
-            }
-        };
-        if !p.instrs[x].row || !p.instrs[out].row || chain.iter().any(|&k| uses[k] != 1 || !p.instrs[k].row) {
+        let Some((b, y)) = split(z1, z2, is_const) else { continue };
+        let RowOp::Binary(BinaryOp::Mul, y1, y2) = op(y) else { continue };
+        let Some((a, yx)) = split(y1, y2, is_const) else { continue };
+        if yx != x || !p.instrs[x].row || !p.instrs[out].row || [r, d, e, z, y].iter().any(|&k| uses[k] != 1 || !p.instrs[k].row) {
             continue;
         }
-        found.push((out, x, a, b));
+        found.push((out, x, konst(p, a).unwrap(), konst(p, b).unwrap()));
     }
     for (out, x, a, b) in found {
         p.instrs[out].op = RowOp::Silu(x, a, b);
@@ -227,7 +219,7 @@ fn drop_unused(p: &mut RowFused) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rowfused::tests::{masked_softmax, program};
+    use crate::kernels::rowfused::tests::{masked_softmax, program, silu_times_up};
     use crate::kernels::rowfused::Scratch;
 
     #[test]
@@ -238,30 +230,6 @@ mod tests {
         assert_eq!(ops.len(), 6, "{ops:?}");
         assert_eq!(ops[5], RowOp::Softmax(4, 1.442695));
         assert_eq!(p.outputs, vec![5]);
-    }
-
-    /// `silu(x) * up` as the builder's graph fuses it (the gated MLP's
-    /// program: `x * -1`, `* log2 e`, `exp2`, `+ 1`, `recip`, `x *`)
-    fn silu_times_up() -> RowFused {
-        use BinaryOp::*;
-        use RowOp::*;
-        program(
-            &[
-                (Input(0), true),
-                (Const(-1.0), false),
-                (Binary(Mul, 0, 1), true),
-                (Const(1.442695), false),
-                (Binary(Mul, 2, 3), true),
-                (Unary(UnaryOp::Exp2, 4), true),
-                (Const(1.0), false),
-                (Binary(Add, 5, 6), true),
-                (Unary(UnaryOp::Recip, 7), true),
-                (Binary(Mul, 0, 8), true),
-                (Input(1), true),
-                (Binary(Mul, 9, 10), true),
-            ],
-            &[11],
-        )
     }
 
     #[test]
