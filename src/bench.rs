@@ -11,7 +11,9 @@ use lumind_compilers::{Backend, Fusion};
 use crate::model::builder::ForwardOptions;
 use crate::model::params::count_params;
 use crate::model::{ModelDef, Weights};
+use crate::sampling::argmax;
 use crate::session::Session;
+use crate::slots::Slots;
 use crate::train::graph::Update;
 use crate::train::{Batch, TrainSession};
 
@@ -138,6 +140,67 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
         Ok(())
     })?;
     Ok(n as f64 / t.as_secs_f64())
+}
+
+/// A session decoding up to `slots` sequences together (random weights).
+pub fn batched_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize, slots: usize) -> Result<Slots> {
+    Ok(Slots::new(Session::on(device, def, Weights::init(def, 0, None), ForwardOptions::batched(positions, slots), fusion)?))
+}
+
+/// Greedy tokens of `n` decode steps for each of `prompts`, decoded
+/// together in slots `0..prompts.len()` (the timed part), and the time.
+fn decode_together(slots: &mut Slots, prompts: &[Vec<u32>], n: usize) -> Result<(Vec<Vec<u32>>, Duration)> {
+    let mut out: Vec<Vec<u32>> = vec![];
+    for (i, p) in prompts.iter().enumerate() {
+        slots.clear(i);
+        out.push(vec![argmax(&slots.prefill(i, p)?)]);
+    }
+    let t = Instant::now();
+    for _ in 1..n {
+        let rows: Vec<(usize, u32)> = out.iter().enumerate().map(|(i, o)| (i, *o.last().unwrap())).collect();
+        for (o, l) in out.iter_mut().zip(slots.decode(&rows)?) {
+            o.push(argmax(&l));
+        }
+    }
+    Ok((out, t.elapsed()))
+}
+
+/// Decoding `streams` sequences at once, against one alone.
+pub struct Streams {
+    pub streams: usize,
+    /// aggregate tokens/s (median of the rounds)
+    pub tokens_per_s: f64,
+    /// against one sequence decoded alone in the same rounds (median of
+    /// the rounds' ratios: the host's load changes between rounds, not
+    /// within one)
+    pub vs_one: f64,
+    /// every sequence's greedy tokens are those it gets alone
+    pub same_as_alone: bool,
+}
+
+/// Decode `n` tokens for each of `streams` sequences at once (short prompts
+/// of their own), in `rounds` rounds, each also timing one sequence alone.
+pub fn decode_streams(slots: &mut Slots, streams: usize, n: usize, rounds: usize) -> Result<Streams> {
+    let vocab = slots.session.def.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..streams).map(|i| synthetic_tokens(1 + i % 5, vocab, 10 + i)).collect();
+    let (mut rates, mut ratios, mut together) = (vec![], vec![], vec![]);
+    for _ in 0..rounds.max(1) {
+        let (_, alone) = decode_together(slots, &prompts[..1], n)?;
+        let (out, t) = decode_together(slots, &prompts, n)?;
+        rates.push((streams * (n - 1)) as f64 / t.as_secs_f64());
+        ratios.push(alone.as_secs_f64() * streams as f64 / t.as_secs_f64());
+        together = out;
+    }
+    let mut same = true;
+    for (i, p) in prompts.iter().enumerate() {
+        let (alone, _) = decode_together(slots, std::slice::from_ref(p), n)?;
+        same &= alone[0] == together[i];
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Streams { streams, tokens_per_s: median(&mut rates), vs_one: median(&mut ratios), same_as_alone: same })
 }
 
 /// A pretraining session on random weights and a synthetic `batch` x `seq`

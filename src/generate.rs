@@ -1,16 +1,17 @@
-//! Generation with a KV cache: the prompt is prefilled once, then each new
-//! token is one decode step that appends its keys and values to the cache in
-//! place. A new prompt sharing a prefix with what is cached reuses it.
+//! Generation of one sequence with a KV cache: the prompt is prefilled
+//! once, then each new token is one decode step that appends its keys and
+//! values to the cache in place. A new prompt sharing a prefix with what is
+//! cached reuses it. (The server decodes many sequences at once with the
+//! same [`Slots`]; a sequence gets the same tokens either way.)
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::sampling::Sampler;
 use crate::session::{Logits, Session};
+use crate::slots::Slots;
 
 pub struct Generator {
-    pub session: Session,
-    /// Tokens whose keys and values are in the cache, in order.
-    cached: Vec<u32>,
+    pub slots: Slots,
 }
 
 /// Why generation stopped.
@@ -24,43 +25,45 @@ pub enum Finish {
     Cancelled,
 }
 
+/// Check a prompt before it is prefilled: not empty, tokens in the
+/// vocabulary, and room for at least one new token in the context.
+pub fn check_prompt(session: &Session, prompt: &[u32]) -> Result<()> {
+    session.check_tokens(prompt)?;
+    let context = session.opts.max_positions;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    if prompt.len() >= context {
+        bail!("the prompt has {} tokens but the context holds {context}, leaving no room for a new token", prompt.len());
+    }
+    Ok(())
+}
+
 impl Generator {
-    /// `session` must be built with `kv_cache` (and usually `last_only`).
+    /// `session` must be built with `kv_cache` (and usually `last_only`);
+    /// its first cache row is used.
     pub fn new(session: Session) -> Generator {
-        assert!(session.opts.kv_cache, "a generator needs a session with a KV cache");
-        Generator { session, cached: vec![] }
+        Generator { slots: Slots::new(session) }
+    }
+
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.slots.session
     }
 
     pub fn context(&self) -> usize {
-        self.session.opts.max_positions
+        self.slots.context()
     }
 
     /// Forget the cache.
     pub fn reset(&mut self) {
-        self.cached.clear();
+        self.slots.clear(0);
     }
 
     /// Run `ids` from an empty cache and return the session's logits (every
     /// position's unless it was built `last_only`); the cache then holds
     /// `ids`, so a prompt that starts with them reuses their keys and values.
     pub fn run_fresh(&mut self, ids: &[u32]) -> Result<Logits> {
-        self.cached.clear();
-        let l = self.session.run(ids, 1, 0)?;
-        self.cached.extend_from_slice(ids);
-        Ok(l)
-    }
-
-    /// Feed `prompt`, reusing the longest cached prefix; returns the logits
-    /// of its last position.
-    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        let mut keep = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        keep = keep.min(prompt.len().saturating_sub(1)); // at least one new token to get logits
-        self.cached.truncate(keep);
-        let logits = self.session.run(&prompt[keep..], 1, keep)?;
-        self.cached.extend_from_slice(&prompt[keep..]);
-        let last = logits.last().to_vec();
-        self.session.recycle(logits);
-        Ok(last)
+        self.slots.run_fresh(0, ids)
     }
 
     /// Generate up to `max_new` tokens after `prompt`. `on_token` sees each
@@ -74,15 +77,12 @@ impl Generator {
         sampler: &mut Sampler,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, Finish)> {
-        self.session.check_tokens(prompt)?;
-        if prompt.is_empty() {
-            anyhow::bail!("the prompt is empty");
-        }
+        check_prompt(&self.slots.session, prompt)?;
         let mut out = vec![];
         if max_new == 0 {
             return Ok((out, Finish::Length));
         }
-        let mut logits = self.prefill(prompt)?;
+        let mut logits = self.slots.prefill(0, prompt)?;
         let mut seen: Vec<u32> = prompt.to_vec();
         loop {
             let tok = sampler.sample(&logits, &seen);
@@ -94,13 +94,11 @@ impl Generator {
             if !on_token(tok) {
                 return Ok((out, Finish::Cancelled));
             }
-            if out.len() >= max_new || self.cached.len() + 1 > self.context() {
+            // (a sequence never outgrows the context: the last token is not fed back)
+            if out.len() >= max_new || seen.len() >= self.context() {
                 return Ok((out, Finish::Length));
             }
-            let l = self.session.run(&[tok], 1, self.cached.len())?;
-            self.cached.push(tok);
-            logits.copy_from_slice(l.last());
-            self.session.recycle(l);
+            logits = self.slots.decode(&[(0, tok)])?.swap_remove(0);
         }
     }
 }

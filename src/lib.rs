@@ -19,6 +19,7 @@ pub mod rng;
 pub mod sampling;
 pub mod server;
 pub mod session;
+pub mod slots;
 pub mod tokenizer;
 pub mod tokenizer_train;
 pub mod train;

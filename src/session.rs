@@ -88,26 +88,51 @@ impl Session {
     }
 
     /// Run `batch` sequences of equal length (`tokens` is batch-major). With a
-    /// KV cache, `past` tokens per sequence are already cached and the new
-    /// ones are appended.
+    /// KV cache, `past` tokens per sequence are already cached (in cache rows
+    /// `0..batch`) and the new ones are appended.
     pub fn run(&mut self, tokens: &[u32], batch: usize, past: usize) -> Result<Logits> {
+        self.run_rows(tokens, 0, &vec![past; batch])
+    }
+
+    /// Run one row of new tokens (all of one length, `tokens` row-major) for
+    /// each of the cache rows `first..first + past.len()`; row `r` already
+    /// holds `past[r]` tokens. Without a KV cache, `past` only counts the rows.
+    pub fn run_rows(&mut self, tokens: &[u32], first: usize, past: &[usize]) -> Result<Logits> {
+        let batch = past.len();
         if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
             bail!("expected {batch} sequences of equal length, got {} token ids", tokens.len());
         }
         self.check_tokens(tokens)?;
         let s = tokens.len() / batch;
-        let past = if self.opts.kv_cache { past } else { 0 };
-        if past + s > self.opts.max_positions {
+        let ids: Vec<f32> = tokens.iter().map(|&t| t as f32).collect();
+        let mut dims: DimValues = [('b', batch), ('s', s)].into_iter().collect();
+        let positions: Vec<f32>;
+        let mut data: Vec<(&str, &[f32])> = vec![("tokens", &ids)];
+        if self.opts.kv_cache {
+            if first + batch > self.opts.slots {
+                bail!("cache rows {first}..{} exceed the {} this session holds", first + batch, self.opts.slots);
+            }
+            let longest = past.iter().max().copied().unwrap_or(0);
+            if longest + s > self.opts.max_positions {
+                bail!(
+                    "{} tokens exceed the context of {} positions this session was built for (model `{}`)",
+                    longest + s,
+                    self.opts.max_positions,
+                    self.def.name
+                );
+            }
+            positions = past.iter().flat_map(|&p| (p..p + s).map(|i| i as f32)).collect();
+            data.push(("positions", &positions));
+            dims.insert('p', longest);
+            dims.insert('o', first);
+        } else if s > self.opts.max_positions {
             bail!(
-                "{} tokens exceed the context of {} positions this session was built for (model `{}`)",
-                past + s,
+                "{s} tokens exceed the context of {} positions this session was built for (model `{}`)",
                 self.opts.max_positions,
                 self.def.name
             );
         }
-        let ids: Vec<f32> = tokens.iter().map(|&t| t as f32).collect();
-        let dims: DimValues = [('b', batch), ('s', s), ('p', past)].into_iter().collect();
-        let mut out = self.exec.run(&[("tokens", &ids)], &dims)?;
+        let mut out = self.exec.run(&data, &dims)?;
         let (shape, data) = out.take("logits").context("graph has no logits output")?;
         let vocab = *shape.last().unwrap();
         Ok(Logits { rows: data.len() / vocab, vocab, data })

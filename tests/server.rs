@@ -208,7 +208,7 @@ fn bad_requests_get_openai_errors() {
 
 #[test]
 fn concurrent_clients_queue_and_disconnects_free_the_worker() {
-    let s = start(&["--queue", "2"]);
+    let s = start(&["--parallel", "1", "--queue", "2"]);
     // several clients at once: all answered (queued one after another)
     let url = s.url.clone();
     let handles: Vec<_> = (0..3)
@@ -265,6 +265,34 @@ fn concurrent_clients_queue_and_disconnects_free_the_worker() {
     let (st, _) = post(&s, &chat(user("long"), json!({"max_tokens": 230, "temperature": 0})));
     assert_eq!(st, 200);
     assert!(quick < t.elapsed(), "after a disconnect the next request waited {quick:?} (a full generation takes {:?})", t.elapsed());
+}
+
+#[test]
+fn parallel_requests_are_decoded_together_as_they_would_be_alone() {
+    let s = start(&["--parallel", "4"]);
+    let body = |i: usize| chat(user(&format!("question number {i}: {}", "why ".repeat(i))), json!({"max_tokens": 24 + 3 * i, "temperature": 0}));
+    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    // each alone first
+    let alone: Vec<String> = (0..8).map(|i| text(&post(&s, &body(i)).1)).collect();
+    // then all at once: four decode together, the rest join as slots free up
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, body) = (url.clone(), body(i));
+            std::thread::spawn(move || {
+                let mut r = agent().post(&format!("{url}/v1/chat/completions")).send(body).unwrap();
+                (r.status().as_u16(), serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap()).unwrap())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (st, v) = h.join().unwrap();
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(text(&v), alone[i], "request {i} in a batch");
+    }
+    let mut r = agent().get(&format!("{}/health", s.url)).call().unwrap();
+    let h: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!((h["slots"].as_u64(), h["active"].as_u64(), h["queued"].as_u64()), (Some(4), Some(0), Some(0)), "{h}");
 }
 
 #[test]

@@ -152,7 +152,7 @@ fn scoring_chat_answers_against_references() {
     use lumind::generate::Generator;
     use lumind::tokenizer::Tokenizer;
     let def = ModelDef::load(root().join("models/tiny-chat.toml")).unwrap();
-    let opts = ForwardOptions { max_positions: 256, kv_cache: true, last_only: false, aux_loss: false, fused_attention: false };
+    let opts = ForwardOptions { last_only: false, ..ForwardOptions::generation(256) };
     let session = Session::new(&def, Weights::init(&def, 3, None), opts, Fusion::Full).unwrap();
     let mut scorer = ChatScorer::new(Generator::new(session), Tokenizer::default_minimind(), 12).unwrap();
     let mut cases = read_chat_cases(&root().join("data/sft_eval.jsonl"), Some(2)).unwrap();

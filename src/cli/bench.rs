@@ -7,9 +7,12 @@ use anyhow::Result;
 use lumind_compilers::{Backend, Fusion};
 use serde_json::json;
 
-use crate::bench::{decode, fma_peak, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes};
+use crate::bench::{
+    batched_session, decode, decode_streams, fma_peak, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes,
+};
 use crate::model::params::{count_params, human};
 use crate::model::ModelDef;
+use crate::slots::MAX_PARALLEL;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +28,11 @@ pub struct Args {
     /// Decoded tokens (tgN)
     #[arg(long, default_value_t = 128)]
     tg: usize,
+    /// Also decode tgN tokens for each of N sequences at once (continuous
+    /// batching, as `serve --parallel N` does), e.g. 1,4,8: aggregate
+    /// tokens/s, and the ratio to one sequence timed in the same rounds
+    #[arg(long, value_delimiter = ',')]
+    streams: Vec<usize>,
     /// Also time a training step on BATCHxSEQ tokens, e.g. 4x256
     #[arg(long)]
     train: Option<String>,
@@ -75,6 +83,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("|{:-<10}|{:-<12}|{:-<13}|{:-<11}|{:-<10}|{:-<12}|", "", "", "", "", "", "");
     }
     let mut rows = vec![];
+    let mut stream_notes = vec![];
     let positions = a.pp.iter().copied().max().unwrap_or(1).max(a.tg + 1);
     for &fusion in &a.fusion {
         let t = Instant::now();
@@ -97,6 +106,18 @@ pub fn run(a: Args) -> Result<()> {
             let tps = decode(&mut s, a.tg, a.reps.min(3))?;
             row(format!("tg{}", a.tg), tps, tps * forward_flops(&def, 1, a.tg / 2) / 1e9, tps * bytes / 1e9);
         }
+        if let Some(&most) = a.streams.iter().max() {
+            if most == 0 || most > MAX_PARALLEL {
+                anyhow::bail!("--streams takes 1 to {MAX_PARALLEL} sequences");
+            }
+            let mut slots = batched_session(a.device, &def, fusion, a.tg.max(2) + 8, most)?;
+            for &n in &a.streams {
+                let r = decode_streams(&mut slots, n, a.tg.max(2), a.reps)?;
+                row(format!("tg{} x{n}", a.tg), r.tokens_per_s, 0.0, r.tokens_per_s / n as f64 * bytes / 1e9);
+                stream_notes.push(json!({"fusion": fusion.name(), "streams": n, "tokens_per_s": r.tokens_per_s,
+                    "vs_one_stream": r.vs_one, "greedy_same_as_alone": r.same_as_alone}));
+            }
+        }
         if let Some((b, seq)) = train {
             let tps = train_step(a.device, &def, fusion, b, seq, a.reps.min(3))?;
             row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0);
@@ -112,10 +133,22 @@ pub fn run(a: Args) -> Result<()> {
             "fma_peak_gflops": peak.map(|p| p / 1e9),
             "prefill_bound_tokens_per_s": a.pp.iter().map(|&n| (format!("pp{n}"), json!(pp_bound(n)))).collect::<serde_json::Map<_, _>>(),
             "results": rows,
+            "streams": stream_notes,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("\ntg GB/s = weight bytes per token x tokens/s; the decode bound assumes every weight is read once per token at the 1-thread bandwidth.");
+        for n in &stream_notes {
+            println!(
+                "{} streams ({}): {:.1} tokens/s in all, {:.2}x one stream (median of {} rounds); each stream's greedy tokens {} as alone",
+                n["streams"],
+                n["fusion"].as_str().unwrap_or(""),
+                n["tokens_per_s"].as_f64().unwrap_or(0.0),
+                n["vs_one_stream"].as_f64().unwrap_or(0.0),
+                a.reps,
+                if n["greedy_same_as_alone"] == true { "the same" } else { "NOT the same" }
+            );
+        }
         if peak.is_some() {
             println!("The prefill bound is the FMA peak over the FLOPs of a token (matmuls and attention): no fp32 kernel runs faster.");
         }

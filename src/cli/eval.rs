@@ -144,7 +144,7 @@ pub fn run(a: Args) -> Result<()> {
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
             let cases = read_chat_cases(&data, limit)?;
             let ctx = def.max_position_embeddings.min(1024);
-            let opts = ForwardOptions { max_positions: ctx, kv_cache: true, last_only: false, aux_loss: false, fused_attention: false };
+            let opts = ForwardOptions { last_only: false, ..ForwardOptions::generation(ctx) };
             let mut scorer = ChatScorer::new(Generator::new(Session::on(model.device, &def, w, opts, model.fusion)?), tok, max_new_tokens)?;
             let bar = progress::bar(cases.len() as u64, 0);
             let (mut exact, mut contains, mut f1, mut log_prob, mut tokens) = (0, 0, 0f64, 0f64, 0);

@@ -37,6 +37,7 @@ pub struct Args {
     /// Sequence length (prompt length for decode)
     #[arg(long, default_value_t = 256)]
     tokens: usize,
+    /// Sequences per run (decode: decoded together)
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Profiled runs (after one warm-up)
@@ -68,15 +69,20 @@ pub fn run(a: Args) -> Result<()> {
             (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * batch)
         }
         Job::Decode => {
-            let mut s = Session::on(a.device, &def, weights, ForwardOptions::generation(a.tokens + a.runs + 1), a.fusion)?;
-            let toks = synthetic_tokens(a.tokens + a.runs + 1, def.vocab_size, 1);
-            s.run(&toks[..a.tokens], 1, 0)?;
+            // --batch sequences decoded together, as `serve --parallel` does
+            let (n, b) = (a.tokens + a.runs + 1, a.batch);
+            let mut s = Session::on(a.device, &def, weights, ForwardOptions::batched(n, b), a.fusion)?;
+            let toks = synthetic_tokens(n, def.vocab_size, 1);
+            for r in 0..b {
+                s.run_rows(&toks[..a.tokens], r, &[0])?;
+            }
             s.exec.enable_profile();
             for i in 0..a.runs {
-                let l = s.run(&toks[a.tokens + i..a.tokens + i + 1], 1, a.tokens + i)?;
+                let step = vec![toks[a.tokens + i]; b];
+                let l = s.run_rows(&step, 0, &vec![a.tokens + i; b])?;
                 s.recycle(l);
             }
-            (s.exec.profile().unwrap().to_vec(), names(&s.exec), 1)
+            (s.exec.profile().unwrap().to_vec(), names(&s.exec), b)
         }
         Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
             use crate::train::graph::Update;

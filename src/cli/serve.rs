@@ -8,11 +8,11 @@ use anyhow::Result;
 
 use super::model_source::ModelSource;
 use crate::chat_template::ChatTemplate;
-use crate::generate::Generator;
 use crate::model::builder::ForwardOptions;
 use crate::server::worker::Worker;
 use crate::server::{serve, App};
 use crate::session::Session;
+use crate::slots::{Slots, MAX_PARALLEL};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,8 +29,11 @@ pub struct Args {
     /// Context length (tokens); default: the model's, at most 2048
     #[arg(long)]
     pub context: Option<usize>,
-    /// Requests that may wait for the generator; more get 503
-    #[arg(long, default_value_t = 16)]
+    /// Requests decoded together (slots of the KV cache, each of `--context` tokens)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=MAX_PARALLEL as i64))]
+    pub parallel: u16,
+    /// Requests that may wait for a slot; more get 503
+    #[arg(long, default_value_t = 64)]
     pub queue: usize,
 }
 
@@ -41,8 +44,9 @@ pub fn run(a: Args) -> Result<()> {
     let tok = Arc::new(loaded.tokenizer);
     let template = ChatTemplate::for_tokenizer(&tok)?;
     let (weights, fusion, device, d) = (loaded.weights, loaded.fusion, loaded.device, def.clone());
+    let parallel = a.parallel as usize;
     let worker = Worker::start(
-        move || Ok(Generator::new(Session::on(device, &d, weights, ForwardOptions::generation(context), fusion)?)),
+        move || Ok(Slots::new(Session::on(device, &d, weights, ForwardOptions::batched(context, parallel), fusion)?)),
         tok.clone(),
         a.queue,
     )?;

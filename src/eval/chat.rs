@@ -66,7 +66,7 @@ pub struct ChatScorer {
 impl ChatScorer {
     /// `generator` must keep every position's logits (built without `last_only`).
     pub fn new(generator: Generator, tok: Tokenizer, max_new: usize) -> Result<ChatScorer> {
-        assert!(!generator.session.opts.last_only, "scoring a reference needs the logits of every position");
+        assert!(!generator.slots.session.opts.last_only, "scoring a reference needs the logits of every position");
         let template = ChatTemplate::for_tokenizer(&tok)?;
         let markers = Markers::new(&tok)?;
         let stop = vec![tok.eos];
@@ -80,7 +80,7 @@ impl ChatScorer {
         let (ids, labels) = encode_conversation(&self.tok, &self.template, &self.markers, &full, context, LossOn::Last)?;
         let l = self.generator.run_fresh(&ids)?;
         let (log_prob, tokens) = scored_log_prob(&l, &ids, &labels);
-        self.generator.session.recycle(l);
+        self.generator.session().recycle(l);
 
         let prompt = self.tok.encode(&self.template.render(&case.messages, true)?)?;
         if prompt.len() >= context {

@@ -3,8 +3,15 @@
 //! Pre-norm blocks (`x + Attn(RMSNorm(x))`, `h + FFN(RMSNorm(h))`), rotary
 //! embeddings (rotate-half, f32 tables), grouped-query attention with a causal
 //! mask, SwiGLU or MoE FFNs, a final norm and the LM head (tied or not). The
-//! graph has symbolic batch `b`, new tokens `s` and, with a KV cache, past
-//! tokens `p`; one compiled graph serves every length.
+//! graph has symbolic batch `b` and new tokens `s`; one compiled graph serves
+//! every length.
+//!
+//! With a KV cache, the cache holds `slots` sequences, and batch row `r`
+//! is the sequence in cache row `o + r`. Each new token comes with its
+//! position (input `positions [b, s]`), which picks its rotary table row,
+//! where its keys and values are written, and which keys it sees: the
+//! `p + s` first of its row. So one run can decode several sequences of
+//! different lengths at once, each exactly as it would run alone.
 
 use std::collections::HashMap;
 
@@ -28,8 +35,10 @@ pub struct ForwardOptions {
     /// cache, its capacity.
     pub max_positions: usize,
     /// Keep keys and values in a preallocated cache (state `kv.{layer}.k|v`)
-    /// and attend over the `p` past tokens too.
+    /// and attend over the past tokens too.
     pub kv_cache: bool,
+    /// Sequences the KV cache holds (its first dimension).
+    pub slots: usize,
     /// Compute logits for the last position only (generation).
     pub last_only: bool,
     /// Also compute the MoE auxiliary (load-balancing) loss (training).
@@ -47,11 +56,15 @@ pub struct ForwardOptions {
 impl ForwardOptions {
     /// Whole sequences, no cache: scoring and training.
     pub fn full(max_positions: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: false, last_only: false, aux_loss: false, fused_attention: false }
+        ForwardOptions { max_positions, kv_cache: false, slots: 1, last_only: false, aux_loss: false, fused_attention: false }
     }
     /// Incremental decoding with a KV cache of `max_positions`.
     pub fn generation(max_positions: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: true, last_only: true, aux_loss: false, fused_attention: false }
+        ForwardOptions::batched(max_positions, 1)
+    }
+    /// Incremental decoding of up to `slots` sequences at once.
+    pub fn batched(max_positions: usize, slots: usize) -> ForwardOptions {
+        ForwardOptions { max_positions, kv_cache: true, slots, last_only: true, aux_loss: false, fused_attention: false }
     }
 }
 
@@ -70,7 +83,8 @@ pub struct ModelInputs {
     pub params: HashMap<String, Tensor>,
 }
 
-/// Declare the graph inputs a model needs (token ids `[b, s]`, parameters).
+/// Declare the graph inputs a model needs (token ids `[b, s]`, parameters;
+/// with a KV cache, the forward adds `positions [b, s]`).
 pub fn declare_inputs(b: &GraphBuilder, def: &ModelDef) -> ModelInputs {
     let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);
     let params = param_specs(def)
@@ -89,28 +103,42 @@ struct Forward<'a> {
     b: &'a GraphBuilder,
     params: &'a HashMap<String, Tensor>,
     opts: &'a ForwardOptions,
-    /// past tokens: `p` with a cache, else 0
-    past: Dim,
+    /// with a KV cache: each new token's position `[b, s]`
+    positions: Option<Tensor>,
+    /// keys a query may see: `s` without a cache, `p + s` with one
+    total: Dim,
+    /// rotary tables: `[s, hd]`, or `[b, s, hd]` per token with a cache
     cos: Tensor,
     sin: Tensor,
-    /// additive causal mask [s, t]
+    /// additive causal mask: `[s, t]`, or `[b, s, t]` with a cache
     mask: Tensor,
 }
 
 /// Build the forward pass.
 pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &ForwardOptions) -> ForwardOut {
-    let (s, past) = (sym('s'), if opts.kv_cache { sym('p') } else { d(0) });
-    let total = add(past, s);
+    let (bsz, s) = (sym('b'), sym('s'));
     let hd = def.head_dim;
     // (a second forward in the same graph, as DPO's reference, shares the tables)
     let table = |name: &str| b.find_input(name).unwrap_or_else(|| b.input(name, &[d(opts.max_positions), d(hd)], InputKind::Buffer));
     let (cos, sin) = (table("rope.cos"), table("rope.sin"));
-    let (cos, sin) = (cos.slice(0, past, total), sin.slice(0, past, total));
-    // key j is hidden from query i when j > past + i
-    let q_pos = b.iota(s, past).expand(1, total);
-    let k_pos = b.iota(total, d(0)).expand(0, s);
-    let mask = q_pos.lt(&k_pos).scale(MASKED);
-    let f = Forward { def, b, params: &inputs.params, opts, past, cos, sin, mask };
+    let (positions, total, cos, sin, mask) = if opts.kv_cache {
+        // the keys of row r are its first p + s cache positions (p: the
+        // longest past of the batch); query i of row r sees key j when
+        // j <= positions[r, i]
+        let total = add(sym('p'), s);
+        let positions = b.input("positions", &[bsz, s], InputKind::Data);
+        let q_pos = positions.expand(2, total);
+        let k_pos = b.iota(total, d(0)).expand(0, s).expand(0, bsz);
+        let mask = q_pos.lt(&k_pos).scale(MASKED);
+        (Some(positions.clone()), total, positions.gather(&cos), positions.gather(&sin), mask)
+    } else {
+        // key j is hidden from query i when j > i
+        let q_pos = b.iota(s, d(0)).expand(1, s);
+        let k_pos = b.iota(s, d(0)).expand(0, s);
+        let mask = q_pos.lt(&k_pos).scale(MASKED);
+        (None, s, cos.slice(0, d(0), s), sin.slice(0, d(0), s), mask)
+    };
+    let f = Forward { def, b, params: &inputs.params, opts, positions, total, cos, sin, mask };
 
     let mut x = inputs.tokens.gather(f.w("model.embed_tokens.weight"));
     let mut aux: Option<Tensor> = None;
@@ -186,7 +214,9 @@ impl Forward<'_> {
         let half = d(self.def.head_dim / 2);
         let full = d(self.def.head_dim);
         let rotated = x.slice(3, half, full).scale(-1.0).concat(&x.slice(3, d(0), half), 3);
-        x.mul(&self.cos.expand_to(&dims)) + rotated.mul(&self.sin.expand_to(&dims))
+        // a per-token table [b, s, hd] is shared by the heads
+        let table = |t: &Tensor| if t.rank() == 3 { t.expand(1, dims[1]) } else { t.expand_to(&dims) };
+        x.mul(&table(&self.cos)) + rotated.mul(&table(&self.sin))
     }
 
     fn attention(&self, l: usize, h: &Tensor) -> Tensor {
@@ -212,23 +242,25 @@ impl Forward<'_> {
             return out.linear(self.w(&format!("{pre}.o_proj.weight")));
         }
         let (q, k) = (self.rope(&q), self.rope(&k));
-        let (k, v) = if self.opts.kv_cache {
-            let total = add(self.past, s);
-            let cache = |name: &str, new: &Tensor| {
-                let c = self.b.input(&format!("kv.{l}.{name}"), &[bsz, d(nkv), d(self.opts.max_positions), d(hd)], InputKind::State);
-                let written = self.b.kernel(KvWrite { axis: 2, pos: self.past }, &[&c, new], &c.dims());
-                written.slice(2, d(0), total)
-            };
-            (cache("k", &k), cache("v", &v))
-        } else {
-            (k, v)
+        let (k, v) = match &self.positions {
+            Some(positions) => {
+                let (slots, first) = (d(self.opts.slots), sym('o'));
+                let cache = |name: &str, new: &Tensor| {
+                    let c = self.b.input(&format!("kv.{l}.{name}"), &[slots, d(nkv), d(self.opts.max_positions), d(hd)], InputKind::State);
+                    let written = self.b.kernel(KvWrite { axis: 2, first_row: first }, &[&c, new, positions], &c.dims());
+                    written.slice(0, first, add(first, bsz)).slice(2, d(0), self.total)
+                };
+                (cache("k", &k), cache("v", &v))
+            }
+            None => (k, v),
         };
         // grouped-query attention: query head h = kv * groups + g reads kv head `kv`
         let q = q.reshape(&[bsz, d(nkv), d(groups), s, d(hd)]);
         let k = k.expand(2, d(groups));
         let v = v.expand(2, d(groups));
         let scores = q.matmul(&k.transpose(3, 4)).scale(scale);
-        let scores = scores.clone() + self.mask.expand_to(&scores.dims());
+        let mask = if self.positions.is_some() { self.mask.expand(1, d(nkv)).expand(2, d(groups)) } else { self.mask.expand_to(&scores.dims()) };
+        let scores = scores.clone() + mask;
         let probs = scores.softmax(4);
         let out = probs.matmul(&v); // [b, kv, g, s, hd]
         let out = out.reshape(&[bsz, d(nh), s, d(hd)]).permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);

@@ -63,7 +63,10 @@ pub fn serve(app: App, addr: SocketAddr) -> Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("serving `{}` on http://{} (chat page at /, API at /v1/chat/completions)", app.model_id, listener.local_addr()?);
-        eprintln!("requests are queued for one generator (up to {}); Ctrl-C or SIGTERM drains and stops", app.worker.capacity);
+        eprintln!(
+            "{} requests are decoded together, up to {} more wait; Ctrl-C or SIGTERM drains and stops",
+            app.worker.parallel, app.worker.capacity
+        );
         axum::serve(listener, router(Arc::new(app))).with_graceful_shutdown(shutdown()).await?;
         eprintln!("stopped");
         Ok(())
@@ -91,7 +94,11 @@ fn now() -> u64 {
 }
 
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "model": app.model_id, "queued": app.worker.queued.load(Ordering::SeqCst)}))
+    let w = &app.worker;
+    Json(json!({
+        "status": "ok", "model": app.model_id, "slots": w.parallel,
+        "active": w.active.load(Ordering::SeqCst), "queued": w.queued.load(Ordering::SeqCst),
+    }))
 }
 
 async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
@@ -135,7 +142,7 @@ async fn start(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<Re
         Some(m) => m,
         None => room,
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let (tx, rx) = tokio::sync::mpsc::channel(worker::EVENTS);
     let job = Job { prompt, sampling: req.sampling.clone(), max_tokens, stop: req.stop.clone(), events: tx };
     if app.worker.submit(job).is_err() {
         return Err(ApiError::new(
@@ -205,7 +212,11 @@ fn sse_stream(
                 Some(Event::Error(e)) => {
                     Some((Ok(SseEvent::default().data(json!({"error": {"message": e, "type": "server_error"}}).to_string())), (rx, true, true)))
                 }
-                None => None,
+                // the worker dropped this request: its client fell too far behind
+                None => {
+                    let e = format!("generation stopped: the client left more than {} events unread", worker::EVENTS);
+                    Some((Ok(SseEvent::default().data(json!({"error": {"message": e, "type": "server_error"}}).to_string())), (rx, true, true)))
+                }
             }
         }
     })

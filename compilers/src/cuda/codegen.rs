@@ -257,18 +257,22 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
         return src("scatter_add", 1, 2, body, Kind::ScatterAdd(s.clone()));
     }
     if let Some(kv) = any.downcast_ref::<KvWrite>() {
-        // out0 is the cache (in0, updated in place); in1 the new rows
-        let body = "  const i64 axis = meta[1], pos = meta[2]; const V* c = VIEW(meta, 3); const V* nw = VIEW(meta, 3 + VW);
+        // out0 is the cache (in0, updated in place); in1 the new rows; in2
+        // the position of each (batch row, new element)
+        let body = "  const i64 axis = meta[1], first = meta[2]; const V* c = VIEW(meta, 3); const V* nw = VIEW(meta, 3 + VW);
+  const V* ps = VIEW(meta, 3 + 2 * VW);
   GRID_STRIDE(e, meta[0]) {
     i64 idx[MAXR];
     unravel(e, nw->shape, (int)nw->rank, idx);
+    i64 pi[2] = {idx[0], idx[axis]};
+    i64 pos = (i64)ldi(in2, ps, pi);
     i64 dst = c->off;
-    for (int d = 0; d < (int)c->rank; ++d) dst += (idx[d] + (d == axis ? pos : 0)) * c->st[d];
+    for (int d = 0; d < (int)c->rank; ++d) dst += (d == axis ? pos : idx[d] + (d == 0 ? first : 0)) * c->st[d];
     out0[dst] = ld(in1, nw, e);
   }
 "
         .replace("VW", &VIEW_WORDS.to_string());
-        return src("kv_write", 1, 2, body, Kind::KvWrite(kv.clone()));
+        return src("kv_write", 1, 3, body, Kind::KvWrite(kv.clone()));
     }
     if let Some(t) = any.downcast_ref::<TopKMask>() {
         let body = format!(
@@ -640,14 +644,12 @@ impl Kind {
                 elementwise(views[1].numel() * d)
             }
             Kind::KvWrite(kv) => {
-                let pos = eval(&kv.pos, dims, &mut vec![]);
-                let (cap, len) = (views[0].shape[kv.axis], views[1].shape[kv.axis]);
-                if pos + len > cap {
-                    return Err(format!("KvWrite: positions {pos}..{} exceed the cache's {cap}", pos + len));
-                }
-                m.extend([views[1].numel() as i64, kv.axis as i64, pos as i64]);
+                // (positions stay on the device: sessions check them before a run)
+                let first = kv.first_row(&views[0], &views[1], dims)?;
+                m.extend([views[1].numel() as i64, kv.axis as i64, first as i64]);
                 push_view(&mut m, &views[0]);
                 push_view(&mut m, &views[1]);
+                push_view(&mut m, &views[2]);
                 elementwise(views[1].numel())
             }
             Kind::TopK => {

@@ -14,6 +14,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::gemv::{gemv, Rows, MAX_ROWS};
 use super::matmul::sgemm;
 use super::rowfused::{RowFused, RowOp, Scratch};
 use super::Ptr;
@@ -110,10 +111,14 @@ impl Kernel for Attention {
                 }
             }
             let tb = live.iter().copied().max().unwrap_or(t);
-            // one query row against keys stored as rows of K (decoding): dot products
+            // a few query rows against keys stored as rows of K (decoding):
+            // dot products, the same for a row whatever else is in the block
             let split = !matches!(par, Parallelism::None);
-            if rows == 1 && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 {
-                super::matmul::gemv_with(q.data, qo, k.data, ko, k.view.strides[rank - 2], kd, &mut scores[..tb], split);
+            if rows <= MAX_ROWS && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 {
+                let qr = Rows { data: q.data, offset: qo, stride: row_stride(&q.view), len: kd };
+                let kr = Rows { data: k.data, offset: ko, stride: k.view.strides[rank - 2], len: kd };
+                // SAFETY: views were bounds-checked by the executor; `scores` holds rows x tb
+                unsafe { gemv(qr, rows, kr, tb, Ptr(scores.as_mut_ptr()), tb, split) };
             } else {
                 // SAFETY: views were bounds-checked by the executor; each task
                 // writes its own rows of the output.
@@ -139,11 +144,12 @@ impl Kernel for Attention {
                 p[..n].copy_from_slice(self.program.output_row(0, n, s));
                 p[n..].fill(0.0);
             }
-            if rows == 1 && v.view.strides[rank - 1] == 1 {
-                // out[h] = dot(p, v[h]) with v's rows contiguous along t
-                // SAFETY: this task's output row
-                let o = unsafe { std::slice::from_raw_parts_mut(out.get().offset(oo), hd) };
-                super::matmul::gemv_with(&probs[..tb], 0, v.data, vo, v.view.strides[rank - 2], tb, o, split);
+            if rows <= MAX_ROWS && v.view.strides[rank - 1] == 1 {
+                // out[r, h] = dot(p[r], v[h]) with v's rows contiguous along t
+                let pr = Rows { data: &probs[..rows * tb], offset: 0, stride: tb as isize, len: tb };
+                let vr = Rows { data: v.data, offset: vo, stride: v.view.strides[rank - 2], len: tb };
+                // SAFETY: this task's output rows
+                unsafe { gemv(pr, rows, vr, hd, Ptr(out.get().offset(oo)), out_rs as usize, split) };
                 return;
             }
             unsafe {

@@ -258,7 +258,7 @@ impl Kernel for CausalAttentionGrad {
                 product((r, tb, d), (dp.as_mut_ptr(), 1, dtb), (dob.as_ptr(), 1, dsd), (vp, vrs, vcs), false);
                 // ds = p * (dp - sum(p * dp)) * scale, in place of dp
                 for (pr, dr) in p[..r * tb].chunks_exact(tb).zip(dp.chunks_exact_mut(tb)) {
-                    let c = super::reduce::dot(pr, dr);
+                    let c = super::gemv::dot(pr, dr);
                     dr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - c) * self.scale);
                 }
                 // dq[r, D] = ds k; dk[tb, D] += ds^T q; dv[tb, D] += p^T dO

@@ -1,4 +1,7 @@
-//! Append new keys or values to a preallocated cache, in place.
+//! Write new keys or values into a preallocated cache, in place, each
+//! batch row into its own cache row at its own positions: one graph serves
+//! a single sequence and a batch of sequences at different lengths
+//! (continuous batching).
 
 use luminal::prelude::symbolic::Expression;
 
@@ -6,12 +9,47 @@ use super::walk::for_each_index;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{eval, DimValues, View};
 
-/// inputs: cache [..., C, ...] (updated in place), new [..., S, ...];
-/// writes `new` at positions `[pos, pos + S)` of `axis`. The output is the cache.
+/// inputs: cache `[R, ..., C, ...]` (updated in place), new `[b, ..., S, ...]`
+/// and positions `[b, S]` (whole numbers as f32). Batch row `r` goes to
+/// cache row `first_row + r`; its element `i` along `axis` to cache
+/// position `positions[r, i]`. The output is the cache.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KvWrite {
     pub axis: usize,
-    pub pos: Expression,
+    /// the cache row of batch row 0
+    pub first_row: Expression,
+}
+
+impl KvWrite {
+    /// The cache row of batch row 0, checked against the cache's rows.
+    pub fn first_row(&self, cache: &View, new: &View, dims: &DimValues) -> Result<usize, String> {
+        let first = eval(&self.first_row, dims, &mut vec![]);
+        if first + new.shape[0] > cache.shape[0] {
+            return Err(format!("KvWrite: batch rows {first}..{} exceed the cache's {} rows", first + new.shape[0], cache.shape[0]));
+        }
+        Ok(first)
+    }
+
+    /// The cache position of each (batch row, new element), checked
+    /// against the cache's rows and capacity.
+    pub fn targets(&self, cache: &View, new: &View, positions: &Arg, dims: &DimValues) -> Result<(usize, Vec<usize>), String> {
+        let first = self.first_row(cache, new, dims)?;
+        let (b, s, cap) = (new.shape[0], new.shape[self.axis], cache.shape[self.axis]);
+        if positions.view.dims() != [b, s] {
+            return Err(format!("KvWrite: positions are {:?}, expected [{b}, {s}]", positions.view.dims()));
+        }
+        let mut pos = vec![usize::MAX; b * s];
+        for_each_index(&[b, s], |k, idx| {
+            let p = positions.view.index(idx).map_or(f32::NAN, |j| positions.data[j]);
+            if p >= 0.0 && p < cap as f32 && p.fract() == 0.0 {
+                pos[k] = p as usize;
+            }
+        });
+        match pos.iter().position(|&p| p == usize::MAX) {
+            Some(k) => Err(format!("KvWrite: the position of row {}, element {} is outside the cache's {cap}", k / s, k % s)),
+            None => Ok((first, pos)),
+        }
+    }
 }
 
 impl Kernel for KvWrite {
@@ -26,17 +64,20 @@ impl Kernel for KvWrite {
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
         let (cache_view, new) = (inputs[0].view, &inputs[1]);
-        let pos = eval(&self.pos, dims, &mut vec![]);
-        let cap = cache_view.shape[self.axis];
-        let len = new.view.shape[self.axis];
-        assert!(pos + len <= cap, "KvWrite: positions {pos}..{} exceed the cache's {cap}", pos + len);
+        // (sessions check positions before a run; a bad one here is a bug)
+        let (first, pos) = self.targets(&cache_view, &new.view, &inputs[2], dims).unwrap_or_else(|e| panic!("{e}"));
+        let s = new.view.shape[self.axis];
         let cache = &mut *outputs[0];
         let last = new.view.rank - 1;
-        if new.view.padded || cache_view.padded || self.axis == last || cache_view.strides[last] != 1 {
-            let mut at = vec![0usize; cache_view.rank];
+        let target = |idx: &[usize], at: &mut [usize]| {
+            at.copy_from_slice(idx);
+            at[0] += first;
+            at[self.axis] = pos[idx[0] * s + idx[self.axis]];
+        };
+        let mut at = vec![0usize; cache_view.rank];
+        if new.view.padded || cache_view.padded || self.axis == last || self.axis == 0 || cache_view.strides[last] != 1 {
             for_each_index(new.view.dims(), |_, idx| {
-                at.copy_from_slice(idx);
-                at[self.axis] += pos;
+                target(idx, &mut at);
                 let dst = cache_view.index(&at).expect("cache views are not padded");
                 cache[dst] = new.view.index(idx).map_or(0.0, |j| new.data[j]);
             });
@@ -46,14 +87,13 @@ impl Kernel for KvWrite {
         let dims = new.view.dims();
         let width = dims[last];
         let ns = new.view.strides[last];
+        let mut full = vec![0usize; last + 1];
         for_each_index(&dims[..last], |_, idx| {
-            let mut src = new.view.offset;
-            let mut dst = cache_view.offset + (pos as isize) * cache_view.strides[self.axis];
-            for (d, &i) in idx.iter().enumerate() {
-                src += i as isize * new.view.strides[d];
-                dst += i as isize * cache_view.strides[d];
-            }
-            let out = &mut cache[dst as usize..][..width];
+            full[..last].copy_from_slice(idx);
+            target(&full, &mut at);
+            let src: isize = new.view.offset + idx.iter().enumerate().map(|(d, &i)| i as isize * new.view.strides[d]).sum::<isize>();
+            let dst = cache_view.index(&at).expect("cache views are not padded");
+            let out = &mut cache[dst..][..width];
             if ns == 1 {
                 out.copy_from_slice(&new.data[src as usize..][..width]);
             } else {

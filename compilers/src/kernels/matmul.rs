@@ -12,6 +12,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::copy::Copy as CopyKernel;
+use super::gemv::{gemv, Rows, MAX_ROWS};
+use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{contiguous_strides, DimValues, View};
 
@@ -139,8 +141,17 @@ impl Kernel for MatMul {
             return;
         }
         let batches: usize = p.loops.iter().map(|l| l.0).product();
-        if batches == 1 && p.m == 1 && p.inner == (1, 1) && p.out_col == 1 && p.n >= 64 {
-            gemv(a.0, a.1.offset, b.0, b.1.offset, p.col.1, p.k, out);
+        // (one row has no row strides: the plan leaves them at 0 and 1)
+        let out_row = if p.m == 1 { p.n as isize } else { p.out_row };
+        if batches == 1 && p.m <= MAX_ROWS && p.inner == (1, 1) && p.out_col == 1 && out_row >= p.n as isize {
+            // (a token or a decoding batch: whatever the batch, each row's
+            // values come out as they would alone)
+            let rows = Rows { data: a.0, offset: a.1.offset, stride: p.row.0, len: p.k };
+            let weights = Rows { data: b.0, offset: b.1.offset, stride: p.col.1, len: p.k };
+            let parallel = rayon::current_num_threads() > 1 && p.n * p.k >= 1 << 16;
+            // SAFETY: views were bounds-checked by the executor; `out` is
+            // the contiguous [m, n] output
+            unsafe { gemv(rows, p.m, weights, p.n, Ptr(out.as_mut_ptr()), out_row as usize, parallel) };
             return;
         }
         let flops = 2 * p.m * p.n * p.k;
@@ -234,32 +245,6 @@ pub(crate) unsafe fn sgemm_into(
 ) {
     let keep = if accumulate { 1.0 } else { 0.0 };
     gemm::gemm(m, n, k, dst.0, dst.1, dst.2, accumulate, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, keep, 1.0, false, false, false, par)
-}
-
-/// One row times a matrix stored as rows of K (a weight `[N, K]` read as its
-/// transpose): `out[j] = dot(a, b[j])`, streaming each weight row once,
-/// output rows split across threads when `parallel`. Decoding is this,
-/// bound by memory bandwidth; `gemm`'s general path does not split it well.
-pub(crate) fn gemv(a: &[f32], a_off: isize, b: &[f32], b_off: isize, b_row: isize, k: usize, out: &mut [f32]) {
-    gemv_with(a, a_off, b, b_off, b_row, k, out, rayon::current_num_threads() > 1 && out.len() * k >= 1 << 16)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemv_with(a: &[f32], a_off: isize, b: &[f32], b_off: isize, b_row: isize, k: usize, out: &mut [f32], parallel: bool) {
-    let x = &a[a_off as usize..][..k];
-    let row = |j: usize| &b[(b_off + j as isize * b_row) as usize..][..k];
-    if parallel {
-        let chunk = out.len().div_ceil(rayon::current_num_threads() * 4);
-        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = super::reduce::dot(x, row(c * chunk + i));
-            }
-        });
-    } else {
-        for (j, v) in out.iter_mut().enumerate() {
-            *v = super::reduce::dot(x, row(j));
-        }
-    }
 }
 
 #[cfg(test)]

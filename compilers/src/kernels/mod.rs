@@ -8,6 +8,7 @@ pub mod constant;
 pub mod copy;
 pub mod fastmath;
 pub mod gather;
+pub mod gemv;
 pub mod iota;
 pub mod kv_write;
 pub mod matmul;

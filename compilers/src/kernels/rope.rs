@@ -10,7 +10,9 @@
 //! it reads them ([`super::causal_attention`]), with these same tables.
 //!
 //! inputs: `x [b, heads, s, D]` (any strides, no padding), then `cos` and
-//! `sin [s, D]`. Output: `[b, heads, s, D]`, contiguous.
+//! `sin`: `[s, D]` shared by the batch, or `[b, s, D]`, one table per
+//! batch row (generation, where each sequence has its own positions).
+//! Output: `[b, heads, s, D]`, contiguous.
 
 use rayon::prelude::*;
 
@@ -89,11 +91,24 @@ impl Kernel for Rope {
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
         let x = &inputs[0];
         assert!(x.view.rank == 4 && !x.view.padded, "rotary embedding: x must be an unpadded [b, heads, s, D] view");
-        let [_, h, s, d] = [x.view.shape[0], x.view.shape[1], x.view.shape[2], x.view.shape[3]];
-        let tables = Tables::new(&inputs[1], &inputs[2], s, d);
+        let [b, h, s, d] = [x.view.shape[0], x.view.shape[1], x.view.shape[2], x.view.shape[3]];
+        let per_row = inputs[1].view.rank == 3;
+        fn batch_row<'a>(t: &Arg<'a>, bb: usize) -> Arg<'a> {
+            let mut view = t.view.without(0);
+            view.offset += bb as isize * t.view.strides[0];
+            Arg { data: t.data, view }
+        }
+        let tables: Vec<Tables> = if per_row {
+            (0..b).map(|bb| Tables::new(&batch_row(&inputs[1], bb), &batch_row(&inputs[2], bb), s, d)).collect()
+        } else {
+            vec![Tables::new(&inputs[1], &inputs[2], s, d)]
+        };
         // one (batch, head) at a time: its s rows of the output, rotated as
         // causal attention packs its rows
-        let head = |(t, out): (usize, &mut [f32])| pack(x, (t / h, t % h), 1, (0, s), Some(&tables), out);
+        let head = |(t, out): (usize, &mut [f32])| {
+            let table = &tables[if per_row { t / h } else { 0 }];
+            pack(x, (t / h, t % h), 1, (0, s), Some(table), out)
+        };
         let out = &mut *outputs[0];
         if out.is_empty() {
             return;

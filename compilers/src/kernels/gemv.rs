@@ -1,0 +1,287 @@
+//! A few rows times a matrix stored as rows of K (a weight `[N, K]` read as
+//! its transpose): `out[r, j] = dot(a[r], b[j])`. Decoding is this, bound
+//! by reading the weights, so each weight row is read once for all the
+//! rows (the tokens of a decoding batch), while it is in cache.
+//!
+//! Every value is computed with exactly the arithmetic of [`dot`], however
+//! many rows there are and however the work is split, so a sequence decoded
+//! in a batch of others gets the same logits, bit for bit, as alone. The
+//! AVX2 form, chosen at run time, does that arithmetic too, a lane per
+//! partial sum. (There is no AVX-512 form yet: the one tried measured
+//! slower, see `docs/performance.md`.)
+
+use rayon::prelude::*;
+
+use super::Ptr;
+
+/// Up to this many rows go through [`gemv`]; more are a matrix product
+/// (prefill), where gemm's register blocking wins.
+pub const MAX_ROWS: usize = 32;
+
+/// Partial sums per dot product: lane `i` adds the products of elements
+/// `8 c + i` (one AVX2 register).
+const LANES: usize = 8;
+
+/// The dot product every GEMV value is: eight partial sums over the
+/// chunks of eight, added pairwise as [`finish`] does, then the tail in order.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot products of unequal lengths");
+    let full = b.len() / LANES * LANES;
+    let mut p = [0.0f32; LANES];
+    for (x, y) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            p[i] += x[i] * y[i];
+        }
+    }
+    finish(&p, a, b, full)
+}
+
+/// A dot product's value from its partial sums over `x[..full]` and
+/// `w[..full]`: added pairwise, then the tail in order.
+#[inline(always)]
+fn finish(p: &[f32; LANES], x: &[f32], w: &[f32], full: usize) -> f32 {
+    let mut s = (p[0] + p[4]) + (p[1] + p[5]) + (p[2] + p[6]) + (p[3] + p[7]);
+    for i in full..w.len() {
+        s += x[i] * w[i];
+    }
+    s
+}
+
+/// Rows of a matrix in a buffer: row `i` is `data[offset + i * stride..][..len]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub offset: isize,
+    pub stride: isize,
+    pub len: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[(self.offset + i as isize * self.stride) as usize..][..self.len]
+    }
+}
+
+/// The vector instructions a call uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::avx2() {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    }
+
+    /// Rows of `a` per group: the group's rows stay in the L1 cache (32-48
+    /// KiB) beside the weight row they meet (8 rows of 512 values, 4 of
+    /// 1408), and its partial sums in registers.
+    fn group(k: usize) -> usize {
+        (6144 / k.max(1)).clamp(1, 8)
+    }
+}
+
+/// Weight rows per block: a block (about 64 KiB) stays in cache while
+/// every group of rows of `a` passes over it.
+fn block_rows(k: usize) -> usize {
+    (16384 / k.max(1)).clamp(4, 256)
+}
+
+/// `out[r * out_row + j] = dot(a[r], b[j])` for `r < m`, `j < n`; the
+/// weight rows split across threads when `parallel`.
+///
+/// # Safety
+/// `out` points at a buffer holding every `r * out_row + j`, which no other
+/// thread writes during the call.
+pub(crate) unsafe fn gemv(a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_row: usize, parallel: bool) {
+    assert_eq!(a.len, b.len, "dot products of unequal lengths");
+    let isa = Isa::detect();
+    let part = |j0: usize, j1: usize| match isa {
+        // SAFETY: the CPU has AVX2; each part writes its own columns
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::columns_avx2(a, m, b, (j0, j1), out, out_row) },
+        Isa::Portable => columns(a, m, b, (j0, j1), out, out_row, dots),
+    };
+    if parallel && n > 1 {
+        let chunk = n.div_ceil(rayon::current_num_threads() * 4);
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| part(c * chunk, (c * chunk + chunk).min(n)));
+    } else {
+        part(0, n)
+    }
+}
+
+/// Output columns `j0..j1` of every row: a block of weight rows at a time,
+/// passed over by every group of rows of `a` ([`Isa::group`]); `group`
+/// computes one group's dot products with one weight row.
+#[inline(always)]
+fn columns(a: Rows, m: usize, b: Rows, (j0, j1): (usize, usize), out: Ptr, out_row: usize, group: impl Fn(&[&[f32]], &[f32], &mut [f32; 8])) {
+    let (block, per) = (block_rows(b.len), Isa::group(b.len));
+    for jb in (j0..j1).step_by(block) {
+        let je = (jb + block).min(j1);
+        for r0 in (0..m).step_by(per) {
+            let g = (m - r0).min(per);
+            let mut rows: [&[f32]; 8] = [&[]; 8];
+            for (i, r) in rows[..g].iter_mut().enumerate() {
+                *r = a.row(r0 + i);
+            }
+            let mut v = [0f32; 8];
+            for j in jb..je {
+                group(&rows[..g], b.row(j), &mut v);
+                for (i, &x) in v[..g].iter().enumerate() {
+                    // SAFETY: per `gemv`'s contract
+                    unsafe { *out.at((r0 + i) * out_row + j) = x };
+                }
+            }
+        }
+    }
+}
+
+/// The dot products of up to 8 rows with `w` (the portable form).
+fn dots(xs: &[&[f32]], w: &[f32], out: &mut [f32; 8]) {
+    for (o, x) in out.iter_mut().zip(xs) {
+        *o = dot(x, w);
+    }
+}
+
+/// The AVX2 form of the same arithmetic: lane `i` of a row's register is
+/// its partial sum `i`, and a multiply then an add (not a fused
+/// multiply-add) is what the portable form does per lane.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{finish, Ptr, Rows, LANES};
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn columns_avx2(a: Rows, m: usize, b: Rows, js: (usize, usize), out: Ptr, out_row: usize) {
+        // (each arm monomorphises the kernel for one group size)
+        super::columns(a, m, b, js, out, out_row, |xs, w, v| match xs.len() {
+            8 => unsafe { dots::<8>(xs, w, v) },
+            7 => unsafe { dots::<7>(xs, w, v) },
+            6 => unsafe { dots::<6>(xs, w, v) },
+            5 => unsafe { dots::<5>(xs, w, v) },
+            4 => unsafe { dots::<4>(xs, w, v) },
+            3 => unsafe { dots::<3>(xs, w, v) },
+            2 => unsafe { dots::<2>(xs, w, v) },
+            _ => unsafe { dots::<1>(xs, w, v) },
+        });
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dots<const R: usize>(xs: &[&[f32]], w: &[f32], out: &mut [f32; 8]) {
+        let k = w.len();
+        assert!(xs.len() == R && xs.iter().all(|x| x.len() == k));
+        let full = k / LANES * LANES;
+        let px: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut c = 0;
+        while c < full {
+            let y = _mm256_loadu_ps(w.as_ptr().add(c));
+            for r in 0..R {
+                acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_loadu_ps(px[r].add(c)), y));
+            }
+            c += LANES;
+        }
+        for r in 0..R {
+            let mut p = [0f32; LANES];
+            _mm256_storeu_ps(p.as_mut_ptr(), acc[r]);
+            out[r] = finish(&p, xs[r], w, full);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(isa: Isa, a: Rows, m: usize, b: Rows, n: usize, out: &mut [f32], out_row: usize) {
+        let out = Ptr(out.as_mut_ptr());
+        // SAFETY: the test's output holds every row; the form is the CPU's
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => x86::columns_avx2(a, m, b, (0, n), out, out_row),
+                Isa::Portable => columns(a, m, b, (0, n), out, out_row, dots),
+            }
+        }
+    }
+
+    #[test]
+    fn every_form_gives_every_row_the_dot_product_bit_for_bit() {
+        let mut forms = vec![(Isa::Portable, "portable")];
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::simd::avx2() {
+            forms.push((Isa::Avx2, "AVX2"));
+        }
+        eprintln!("GEMV forms checked on this CPU: {}", forms.iter().map(|f| f.1).collect::<Vec<_>>().join(", "));
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for (m, n, k) in [(1, 5, 3), (3, 70, 37), (8, 9, 64), (13, 300, 100), (32, 64, 512), (9, 40, 1408)] {
+            let a: Vec<f32> = (0..m * k + 3).map(|_| next()).collect();
+            let b: Vec<f32> = (0..n * (k + 2)).map(|_| next()).collect();
+            let ar = Rows { data: &a, offset: 3, stride: k as isize, len: k };
+            let br = Rows { data: &b, offset: 0, stride: k as isize + 2, len: k };
+            for &(isa, _) in &forms {
+                let mut out = vec![f32::NAN; m * (n + 1)];
+                run(isa, ar, m, br, n, &mut out, n + 1);
+                for r in 0..m {
+                    for j in 0..n {
+                        let want = dot(ar.row(r), br.row(j));
+                        assert_eq!(out[r * (n + 1) + j].to_bits(), want.to_bits(), "m {m} n {n} k {k} at ({r}, {j})");
+                    }
+                    assert!(out[r * (n + 1) + n].is_nan(), "wrote past the row");
+                }
+            }
+            // the threaded split gives the same values
+            let mut out = vec![f32::NAN; m * n];
+            unsafe { gemv(ar, m, br, n, Ptr(out.as_mut_ptr()), n, true) };
+            assert!((0..m * n).all(|i| out[i].to_bits() == dot(ar.row(i / n), br.row(i % n)).to_bits()));
+            // and dot itself is the plain formula, up to rounding
+            let plain: f32 = ar.row(0).iter().zip(br.row(0)).map(|(x, y)| x * y).sum();
+            assert!((dot(ar.row(0), br.row(0)) - plain).abs() < 1e-4);
+        }
+    }
+
+    /// `GN=1408 GK=512 cargo test -p lumind-compilers --release gemv_speed -- --ignored --nocapture`:
+    /// the best of 400 calls per row count, weights streamed from memory.
+    #[test]
+    #[ignore]
+    fn gemv_speed() {
+        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+        let (n, k) = (env("GN", 1408), env("GK", 512));
+        let copies = (120_000_000 / (n * k * 4)).max(2);
+        let mut rng = 99u64;
+        let mut next = move || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let w: Vec<f32> = (0..n * k * copies).map(|_| next()).collect();
+        let a: Vec<f32> = (0..32 * k).map(|_| next()).collect();
+        for m in [1usize, 2, 4, 8, 16] {
+            let mut out = vec![0f32; m * n];
+            for par in [false, true] {
+                let mut best = f64::MAX;
+                let mut total = 0.0;
+                for r in 0..400 {
+                    let ar = Rows { data: &a, offset: 0, stride: k as isize, len: k };
+                    let br = Rows { data: &w, offset: ((r % copies) * n * k) as isize, stride: k as isize, len: k };
+                    let t = std::time::Instant::now();
+                    unsafe { gemv(ar, m, br, n, Ptr(out.as_mut_ptr()), n, par) };
+                    best = best.min(t.elapsed().as_secs_f64());
+                    total += t.elapsed().as_secs_f64();
+                }
+                eprintln!("m {m} par {par}: {:.1} us (mean {:.1}), {:.1} GFLOP/s", best * 1e6, total / 400.0 * 1e6, (2 * m * n * k) as f64 / best / 1e9);
+            }
+        }
+    }
+}
