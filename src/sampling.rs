@@ -40,7 +40,7 @@ impl SamplingParams {
 pub struct Sampler {
     pub params: SamplingParams,
     rng: Rng,
-    scratch: Vec<(f32, u32)>,
+    scratch: Vec<(f64, u32)>,
 }
 
 pub fn argmax(x: &[f32]) -> u32 {
@@ -77,17 +77,24 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(&logits);
         }
+        // softmax(l / T) as exp((l - max) / T): every exponent is <= 0, so
+        // no temperature, however small, overflows (a NaN logit counts as
+        // the least likely)
+        let max = logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+        let t = p.temperature as f64;
         let s = &mut self.scratch;
         s.clear();
-        s.extend(logits.iter().enumerate().map(|(i, &l)| (l / p.temperature, i as u32)));
+        s.extend(logits.iter().enumerate().map(|(i, &l)| {
+            let z = if l.is_nan() || max == f32::NEG_INFINITY { f64::NEG_INFINITY } else { (l as f64 - max as f64) / t };
+            (if z.is_nan() { 0.0 } else { z }, i as u32)
+        }));
         s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         if p.top_k > 0 {
             s.truncate(p.top_k);
         }
-        let max = s[0].0;
         let mut total = 0.0;
         for e in s.iter_mut() {
-            e.0 = (e.0 - max).exp();
+            e.0 = e.0.exp();
             total += e.0;
         }
         if p.top_p < 1.0 {
@@ -95,7 +102,7 @@ impl Sampler {
             let mut keep = s.len();
             for (i, e) in s.iter().enumerate() {
                 acc += e.0 / total;
-                if acc >= p.top_p {
+                if acc >= p.top_p as f64 {
                     keep = i + 1;
                     break;
                 }
@@ -103,14 +110,14 @@ impl Sampler {
             s.truncate(keep);
             total = s.iter().map(|e| e.0).sum();
         }
-        let mut r = self.rng.f64() as f32 * total;
+        let mut r = self.rng.f64() * total;
         for e in s.iter() {
             r -= e.0;
             if r <= 0.0 {
                 return e.1;
             }
         }
-        s.last().unwrap().1
+        s[0].1
     }
 }
 
@@ -137,5 +144,22 @@ mod tests {
         let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: 1, ..Default::default() });
         let picks: std::collections::HashSet<u32> = (0..200).map(|_| s.sample(&[0.0, 0.1, 0.2], &[])).collect();
         assert_eq!(picks.len(), 3, "full sampling reaches every token");
+    }
+
+    #[test]
+    fn any_positive_temperature_is_stable() {
+        let logits = [1.0, 3.0, 2.9, -1.0, f32::NAN];
+        for t in [1e-40f32, f32::MIN_POSITIVE, 1e-30, 1e-6, 0.01] {
+            let mut s = Sampler::new(SamplingParams { temperature: t, seed: 3, ..Default::default() });
+            for _ in 0..50 {
+                assert_eq!(s.sample(&logits, &[]), 1, "temperature {t} must pick the most likely token");
+            }
+        }
+        // exact ties at a tiny temperature are shared, and a huge logit gap is no problem
+        let mut s = Sampler::new(SamplingParams { temperature: 1e-40, seed: 5, ..Default::default() });
+        let picks: std::collections::HashSet<u32> = (0..100).map(|_| s.sample(&[5.0, 5.0, -3e38], &[])).collect();
+        assert_eq!(picks, [0, 1].into_iter().collect());
+        let mut s = Sampler::new(SamplingParams { temperature: 2.0, top_p: 1e-30, seed: 5, ..Default::default() });
+        assert_eq!(s.sample(&[3e38, -3e38, 0.0], &[]), 0);
     }
 }

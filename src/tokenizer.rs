@@ -12,6 +12,10 @@ pub const DEFAULT_TOKENIZER_CONFIG: &str = include_str!("../data/tokenizer/token
 
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
+    /// the same tokenizer reading special-token strings as plain text
+    plain: tokenizers::Tokenizer,
+    /// the special (control) tokens' strings, longest first
+    pub specials: Vec<String>,
     /// `tokenizer_config.json` (chat template, special token names)
     pub config: serde_json::Value,
     pub bos: u32,
@@ -55,16 +59,30 @@ impl Tokenizer {
             inner.token_to_id(name).ok_or_else(|| anyhow!("special token `{name}` ({key}) is not in the vocabulary"))
         };
         let (bos, eos, pad) = (id("bos_token", "<|im_start|>")?, id("eos_token", "<|im_end|>")?, id("pad_token", "<|endoftext|>")?);
-        Ok(Tokenizer { inner, config, bos, eos, pad })
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let mut specials: Vec<String> = inner.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
+        specials.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        Ok(Tokenizer { inner, plain, specials, config, bos, eos, pad })
     }
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of `text`, no special tokens added.
+    /// Token ids of `text`, no special tokens added; special-token strings
+    /// in it become those tokens (text made by a template or the user's own
+    /// raw prompt).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` read as plain text: a special-token string in it
+    /// is spelled out in ordinary tokens, never a control token (message
+    /// content).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.plain.encode(text, false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -172,3 +172,20 @@ fn bad_input_names_what_is_wrong() {
     let e = fails(&["logits", "--model", "models/tiny.toml", "--weights", "w", "--tokens", "1", "--out", "x", "--fusion", "max"]);
     assert!(e.contains("unknown fusion strategy `max`"), "{e}");
 }
+
+#[test]
+fn prompts_longer_than_the_context_are_refused_with_both_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    let w = w.to_str().unwrap();
+    ok(&["init", "--model", "models/tiny.toml", "--seed", "4", "--out", w]);
+    let ids = |n: usize| vec!["5"; n].join(",");
+    let e = fails(&["generate", "--model", "models/tiny.toml", "--weights", w, "--tokens", &ids(2048)]);
+    assert!(e.contains("2048 tokens") && e.contains("context of 2048"), "{e}");
+    let e = fails(&["logits", "--model", "models/tiny.toml", "--weights", w, "--tokens", &ids(2049), "--out", "x"]);
+    assert!(e.contains("2049 ids") && e.contains("context of 2048"), "{e}");
+    // one under the context: exactly one new token, so the sequence fills the context
+    let out = ok(&["generate", "--model", "models/tiny.toml", "--weights", w, "--tokens", &ids(2047), "--json", "--ignore-eos"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["tokens"].as_array().unwrap().len(), 1);
+}

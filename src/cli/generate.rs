@@ -69,7 +69,15 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--tokens is empty");
     }
     let (def, w) = a.model.load()?;
-    let ctx = (prompt.len() + a.max_new_tokens).min(def.max_position_embeddings).max(prompt.len());
+    if prompt.len() >= def.max_position_embeddings {
+        bail!(
+            "the prompt has {} tokens but model `{}` has a context of {} (max_position_embeddings), which leaves no room for a new token",
+            prompt.len(),
+            def.name,
+            def.max_position_embeddings
+        );
+    }
+    let ctx = prompt.len().saturating_add(a.max_new_tokens.max(1)).min(def.max_position_embeddings);
     let opts = ForwardOptions::generation(ctx);
     let mut g = Generator::new(Session::on(a.model.device, &def, w, opts, a.model.fusion)?);
     let mut sampler = Sampler::new(params);

@@ -27,6 +27,14 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--tokens is empty");
     }
     let (def, w) = a.model.load()?;
+    if tokens.len() > def.max_position_embeddings {
+        bail!(
+            "--tokens has {} ids but model `{}` has a context of {} (max_position_embeddings)",
+            tokens.len(),
+            def.name,
+            def.max_position_embeddings
+        );
+    }
     let opts = ForwardOptions::full(tokens.len());
     let mut s = Session::on(a.model.device, &def, w, opts, a.model.fusion)?;
     let l = s.run(&tokens, 1, 0)?;

@@ -82,7 +82,7 @@ impl ChatScorer {
         let (log_prob, tokens) = scored_log_prob(&l, &ids, &labels);
         self.generator.session().recycle(l);
 
-        let prompt = self.tok.encode(&self.template.render(&case.messages, true)?)?;
+        let prompt = self.template.encode(&self.tok, &case.messages, true)?;
         if prompt.len() >= context {
             bail!("a prompt of {} tokens leaves no room to answer in a context of {context}", prompt.len());
         }

@@ -73,7 +73,7 @@ pub fn choice_prompt(q: &Question) -> String {
 pub fn answer(s: &mut Session, tok: &Tokenizer, template: Option<&ChatTemplate>, q: &Question, letters: &[u32; 4]) -> Result<usize> {
     let text = choice_prompt(q);
     let ids = match template {
-        Some(t) => tok.encode(&t.render(&[Message::new("user", &text)], true)?)?,
+        Some(t) => t.encode(tok, &[Message::new("user", &text)], true)?,
         None => [vec![tok.bos], tok.encode(&text)?].concat(),
     };
     let l = s.run(&ids, 1, 0)?;

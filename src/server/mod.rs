@@ -2,11 +2,14 @@
 //! web chat page at `/`.
 //!
 //! `POST /v1/chat/completions` (plain or streamed as server-sent events),
-//! `GET /v1/models`, `GET /health`. Requests are queued for one generation
-//! worker (bounded queue: a full queue answers 503); a client that
-//! disconnects stops its generation; SIGTERM or Ctrl-C stops accepting
-//! connections, lets the running ones finish, then exits.
+//! `GET /v1/models`, `GET /health`. Requests go to the generation worker,
+//! which decodes several together (bounded queue: a full queue answers
+//! 503); a client that disconnects or stops reading loses its generation;
+//! with an API key, `/v1` needs `Authorization: Bearer KEY`; SIGTERM or
+//! Ctrl-C stops accepting connections, lets the running ones finish (for a
+//! grace period), then exits.
 
+pub mod listen;
 pub mod request;
 pub mod worker;
 
@@ -17,9 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +30,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
 
+use self::listen::Limits;
 use self::request::{ApiError, ChatRequest};
 use self::worker::{Event, Job, Worker};
 use crate::chat_template::ChatTemplate;
@@ -44,14 +48,20 @@ pub struct App {
     pub tok: Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub worker: Worker,
+    /// `/v1` requests must carry `Authorization: Bearer KEY`
+    pub api_key: Option<String>,
+    pub limits: Limits,
 }
 
 pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/health", get(health))
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat))
+        .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", None, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
@@ -62,15 +72,38 @@ pub fn serve(app: App, addr: SocketAddr) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        if app.api_key.is_none() && !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: listening on {} without an API key: anyone who can reach it can use the model (set --api-key or LUMIND_API_KEY)",
+                addr.ip()
+            );
+        }
         eprintln!("serving `{}` on http://{} (chat page at /, API at /v1/chat/completions)", app.model_id, listener.local_addr()?);
         eprintln!(
             "{} requests are decoded together, up to {} more wait; Ctrl-C or SIGTERM drains and stops",
             app.worker.parallel, app.worker.capacity
         );
-        axum::serve(listener, router(Arc::new(app))).with_graceful_shutdown(shutdown()).await?;
+        let limits = app.limits;
+        listen::serve(listener, router(Arc::new(app)), limits, shutdown()).await;
         eprintln!("stopped");
         Ok(())
     })
+}
+
+/// With an API key, a `/v1` request must carry it as a bearer token.
+async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(key) = &app.api_key else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if equal_in_constant_time(g.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+        None => ApiError::unauthorized("You didn't provide an API key: send it as `Authorization: Bearer KEY`.").into_response(),
+    }
+}
+
+/// (so how long a comparison takes does not tell how much of a key was right)
+fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn shutdown() {
@@ -105,14 +138,22 @@ async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": [{"id": app.model_id, "object": "model", "created": now(), "owned_by": "lumind"}]}))
 }
 
-async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    match start(&app, body).await {
+async fn chat(State(app): State<Arc<App>>, req: Request) -> Response {
+    match start(&app, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn start(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn start(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
+    let limit = app.limits.body;
+    let body = match tokio::time::timeout(limit, Bytes::from_request(req, &())).await {
+        Err(_) => {
+            let msg = format!("the request body did not arrive within {} s", limit.as_secs_f64());
+            return Err(ApiError { param: Some("body".into()), ..ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", None, msg) });
+        }
+        Ok(body) => body,
+    };
     let body = body.map_err(|e| {
         let status = e.status();
         let msg =
@@ -120,8 +161,7 @@ async fn start(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<Re
         ApiError { status, message: msg, kind: "invalid_request_error", param: Some("body".into()), code: None }
     })?;
     let req = ChatRequest::parse(&body, &app.model_id, app.context)?;
-    let text = app.template.render(&req.messages, true).map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-    let prompt = app.tok.encode(&text).map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    let prompt = app.template.encode(&app.tok, &req.messages, true).map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
     let room = app.context.saturating_sub(prompt.len());
     if room == 0 {
         return Err(ApiError {

@@ -28,6 +28,10 @@ impl ApiError {
             code: None,
         }
     }
+    /// 401, as OpenAI answers a missing or wrong key.
+    pub fn unauthorized(message: &str) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"), message)
+    }
     pub fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into(), kind, param: None, code }
     }

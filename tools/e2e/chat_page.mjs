@@ -1,9 +1,11 @@
 // End to end: the web chat page served by `lumind serve`, in headless
 // Chromium. Types a question, sees the answer arrive in pieces, asks again
-// (the history is sent along), resets. Usage: node chat_page.mjs URL [SCREENSHOT]
+// (the history is sent along), resets. With KEY (a server run with
+// --api-key KEY), first checks that the page says a key is needed, then
+// enters it. Usage: node chat_page.mjs URL [SCREENSHOT] [KEY]
 import { chromium } from 'playwright-core';
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, key] = process.argv.slice(2);
 const fail = (msg) => { console.error('FAIL: ' + msg); process.exit(1); };
 
 const browser = await chromium.launch({
@@ -16,6 +18,16 @@ try {
   const requests = [];
   page.on('request', (r) => { if (!r.url().startsWith(url)) requests.push(r.url()); });
   await page.goto(url);
+  if (key) {
+    await page.fill('#input', 'Hello?');
+    await page.click('#send');
+    await page.waitForSelector('.msg.assistant[data-done]', { timeout: 60000 });
+    const refused = await page.locator('.msg.assistant').first().textContent();
+    if (!refused.includes('API key')) fail('without the key the page should say one is needed: ' + refused);
+    await page.fill('#key', key);
+    await page.dispatchEvent('#key', 'change');
+    await page.click('#reset');
+  }
   await page.waitForFunction(() => document.getElementById('model').textContent.length > 0);
   await page.fill('#max_tokens', '120');
   await page.fill('#seed', '1');
@@ -48,7 +60,8 @@ try {
   await page.click('#reset');
   if (await page.locator('.msg').count() !== 0) fail('reset did not clear the conversation');
   if (requests.length) fail('the page loaded something from elsewhere: ' + requests.join(', '));
-  console.log(`ok: streamed answer of ${answer.length} characters in ${updates} updates; second turn and reset work`);
+  console.log(`ok: streamed answer of ${answer.length} characters in ${updates} updates; second turn and reset work` +
+    (key ? '; asked for the API key, then worked with it' : ''));
 } finally {
   await browser.close();
 }

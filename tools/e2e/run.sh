@@ -17,3 +17,11 @@ for _ in $(seq 100); do grep -q "on http://" "$tmp/log" && break; sleep 0.1; don
 url=$(grep -o "http://[0-9.:]*" "$tmp/log" | head -1)
 [ -n "$url" ] || { cat "$tmp/log"; exit 1; }
 node tools/e2e/chat_page.mjs "$url/" "${1:-}"
+# the same page against a server that wants an API key
+target/release/lumind serve --model models/tiny.toml --weights "$tmp/w.safetensors" --port 0 --api-key e2e-key 2>"$tmp/log2" &
+server2=$!
+trap 'kill $server $server2 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do grep -q "on http://" "$tmp/log2" && break; sleep 0.1; done
+url2=$(grep -o "http://[0-9.:]*" "$tmp/log2" | head -1)
+[ -n "$url2" ] || { cat "$tmp/log2"; exit 1; }
+node tools/e2e/chat_page.mjs "$url2/" "" e2e-key
