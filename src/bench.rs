@@ -112,7 +112,7 @@ unsafe fn fma_chains(iters: usize) -> f32 {
 
 /// A generation session (KV cache, last-position logits) with random weights.
 pub fn generation_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize) -> Result<Session> {
-    Session::on(device, def, Weights::init(def, 0, None), ForwardOptions::generation(positions), fusion)
+    Session::on(device, def, Weights::random(def, 0, None)?, ForwardOptions::generation(positions), fusion)
 }
 
 /// Prefill `n` tokens into an empty cache; tokens/s.
@@ -144,7 +144,7 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
 
 /// A session decoding up to `slots` sequences together (random weights).
 pub fn batched_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize, slots: usize) -> Result<Slots> {
-    Ok(Slots::new(Session::on(device, def, Weights::init(def, 0, None), ForwardOptions::batched(positions, slots), fusion)?))
+    Ok(Slots::new(Session::on(device, def, Weights::random(def, 0, None)?, ForwardOptions::batched(positions, slots), fusion)?))
 }
 
 /// Greedy tokens of `n` decode steps for each of `prompts`, decoded
@@ -209,7 +209,7 @@ pub fn train_setup(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize
     let s = TrainSession::on(
         device,
         def,
-        Weights::init(def, 0, None),
+        Weights::random(def, 0, None)?,
         seq,
         crate::train::graph::Stage::LanguageModel,
         Update::AdamW(AdamWConfig::default()),

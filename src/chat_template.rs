@@ -71,6 +71,20 @@ impl ChatTemplate {
         Ok(ids)
     }
 
+    /// The conversation's first token ids, as [`Self::encode`] gives them: at
+    /// least `need` of them (all if there are fewer), without tokenizing
+    /// what lies far past them (long messages are cut to a byte budget).
+    pub fn encode_prefix(&self, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool, need: usize) -> Result<Vec<u32>> {
+        let longest = messages.iter().map(|m| m.content.len()).max().unwrap_or(0);
+        crate::tokenizer::with_budget(need, longest, |budget| {
+            let cut: Vec<Message> = messages
+                .iter()
+                .map(|m| Message { role: m.role.clone(), content: m.content[..crate::tokenizer::floor_char_boundary(&m.content, budget)].to_string() })
+                .collect();
+            self.encode(tok, &cut, add_generation_prompt)
+        })
+    }
+
     /// The conversation as text; with `add_generation_prompt` it ends where
     /// the assistant's reply begins. (Tokenizing this text would read
     /// special-token strings in content as control tokens: use [`Self::encode`].)

@@ -51,81 +51,136 @@ pub fn export(def: &ModelDef, weights: &Weights, tokenizer: Option<&Path>, out: 
     Ok(())
 }
 
-fn get<'a>(c: &'a Value, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().find_map(|k| c.get(*k).filter(|v| !v.is_null()))
+/// `config.json`'s values, read strictly: a key that is present must have
+/// the type its field needs (a size a whole number, a real a number, a
+/// flag a boolean), so nothing is rounded or replaced by a default.
+struct Config<'a>(&'a Value);
+
+impl<'a> Config<'a> {
+    /// The first of `keys` present (and not null), with its name.
+    fn get(&self, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
+        keys.iter().find_map(|k| self.0.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+    }
+    fn int(&self, keys: &[&'static str]) -> Result<Option<usize>> {
+        let Some((k, v)) = self.get(keys) else { return Ok(None) };
+        let n = v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9e15).map(|f| f as u64));
+        match n {
+            Some(n) => Ok(Some(usize::try_from(n).with_context(|| format!("`{k}` is too large: {v}"))?)),
+            None => bail!("`{k}` must be a whole number, got {v}"),
+        }
+    }
+    fn required(&self, keys: &[&'static str]) -> Result<usize> {
+        self.int(keys)?.with_context(|| format!("there is no `{}`", keys[0]))
+    }
+    fn real(&self, keys: &[&'static str]) -> Result<Option<f64>> {
+        let Some((k, v)) = self.get(keys) else { return Ok(None) };
+        match v.as_f64() {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => bail!("`{k}` must be a finite number, got {v}"),
+        }
+    }
+    fn flag(&self, keys: &[&'static str]) -> Result<Option<bool>> {
+        let Some((k, v)) = self.get(keys) else { return Ok(None) };
+        v.as_bool().map(Some).with_context(|| format!("`{k}` must be true or false, got {v}"))
+    }
+    fn text(&self, keys: &[&'static str]) -> Result<Option<&'a str>> {
+        let Some((k, v)) = self.get(keys) else { return Ok(None) };
+        v.as_str().map(Some).with_context(|| format!("`{k}` must be a string, got {v}"))
+    }
+}
+
+/// A TOML string literal (escaped as TOML wants, whatever the characters).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// A definition (TOML text) from a transformers or MiniMind `config.json`.
+/// A key whose value lumind cannot represent exactly is an error naming it.
 pub fn definition_from_config(c: &Value, name: &str, has_lm_head: bool) -> Result<String> {
-    let num = |keys: &[&str]| get(c, keys).and_then(|v| v.as_f64());
-    let req = |keys: &[&str]| num(keys).with_context(|| format!("config.json has no `{}`", keys[0]));
+    let c = Config(c);
     let mut t = String::new();
     let mut line = |k: &str, v: String| t.push_str(&format!("{k} = {v}\n"));
-    line("name", format!("{name:?}"));
-    line("vocab_size", (req(&["vocab_size"])? as usize).to_string());
-    let hidden = req(&["hidden_size", "dim"])? as usize;
+    line("name", toml_string(name));
+    line("vocab_size", c.required(&["vocab_size"])?.to_string());
+    let hidden = c.required(&["hidden_size", "dim"])?;
     line("hidden_size", hidden.to_string());
-    line("num_hidden_layers", (req(&["num_hidden_layers", "n_layers"])? as usize).to_string());
-    let heads = req(&["num_attention_heads", "n_heads"])? as usize;
+    line("num_hidden_layers", c.required(&["num_hidden_layers", "n_layers"])?.to_string());
+    let heads = c.required(&["num_attention_heads", "n_heads"])?;
     line("num_attention_heads", heads.to_string());
-    line("num_key_value_heads", (num(&["num_key_value_heads", "n_kv_heads"]).unwrap_or(heads as f64) as usize).to_string());
-    let archs: Vec<String> = get(c, &["architectures"]).and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
-    let qk_norm = archs.iter().any(|a| a.contains("Qwen3")) || get(c, &["model_type"]).and_then(|v| v.as_str()) == Some("qwen3");
-    if let Some(hd) = num(&["head_dim"]) {
-        if qk_norm || hd as usize * heads != hidden {
-            line("head_dim", (hd as usize).to_string());
+    line("num_key_value_heads", c.int(&["num_key_value_heads", "n_kv_heads"])?.unwrap_or(heads).to_string());
+    let archs: Vec<String> = match c.get(&["architectures"]) {
+        Some((k, a)) => serde_json::from_value(a.clone()).with_context(|| format!("`{k}` must be a list of strings, got {a}"))?,
+        None => vec![],
+    };
+    let qk_norm = archs.iter().any(|a| a.contains("Qwen3")) || c.text(&["model_type"])? == Some("qwen3");
+    if let Some(hd) = c.int(&["head_dim"])? {
+        if qk_norm || hd * heads != hidden {
+            line("head_dim", hd.to_string());
         }
     }
-    match num(&["intermediate_size"]) {
-        Some(f) => line("intermediate_size", (f as usize).to_string()),
+    match c.int(&["intermediate_size"])? {
+        Some(f) => line("intermediate_size", f.to_string()),
         None => line("intermediate_rule", "\"minimind2\"".into()),
     }
-    line("rms_norm_eps", format!("{:e}", num(&["rms_norm_eps", "norm_eps"]).unwrap_or(1e-5)));
-    let theta = num(&["rope_theta"]).or_else(|| get(c, &["rope_parameters"]).and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()));
+    line("rms_norm_eps", format!("{:e}", c.real(&["rms_norm_eps", "norm_eps"])?.unwrap_or(1e-5)));
+    let theta = match c.real(&["rope_theta"])? {
+        Some(t) => Some(t),
+        None => match c.get(&["rope_parameters"]) {
+            Some((_, p)) => Config(p).real(&["rope_theta"]).context("`rope_parameters`")?,
+            None => None,
+        },
+    };
     line("rope_theta", format!("{:?}", theta.unwrap_or(1e6)));
-    line("max_position_embeddings", (num(&["max_position_embeddings", "max_seq_len"]).unwrap_or(32768.0) as usize).to_string());
+    line("max_position_embeddings", c.int(&["max_position_embeddings", "max_seq_len"])?.unwrap_or(32768).to_string());
     // transformers defaults to untied; MiniMind ties. Without an lm_head tensor it must be tied.
-    let tie = get(c, &["tie_word_embeddings"]).and_then(|v| v.as_bool()).unwrap_or(!has_lm_head);
+    let tie = c.flag(&["tie_word_embeddings"])?.unwrap_or(!has_lm_head);
     line("tie_word_embeddings", (tie || !has_lm_head).to_string());
     line("qk_norm", qk_norm.to_string());
-    let moe = get(c, &["use_moe"]).and_then(|v| v.as_bool()).unwrap_or(false);
-    if moe {
-        let layers: Option<Vec<usize>> = get(c, &["moe_layers"]).and_then(|v| serde_json::from_value(v.clone()).ok());
+    if c.flag(&["use_moe"])?.unwrap_or(false) {
+        let layers: Option<Vec<usize>> = match c.get(&["moe_layers"]) {
+            Some((k, v)) => Some(serde_json::from_value(v.clone()).with_context(|| format!("`{k}` must be a list of layer numbers, got {v}"))?),
+            None => None,
+        };
         if layers.is_none() {
             line("ffn", "\"moe\"".into());
         }
         t.push_str("\n[moe]\n");
-        let n = |k: &str, d: f64| num(&[k]).unwrap_or(d);
-        t.push_str(&format!("n_routed_experts = {}\n", n("n_routed_experts", 4.0) as usize));
-        t.push_str(&format!("n_shared_experts = {}\n", n("n_shared_experts", 1.0) as usize));
-        t.push_str(&format!("num_experts_per_tok = {}\n", n("num_experts_per_tok", 2.0) as usize));
-        t.push_str(&format!("norm_topk_prob = {}\n", get(c, &["norm_topk_prob"]).and_then(|v| v.as_bool()).unwrap_or(true)));
-        t.push_str(&format!("aux_loss_alpha = {:?}\n", n("aux_loss_alpha", 0.01)));
-        t.push_str(&format!("seq_aux = {}\n", get(c, &["seq_aux"]).and_then(|v| v.as_bool()).unwrap_or(true)));
-        if let Some(m) = num(&["moe_intermediate_size"]) {
-            t.push_str(&format!("moe_intermediate_size = {}\n", m as usize));
+        t.push_str(&format!("n_routed_experts = {}\n", c.int(&["n_routed_experts"])?.unwrap_or(4)));
+        t.push_str(&format!("n_shared_experts = {}\n", c.int(&["n_shared_experts"])?.unwrap_or(1)));
+        t.push_str(&format!("num_experts_per_tok = {}\n", c.int(&["num_experts_per_tok"])?.unwrap_or(2)));
+        t.push_str(&format!("norm_topk_prob = {}\n", c.flag(&["norm_topk_prob"])?.unwrap_or(true)));
+        t.push_str(&format!("aux_loss_alpha = {:?}\n", c.real(&["aux_loss_alpha"])?.unwrap_or(0.01)));
+        t.push_str(&format!("seq_aux = {}\n", c.flag(&["seq_aux"])?.unwrap_or(true)));
+        if let Some(m) = c.int(&["moe_intermediate_size"])? {
+            t.push_str(&format!("moe_intermediate_size = {m}\n"));
         }
         if let Some(layers) = layers {
             t.push_str(&format!("\n[[layer]]\nlayers = {layers:?}\nffn = \"moe\"\n"));
         }
     }
-    if let Some(r) = get(c, &["rope_scaling"]).filter(|r| r.is_object()) {
-        let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|v| v.as_str()).unwrap_or("none");
-        if kind == "linear" || kind == "yarn" {
-            t.push_str(&format!(
-                "\n[rope_scaling]\ntype = {kind:?}\nfactor = {:?}\n",
-                r.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0)
-            ));
-            for k in ["original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor"] {
-                if kind == "yarn" {
-                    if let Some(v) = r.get(k).and_then(|v| v.as_f64()) {
-                        if k == "original_max_position_embeddings" {
-                            t.push_str(&format!("{k} = {}\n", v as usize));
-                        } else {
-                            t.push_str(&format!("{k} = {v:?}\n"));
+    match c.get(&["rope_scaling"]) {
+        None => {}
+        Some((_, r)) if !r.is_object() => bail!("`rope_scaling` must be an object or null, got {r}"),
+        Some((_, r)) => {
+            let r = Config(r);
+            let kind = r.text(&["rope_type", "type"]).context("`rope_scaling`")?.unwrap_or("default");
+            match kind {
+                "default" => {}
+                "linear" | "yarn" => {
+                    let factor = r.real(&["factor"]).context("`rope_scaling`")?.context("`rope_scaling` has no `factor`")?;
+                    t.push_str(&format!("\n[rope_scaling]\ntype = {}\nfactor = {factor:?}\n", toml_string(kind)));
+                    if kind == "yarn" {
+                        if let Some(o) = r.int(&["original_max_position_embeddings"]).context("`rope_scaling`")? {
+                            t.push_str(&format!("original_max_position_embeddings = {o}\n"));
+                        }
+                        for k in ["beta_fast", "beta_slow", "attention_factor"] {
+                            if let Some(v) = r.real(&[k]).context("`rope_scaling`")? {
+                                t.push_str(&format!("{k} = {v:?}\n"));
+                            }
                         }
                     }
                 }
+                other => bail!("`rope_scaling` is of type `{other}`; lumind runs `linear` and `yarn` (and none)"),
             }
         }
     }
@@ -148,7 +203,7 @@ pub fn import(dir: &Path, name: &str) -> Result<(String, ModelDef, Weights)> {
     let mut t = Tensors::load(&st)?;
     // some checkpoints carry rotary tables; they are derived, not parameters
     t.0.retain(|k, _| !k.contains("rotary_emb"));
-    let toml = definition_from_config(&c, name, t.get("lm_head.weight").is_some())?;
+    let toml = definition_from_config(&c, name, t.get("lm_head.weight").is_some()).with_context(|| format!("{}", cfg_path.display()))?;
     let def = ModelDef::parse(&toml).with_context(|| format!("the definition made from {}", cfg_path.display()))?;
     let w = Weights::check(&def, t).with_context(|| format!("{}", st.display()))?;
     Ok((toml, def, w))

@@ -31,7 +31,16 @@ pub fn load_adapter(dir: &Path) -> Result<(AdapterConfig, Vec<(String, (Vec<usiz
     let cfg: AdapterConfig =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?)
             .with_context(|| format!("{} is not a LoRA adapter config", cfg_path.display()))?;
-    let t = Tensors::load(&dir.join("adapter_model.safetensors"))?;
+    let path = dir.join("adapter_model.safetensors");
+    let t = Tensors::load(&path)?;
+    if !(cfg.r > 0 && cfg.lora_alpha.is_finite()) {
+        bail!("{}: `r` must be at least 1 and `lora_alpha` finite", cfg_path.display());
+    }
+    for (name, (_, data)) in &t.0 {
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            bail!("{}: tensor `{name}` holds {} at element {i}", path.display(), data[i]);
+        }
+    }
     let mut out = vec![];
     for name in t.0.keys().filter(|n| n.ends_with(".lora_A.weight")) {
         let module = name.trim_start_matches("base_model.model.").trim_end_matches(".lora_A.weight").to_string();

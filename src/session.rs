@@ -11,6 +11,7 @@ use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner
 
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::def::ModelDef;
+use crate::model::memory;
 use crate::model::rope;
 use crate::model::weights::Weights;
 
@@ -61,6 +62,14 @@ impl Session {
         passes: &[Pass],
     ) -> Result<Session> {
         let t = Instant::now();
+        if opts.max_positions == 0 || opts.slots == 0 {
+            bail!("a session needs at least one position and one sequence");
+        }
+        let kv = if opts.kv_cache { memory::kv_cache_bytes(def, opts.slots, opts.max_positions) } else { 0 };
+        // the largest run: a whole sequence, or a prompt chunk or a decode step
+        let run = if opts.kv_cache && opts.last_only { crate::slots::PREFILL_CHUNK.max(opts.slots).min(opts.max_positions) } else { opts.max_positions };
+        let need = memory::weight_bytes(def) + kv + memory::forward_bytes(def, 1, run);
+        memory::check_fits(&format!("model `{}` with {} positions x {} sequences", def.name, opts.max_positions, opts.slots), need)?;
         let opts = ForwardOptions { fused_attention: fused_attention(fusion, backend), ..opts };
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);

@@ -78,6 +78,13 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The first token ids of `text`: at least its first `need` tokens as
+    /// [`Self::encode`] gives them (all of them if it has fewer), without
+    /// tokenizing the rest of a long text (see [`with_budget`]).
+    pub fn encode_prefix(&self, text: &str, need: usize) -> Result<Vec<u32>> {
+        with_budget(need, text.len(), |budget| self.encode(&text[..floor_char_boundary(text, budget)]))
+    }
+
     /// Token ids of `text` read as plain text: a special-token string in it
     /// is spelled out in ordinary tokens, never a control token (message
     /// content).
@@ -90,6 +97,41 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| anyhow!("decoding failed: {e}"))
     }
+}
+
+/// Tokens past the cut a budget must leave, so that the cut (which can only
+/// change the last pre-token's merges) is far from the ones kept.
+const CUT_MARGIN: usize = 64;
+
+/// Tokenize a text of `len` bytes cut to a budget of bytes, `encode(budget)`,
+/// growing the budget until the cut leaves `need` tokens and a margin before
+/// it (or nothing is cut). A record of 10 MB then costs what its first
+/// `need` tokens do, not gigabytes of tokenizer state. The budget starts
+/// far above what `need` tokens take (64 bytes a token, plus 64 KiB), so
+/// only records much longer than `need` are cut at all; a chat template
+/// that looks at the whole of a message (MiniMind's splits at `</think>`)
+/// could render such a cut message differently.
+pub fn with_budget(need: usize, len: usize, encode: impl Fn(usize) -> Result<Vec<u32>>) -> Result<Vec<u32>> {
+    let mut budget = need.saturating_mul(64).saturating_add(64 << 10);
+    loop {
+        if budget >= len {
+            return encode(len);
+        }
+        let ids = encode(budget)?;
+        if ids.len() >= need.saturating_add(CUT_MARGIN) {
+            return Ok(ids);
+        }
+        budget = budget.saturating_mul(4);
+    }
+}
+
+/// The largest char boundary of `s` at or below `i`.
+pub fn floor_char_boundary(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// Turns a growing list of tokens into text pieces as they arrive, holding

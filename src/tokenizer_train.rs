@@ -19,8 +19,8 @@ pub const SPECIAL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}";
 
 pub fn train(input: &Path, vocab_size: usize, out: &Path) -> Result<()> {
-    if vocab_size < 256 + SPECIAL.len() {
-        bail!("--vocab-size must be at least {} (256 bytes + 3 special tokens)", 256 + SPECIAL.len());
+    if vocab_size < 256 + SPECIAL.len() || vocab_size > 1 << 22 {
+        bail!("--vocab-size must be between {} (256 bytes + 3 special tokens) and {}, got {vocab_size}", 256 + SPECIAL.len(), 1 << 22);
     }
     let index = JsonlIndex::build(input, OnBadLine::Skip, check_text)?;
     let mut reader = index.reader()?;

@@ -189,3 +189,30 @@ fn prompts_longer_than_the_context_are_refused_with_both_lengths() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["tokens"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn absurd_model_sizes_are_errors_not_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(root().join("models/tiny.toml")).unwrap();
+    let with = |key: &str, value: &str| {
+        let text: Vec<String> = base.lines().map(|l| if l.starts_with(&format!("{key} =")) { format!("{key} = {value}") } else { l.into() }).collect();
+        let p = dir.path().join(format!("{key}.toml"));
+        std::fs::write(&p, text.join("\n")).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let e = fails(&["info", "--model", &with("num_hidden_layers", "100000000")]);
+    assert!(e.contains("`num_hidden_layers` must be between 1 and 1024, got 100000000"), "{e}");
+    let e = fails(&["init", "--model", &with("vocab_size", "1099511627776"), "--out", "x"]);
+    assert!(e.contains("`vocab_size` must be between 1 and"), "{e}");
+    let e = fails(&["info", "--model", &with("vocab_size", "9223372036854775808")]);
+    assert!(e.contains("vocab_size"), "{e}");
+    // a model that is valid but whose weights cannot fit this machine
+    let big = with("hidden_size", "65536");
+    let text = std::fs::read_to_string(&big).unwrap().replace("num_hidden_layers = 2", "num_hidden_layers = 1000").replace("intermediate_size = 192", "intermediate_size = 262144");
+    std::fs::write(&big, text).unwrap();
+    let out = dir.path().join("big.safetensors");
+    let e = fails(&["init", "--model", &big, "--out", out.to_str().unwrap()]);
+    assert!(e.contains("GB of memory, more than this machine's"), "{e}");
+    assert!(!out.exists());
+    assert!(ok(&["info", "--model", &big]).contains("1000 layers"));
+}

@@ -80,6 +80,15 @@ fn weights_round_trip_and_bad_tensors_are_named() {
     let mut t = w.0.clone();
     t.insert("lm_head.weight", vec![64, 128], vec![0.0; 64 * 128]);
     assert_eq!(err(t), "tensor `lm_head.weight` has shape [64, 128] but model `tiny-qwen3` needs [128, 64]");
+    // non-finite values are named, from a file too
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut t = w.0.clone();
+        t.0.get_mut("model.layers.0.mlp.up_proj.weight").unwrap().1[5] = bad;
+        assert!(err(t.clone()).starts_with(&format!("tensor `model.layers.0.mlp.up_proj.weight` holds {bad} at element 5")));
+        t.save(&p).unwrap();
+        let e = format!("{:#}", Weights::load(&def, &p).unwrap_err());
+        assert!(e.contains("w.safetensors") && e.contains("up_proj") && e.contains("element 5"), "{e}");
+    }
 }
 
 #[test]

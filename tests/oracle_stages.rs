@@ -160,3 +160,38 @@ fn dpo_loss_margins_and_policy_gradients() {
         compare(&format!("dpo ({fusion})"), &grads, &want);
     }
 }
+
+#[test]
+fn grad_with_a_dpo_config_uses_its_reference() {
+    // `lumind grad --config` runs what `lumind train` would: the configured
+    // reference, not a frozen copy of the policy (whose loss is exactly ln 2)
+    let m = manifest();
+    let d = &m["dpo"];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs.jsonl");
+    let lines: Vec<String> = d["pairs"].as_array().unwrap().iter().map(|p| p.to_string()).collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let cfg = dir.path().join("dpo.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "stage = \"dpo\"\nmodel = {:?}\nweights = {:?}\nout = {:?}\n[data]\ntrain = {:?}\nmax_seq_len = 256\n[dpo]\nbeta = 0.1\nreference = {:?}\n[optim]\nlearning_rate = 1e-4\nbatch_size = 2\n",
+            root().join(m["model"].as_str().unwrap()),
+            root().join(m["weights"].as_str().unwrap()),
+            dir.path().join("run"),
+            data,
+            root().join(d["reference"].as_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("g.safetensors");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_lumind"))
+        .args(["grad", "--config", cfg.to_str().unwrap(), "--n", "2", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let got = Tensors::load(&out).unwrap();
+    let want = Tensors::load(&root().join(d["file"].as_str().unwrap())).unwrap();
+    let (g, w) = (scalar(&got, "loss"), scalar(&want, "loss"));
+    assert!((g - w).abs() <= 1e-5 * w, "grad --config gives loss {g}, PyTorch {w} (ln 2 = {})", std::f32::consts::LN_2);
+}

@@ -79,6 +79,25 @@ fn import_reads_minimind_configs() {
     let (toml, def2, w2) = import(dir.path(), "mm").unwrap();
     assert_eq!(param_specs(&def2), param_specs(&def), "{toml}");
     assert_eq!(w2, w);
+    // what lumind cannot represent exactly is refused, naming the key
+    for (key, value, want) in [
+        ("hidden_size", serde_json::json!(64.7), "`hidden_size` must be a whole number, got 64.7"),
+        ("num_key_value_heads", serde_json::json!(-2), "`num_key_value_heads` must be a whole number"),
+        ("rope_theta", serde_json::json!("1e6"), "`rope_theta` must be a finite number, got \"1e6\""),
+        ("rope_scaling", serde_json::json!({"type": "dynamic", "factor": 2.0}), "`rope_scaling` is of type `dynamic`"),
+        ("tie_word_embeddings", serde_json::json!("yes"), "`tie_word_embeddings` must be true or false"),
+    ] {
+        let mut c = cfg.clone();
+        c[key] = value;
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+        let e = format!("{:#}", import(dir.path(), "mm").unwrap_err());
+        assert!(e.contains(want) && e.contains("config.json"), "{key}: {e}");
+    }
+    // a name with control characters still makes a definition that parses
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let (toml, def3, _) = import(dir.path(), "bad\u{1b}[31mname\u{7}").unwrap();
+    assert_eq!(def3.name, "bad\u{1b}[31mname\u{7}");
+    assert_eq!(ModelDef::parse(&toml).unwrap().name, def3.name);
     // no weights: a clear error
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let e = import(dir.path(), "mm").unwrap_err().to_string();
@@ -123,6 +142,44 @@ fn terminal_chat_and_bundled_executable() {
     // without a bundle, chat needs files
     let (ok, _, err) = lumind(&["chat"], Some("/quit\n"));
     assert!(!ok && err.contains("--model and --weights"), "{err}");
+
+    // a damaged bundle says so: a byte appended, a weight byte flipped,
+    // lengths that wrap around
+    let bytes = std::fs::read(&exe).unwrap();
+    let damaged = |name: &str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = bytes.clone();
+        f(&mut b);
+        let p = dir.path().join(name);
+        std::fs::write(&p, &b).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut c = Command::new(&p);
+        c.args(["chat"]).current_dir(empty.path());
+        let (ok, _, err) = run(c, Some("/quit\n"));
+        assert!(!ok, "{name}: {err}");
+        err
+    };
+    let e = damaged("appended", &|b| b.push(0));
+    assert!(e.contains("the bundle is damaged: 1 bytes were added after its end"), "{e}");
+    let e = damaged("flipped", &|b| {
+        let at = b.len() - 4096;
+        b[at] ^= 0x10;
+    });
+    assert!(e.contains("does not match its checksum"), "{e}");
+    let e = damaged("wrapped", &|b| {
+        let n = b.len();
+        b[n - 32..n - 24].copy_from_slice(&u64::MAX.to_le_bytes());
+    });
+    assert!(e.contains("the lengths in its trailer do not add up") && !e.contains("panicked"), "{e}");
+    // parts that could never run are refused when bundling
+    let bad = dir.path().join("tok");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("tokenizer.json"), "{}").unwrap();
+    let (ok, _, err) = lumind(
+        &["bundle", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--tokenizer", bad.to_str().unwrap(), "--out", dir.path().join("x").to_str().unwrap()],
+        None,
+    );
+    assert!(!ok && err.contains("tokenizer.json is not a tokenizer"), "{err}");
+    assert!(!dir.path().join("x").exists());
 }
 
 #[test]

@@ -37,10 +37,13 @@ pub fn target_mask(targets: &Tensor) -> Tensor {
 }
 
 /// Mean cross-entropy over the scored targets (targets equal to -100 are
-/// ignored), as `torch.nn.functional.cross_entropy(..., ignore_index=-100)`.
+/// ignored), as `torch.nn.functional.cross_entropy(..., ignore_index=-100)`;
+/// with nothing scored it is 0, not PyTorch's NaN (the count is taken as at
+/// least 1, which changes no other value).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     let picked = sum_all(&target_log_probs(logits, targets));
     let count = sum_all(&target_mask(targets));
+    let count = count.add(&count.lt(&count.full_like(1.0)));
     picked.div(&count).scale(-1.0)
 }
 

@@ -16,7 +16,7 @@ use crate::model::{ModelDef, Weights};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 use crate::train::graph::{Stage, Update};
-use crate::train::trainer::Data;
+use crate::train::trainer::{session_for, Data};
 use crate::train::{Batch, TrainSession};
 
 #[derive(clap::Args)]
@@ -61,14 +61,15 @@ pub fn run(a: Args) -> Result<()> {
             }
             let def = ModelDef::load(&cfg.model)?;
             let tok = Tokenizer::load_or_default(cfg.tokenizer.as_deref())?;
-            let weights = match &cfg.weights {
-                Some(p) => Weights::load(&def, p)?,
-                None => Weights::init(&def, cfg.seed, None),
-            };
             let data = Data::open(&cfg, &tok)?;
+            cfg.check_against(&def, data.len())?;
+            if a.n == 0 {
+                bail!("--n must be at least 1");
+            }
             let order: Vec<usize> = (0..a.n.min(data.len())).collect();
             let (batch, _) = data.batch(&tok, &order, Position::default(), order.len())?;
-            let mut s = TrainSession::on(a.device, &def, weights, cfg.data.max_seq_len, cfg.stage(), Update::OutputGrads, a.fusion)?;
+            // (the graph, weights and reference `lumind train` would use)
+            let mut s = session_for(&cfg, &def, Update::OutputGrads, a.device, a.fusion)?;
             if let Some(dir) = &a.adapter {
                 let (_, mods) = crate::lora::load_adapter(dir)?;
                 let mut t = crate::model::weights::Tensors::default();

@@ -71,6 +71,19 @@ enum Cmd {
     Lora(lora::Args),
 }
 
+/// The error of a command stopped by Ctrl-C after saving its work: exit
+/// code 130, as a shell reports SIGINT.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -109,6 +122,7 @@ pub fn main() -> i32 {
     };
     match r {
         Ok(()) => 0,
+        Err(e) if e.is::<Interrupted>() => 130,
         Err(e) => {
             eprintln!("error: {e:#}");
             1

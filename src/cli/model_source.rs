@@ -3,11 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use lumind_compilers::{Backend, Fusion};
 
-use crate::model::weights::Tensors;
 use crate::model::{ModelDef, Weights};
 use crate::tokenizer::Tokenizer;
 
@@ -48,18 +47,8 @@ impl ModelSource {
             }
             (None, None) => match crate::bundle::current()? {
                 Some(b) => {
-                    let def = ModelDef::parse(&b.manifest.model_toml).context("the bundled model definition")?;
-                    let st = safetensors::SafeTensors::deserialize(&b.weights).context("the bundled weights")?;
-                    let mut t = Tensors::default();
-                    for (name, v) in st.tensors() {
-                        let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                        t.insert(name, v.shape().to_vec(), data);
-                    }
-                    let w = Weights::check(&def, t).context("the bundled weights")?;
-                    let inner = tokenizers::Tokenizer::from_bytes(b.manifest.tokenizer_json.as_bytes())
-                        .map_err(|e| anyhow::anyhow!("bundled tokenizer: {e}"))?;
-                    let cfg: serde_json::Value = serde_json::from_str(&b.manifest.tokenizer_config)?;
-                    (def, w, Some(Tokenizer::from_parts(inner, cfg)?))
+                    let (def, w, tok) = b.open()?;
+                    (def, w, Some(tok))
                 }
                 None => bail!("give --model and --weights (this executable carries no bundled model)"),
             },

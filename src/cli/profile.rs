@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     let def = ModelDef::load(&a.model)?;
     let weights = match &a.weights {
         Some(p) => Weights::load(&def, p)?,
-        None => Weights::init(&def, 0, None),
+        None => Weights::random(&def, 0, None)?,
     };
     let (stats, graph_names, tokens_per_run) = match a.job {
         Job::Forward | Job::Prefill => {

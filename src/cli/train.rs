@@ -36,7 +36,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(o) = a.out {
         cfg.out = o;
     }
-    cfg.validate()?;
-    train(&cfg, a.resume, a.device)?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
+    if train(&cfg, a.resume, a.device)?.interrupted {
+        return Err(super::Interrupted.into());
+    }
     Ok(())
 }

@@ -130,7 +130,7 @@ pub fn encode_conversation(
     max_len: usize,
     loss_on: LossOn,
 ) -> Result<(Vec<u32>, Vec<i64>)> {
-    let mut ids = tpl.encode(tok, msgs, false)?;
+    let mut ids = tpl.encode_prefix(tok, msgs, false, max_len)?;
     let mut labels = assistant_labels(&ids, m, loss_on);
     truncate(&mut ids, &mut labels, max_len, m);
     if ids.is_empty() {
@@ -154,6 +154,8 @@ pub struct ChatData {
     pub seed: u64,
     template: ChatTemplate,
     markers: Markers,
+    /// lines of the records skipped for having nothing scored
+    unscored: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl ChatData {
@@ -171,7 +173,8 @@ impl ChatData {
             Kind::Pairs => check_pair,
         };
         let index = JsonlIndex::build(path, on_bad, check)?;
-        Ok(ChatData { index, kind, max_len, loss_on, seed, template: ChatTemplate::for_tokenizer(tok)?, markers: Markers::new(tok)? })
+        let (template, markers) = (ChatTemplate::for_tokenizer(tok)?, Markers::new(tok)?);
+        Ok(ChatData { index, kind, max_len, loss_on, seed, template, markers, unscored: Default::default() })
     }
 
     pub fn len(&self) -> usize {
@@ -187,27 +190,70 @@ impl ChatData {
     }
 
     /// A batch of `batch` records from `pos`. Pairs give 2 x batch rows, the
-    /// chosen ones first (as MiniMind's DPO stacks them).
+    /// chosen ones first (as MiniMind's DPO stacks them). A record left with
+    /// no supervised token by the cut at `max_len` (a pair: on either side)
+    /// is skipped, with a warning the first time; a batch of only such
+    /// records becomes one row (one pair) of a lone bos token with nothing
+    /// scored, whose loss is 0.
     pub fn batch(&self, tok: &Tokenizer, order: &[usize], pos: Position, batch: usize) -> Result<(Batch, Position)> {
-        let records = self.index.read(order, pos.index, batch)?;
+        let mut reader = self.index.reader()?;
+        let take = &order[pos.index..(pos.index + batch).min(order.len())];
         let (mut rows, mut rejected) = (vec![], vec![]);
-        for v in &records {
+        for &i in take {
+            let (v, line) = reader.get(i)?;
             let enc = |k: &str| -> Result<(Vec<u32>, Vec<i64>)> {
                 let msgs = messages(&v[k]).map_err(anyhow::Error::msg)?;
                 encode_conversation(tok, &self.template, &self.markers, &msgs, self.max_len, self.loss_on)
             };
+            // (the label of position 0 is never scored: targets are shifted)
+            let scored = |r: &(Vec<u32>, Vec<i64>)| r.1.iter().skip(1).any(|&l| l >= 0);
             match self.kind {
-                Kind::Sft => rows.push(enc("conversations")?),
-                Kind::Pairs => {
-                    rows.push(enc("chosen")?);
-                    rejected.push(enc("rejected")?);
+                Kind::Sft => {
+                    let r = enc("conversations")?;
+                    if scored(&r) {
+                        rows.push(r);
+                    } else {
+                        self.unscored(line);
+                    }
                 }
+                Kind::Pairs => {
+                    let (c, r) = (enc("chosen")?, enc("rejected")?);
+                    if scored(&c) && scored(&r) {
+                        rows.push(c);
+                        rejected.push(r);
+                    } else {
+                        self.unscored(line);
+                    }
+                }
+            }
+        }
+        if rows.is_empty() {
+            rows.push((vec![tok.bos], vec![-100]));
+            if self.kind == Kind::Pairs {
+                rejected.push((vec![tok.bos], vec![-100]));
             }
         }
         rows.extend(rejected);
         let len = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
         pad_rows(&mut rows, len, tok.pad);
-        Ok((Batch::from_labels(&rows), Position { epoch: pos.epoch, index: pos.index + records.len() }))
+        Ok((Batch::from_labels(&rows), Position { epoch: pos.epoch, index: pos.index + take.len() }))
+    }
+
+    /// Note a record skipped for having nothing scored.
+    fn unscored(&self, line: u32) {
+        let mut seen = self.unscored.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(line) {
+            eprintln!(
+                "warning: {}:{line}: no assistant token is left within max_seq_len ({}); the record is skipped",
+                self.index.path.display(),
+                self.max_len
+            );
+        }
+    }
+
+    /// Records skipped so far for having nothing scored.
+    pub fn unscored_count(&self) -> usize {
+        self.unscored.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

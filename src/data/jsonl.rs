@@ -23,6 +23,33 @@ pub enum OnBadLine {
     Fail,
 }
 
+/// The longest line a record may have (64 MiB): longer ones are bad lines,
+/// and are never held in memory whole.
+pub const MAX_LINE: usize = 64 << 20;
+
+/// Read one line (with its newline) into `buf`, keeping at most
+/// [`MAX_LINE`] + 1 of its bytes; returns its full length (0 at the end).
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = (MAX_LINE + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        r.consume(take);
+        total += take;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
 /// An indexed JSONL file.
 pub struct JsonlIndex {
     pub path: PathBuf,
@@ -34,6 +61,8 @@ pub struct JsonlIndex {
 
 impl JsonlIndex {
     /// Index `path`; `check` validates one parsed line (Err = why it is bad).
+    /// A line that is not UTF-8, not JSON, fails `check` or is longer than
+    /// [`MAX_LINE`] is bad.
     pub fn build(path: &Path, on_bad: OnBadLine, check: impl Fn(&serde_json::Value) -> Result<(), String>) -> Result<JsonlIndex> {
         let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut r = BufReader::with_capacity(1 << 20, f);
@@ -42,24 +71,32 @@ impl JsonlIndex {
         let mut idx = JsonlIndex { path: path.to_path_buf(), records: vec![], skipped: 0 };
         loop {
             line.clear();
-            let n = r.read_until(b'\n', &mut line).with_context(|| format!("reading {}", path.display()))?;
+            let n = read_line(&mut r, &mut line).with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {
                 break;
             }
-            no += 1;
-            let text = String::from_utf8_lossy(&line);
-            if !text.trim().is_empty() {
-                let why = match serde_json::from_str::<serde_json::Value>(text.trim()) {
-                    Ok(v) => check(&v).err(),
-                    Err(e) => Some(format!("not valid JSON ({e})")),
-                };
-                match (why, on_bad) {
-                    (None, _) => idx.records.push((off, n as u32, no)),
-                    (Some(w), OnBadLine::Fail) => bail!("{}:{no}: {w}", path.display()),
-                    (Some(w), OnBadLine::Skip) => {
-                        idx.skipped += 1;
-                        eprintln!("warning: {}:{no}: {w}; skipped", path.display());
+            no = no.checked_add(1).with_context(|| format!("{} has more than {} lines", path.display(), u32::MAX))?;
+            let why = if n > MAX_LINE {
+                Some(format!("the line is {n} bytes long, over the {MAX_LINE} a record may have"))
+            } else {
+                match std::str::from_utf8(&line) {
+                    Err(e) => Some(format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to() + 1)),
+                    Ok(text) if text.trim().is_empty() => {
+                        off += n as u64;
+                        continue;
                     }
+                    Ok(text) => match serde_json::from_str::<serde_json::Value>(text.trim()) {
+                        Ok(v) => check(&v).err(),
+                        Err(e) => Some(format!("not valid JSON ({e})")),
+                    },
+                }
+            };
+            match (why, on_bad) {
+                (None, _) => idx.records.push((off, n as u32, no)),
+                (Some(w), OnBadLine::Fail) => bail!("{}:{no}: {w}", path.display()),
+                (Some(w), OnBadLine::Skip) => {
+                    idx.skipped += 1;
+                    eprintln!("warning: {}:{no}: {w}; skipped", path.display());
                 }
             }
             off += n as u64;

@@ -37,7 +37,7 @@ pub struct Position {
 /// A row of ids and labels before padding.
 pub fn encode_text(tok: &Tokenizer, text: &str, max_len: usize) -> Result<(Vec<u32>, Vec<i64>)> {
     let mut ids = vec![tok.bos];
-    let body = tok.encode(text)?;
+    let body = tok.encode_prefix(text, max_len.saturating_sub(2))?;
     ids.extend(body.iter().take(max_len.saturating_sub(2)));
     ids.push(tok.eos);
     let labels = ids.iter().map(|&t| t as i64).collect();

@@ -233,17 +233,44 @@ impl ModelDef {
     }
 }
 
+/// Upper bounds of the sizes a definition may give.
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_LAYERS: usize = 1024;
+const MAX_HEADS: usize = 1024;
+const MAX_POSITIONS: usize = 1 << 22;
+const MAX_EXPERTS: usize = 1024;
+
+/// A real number that must be finite and in `(lo, hi]`.
+fn real(key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if !(v.is_finite() && v > lo && v <= hi) {
+        bail!("`{key}` must be a finite number in ({lo:e}, {hi:e}], got {v}");
+    }
+    Ok(())
+}
+
 impl RawModelDef {
     fn validate(self) -> Result<ModelDef> {
-        for (key, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
+        // (bounds far above any MiniMind model, so that every size and count
+        // derived from them fits in 64 bits)
+        for (key, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
         ] {
-            if v == 0 {
-                bail!("`{key}` must be at least 1");
+            if v == 0 || v > max {
+                bail!("`{key}` must be between 1 and {max}, got {v}");
+            }
+        }
+        for (key, v) in [
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            if let Some(v) = v.filter(|&v| v > MAX_WIDTH * 16) {
+                bail!("`{key}` must be at most {}, got {v}", MAX_WIDTH * 16);
             }
         }
         let heads = self.num_attention_heads;
@@ -270,8 +297,8 @@ impl RawModelDef {
                 self.hidden_size / heads
             }
         };
-        if head_dim % 2 != 0 {
-            bail!("`head_dim` ({head_dim}) must be even for rotary embeddings");
+        if head_dim == 0 || head_dim % 2 != 0 {
+            bail!("`head_dim` ({head_dim}) must be even and at least 2 for rotary embeddings");
         }
         let intermediate_size = match (self.intermediate_size, self.intermediate_rule) {
             (Some(_), Some(_)) => {
@@ -281,20 +308,21 @@ impl RawModelDef {
             (Some(n), None) => n,
             (None, rule) => rule.unwrap_or(FfnRule::Minimind2).width(self.hidden_size),
         };
-        if !(self.rms_norm_eps > 0.0) {
-            bail!("`rms_norm_eps` must be positive, got {}", self.rms_norm_eps);
-        }
-        if !(self.rope_theta > 0.0) {
-            bail!("`rope_theta` must be positive, got {}", self.rope_theta);
-        }
-        if !(self.initializer_range > 0.0) {
-            bail!("`initializer_range` must be positive, got {}", self.initializer_range);
-        }
+        real("rms_norm_eps", self.rms_norm_eps, 0.0, 1.0)?;
+        // (theta <= 1 makes every frequency at least 1 radian per position)
+        real("rope_theta", self.rope_theta, 1.0, 1e12)?;
+        real("initializer_range", self.initializer_range, 0.0, 10.0)?;
         let rope_scaling = match self.rope_scaling {
             None => RopeScaling::None,
             Some(r) => {
-                if !(r.factor > 0.0) {
-                    bail!("`rope_scaling.factor` must be positive, got {}", r.factor);
+                real("rope_scaling.factor", r.factor, 0.0, 1e6)?;
+                for (k, v) in [("beta_fast", r.beta_fast), ("beta_slow", r.beta_slow), ("attention_factor", r.attention_factor)] {
+                    if let Some(v) = v {
+                        real(&format!("rope_scaling.{k}"), v, 0.0, 1e6)?;
+                    }
+                }
+                if let Some(o) = r.original_max_position_embeddings.filter(|&o| o > MAX_POSITIONS) {
+                    bail!("`rope_scaling.original_max_position_embeddings` must be at most {MAX_POSITIONS}, got {o}");
                 }
                 match r.kind.as_str() {
                     "linear" => {
@@ -335,8 +363,17 @@ impl RawModelDef {
         let moe = match self.moe {
             None => None,
             Some(m) => {
-                if m.n_routed_experts == 0 {
-                    bail!("`moe.n_routed_experts` must be at least 1");
+                if m.n_routed_experts == 0 || m.n_routed_experts > MAX_EXPERTS {
+                    bail!("`moe.n_routed_experts` must be between 1 and {MAX_EXPERTS}, got {}", m.n_routed_experts);
+                }
+                if m.n_shared_experts > MAX_EXPERTS {
+                    bail!("`moe.n_shared_experts` must be at most {MAX_EXPERTS}, got {}", m.n_shared_experts);
+                }
+                if !(m.aux_loss_alpha.is_finite() && m.aux_loss_alpha >= 0.0) {
+                    bail!("`moe.aux_loss_alpha` must be a finite number at least 0, got {}", m.aux_loss_alpha);
+                }
+                if let Some(n) = m.moe_intermediate_size.filter(|&n| n > MAX_WIDTH * 16) {
+                    bail!("`moe.moe_intermediate_size` must be at most {}, got {n}", MAX_WIDTH * 16);
                 }
                 if m.num_experts_per_tok == 0 || m.num_experts_per_tok > m.n_routed_experts {
                     bail!(
@@ -372,8 +409,8 @@ impl RawModelDef {
                     kinds[l].0 = k;
                 }
                 if let Some(n) = o.intermediate_size {
-                    if n == 0 {
-                        bail!("`layer[{i}].intermediate_size` must be at least 1");
+                    if n == 0 || n > MAX_WIDTH * 16 {
+                        bail!("`layer[{i}].intermediate_size` must be between 1 and {}, got {n}", MAX_WIDTH * 16);
                     }
                     kinds[l].1 = n;
                 }
@@ -461,6 +498,24 @@ max_position_embeddings = 256
         assert!(err("[[layer]]\nlayers = [5]\nffn = \"moe\"").contains("`layer[0].layers` names layer 5"));
         assert!(err("[rope_scaling]\ntype = \"ntk\"\nfactor = 2.0").contains("`rope_scaling.type` is `ntk`"));
         assert!(err("intermediate_size = 96\nintermediate_rule = \"minimind3\"").contains("either"));
+        // sizes that would overflow or exhaust memory, and values that are not finite
+        let with = |k: &str, v: &str| {
+            let text = BASE.lines().map(|l| if l.starts_with(&format!("{k} =")) { format!("{k} = {v}") } else { l.to_string() }).collect::<Vec<_>>();
+            let mut text = text.join("\n");
+            if !text.contains(&format!("{k} =")) {
+                text.push_str(&format!("\n{k} = {v}\n"));
+            }
+            format!("{:#}", ModelDef::parse(&text).unwrap_err())
+        };
+        assert!(with("vocab_size", "1099511627776").contains("`vocab_size` must be between 1 and"));
+        assert!(with("num_hidden_layers", "100000000").contains("`num_hidden_layers` must be between 1 and 1024"));
+        assert!(with("rope_theta", "1e-300").contains("`rope_theta` must be a finite number"));
+        assert!(with("rms_norm_eps", "inf").contains("`rms_norm_eps`"));
+        assert!(with("initializer_range", "inf").contains("`initializer_range`"));
+        assert!(with("rope_theta", "nan").contains("`rope_theta`"));
+        assert!(err("qk_norm = true\nhead_dim = 0").contains("`head_dim` (0) must be even and at least 2"));
+        let yarn = "[rope_scaling]\ntype = \"yarn\"\nfactor = 2.0\noriginal_max_position_embeddings = 64\nattention_factor = nan";
+        assert!(err(yarn).contains("`rope_scaling.attention_factor`"), "{}", err(yarn));
     }
 
     #[test]

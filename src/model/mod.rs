@@ -3,6 +3,7 @@
 pub mod builder;
 pub mod def;
 pub mod hf_config;
+pub mod memory;
 pub mod params;
 pub mod rope;
 pub mod weights;

@@ -30,11 +30,19 @@ impl Tensors {
     /// Read every tensor of a safetensors file as f32 (f16, bf16 and f64 are
     /// converted).
     pub fn load(path: &Path) -> Result<Tensors> {
+        let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+        // (the file's bytes, then as much again or twice as much in f32)
+        super::memory::check_fits(&format!("reading {}", path.display()), 3 * size)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        Tensors::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Every tensor of a safetensors file's bytes, as f32.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Tensors> {
+        let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
         let mut out = Tensors::default();
         for (name, view) in st.tensors() {
-            let data = to_f32(&view).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+            let data = to_f32(&view).with_context(|| format!("tensor `{name}`"))?;
             out.insert(name, view.shape().to_vec(), data);
         }
         Ok(out)
@@ -116,7 +124,19 @@ impl Weights {
         if let Some(extra) = t.0.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
             bail!("unexpected tensor `{extra}` (shape {:?}): model `{}` has no such parameter", t.0[extra].0, def.name);
         }
+        for (name, (_, data)) in &t.0 {
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                bail!("tensor `{name}` holds {} at element {i}: the weights are damaged (or training diverged)", data[i]);
+            }
+        }
         Ok(Weights(t))
+    }
+
+    /// [`Self::init`], refused with an error when the weights would not fit
+    /// in this machine's memory (what commands call on a user's definition).
+    pub fn random(def: &ModelDef, seed: u64, std: Option<f32>) -> Result<Weights> {
+        super::memory::check_fits(&format!("the weights of model `{}`", def.name), super::memory::weight_bytes(def))?;
+        Ok(Weights::init(def, seed, std))
     }
 
     /// Seeded random weights following the definition's `init` scheme.

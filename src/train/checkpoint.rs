@@ -28,6 +28,23 @@ pub struct RunState {
     pub seed: u64,
     /// the config this run was started with, minus the step limit
     pub fingerprint: String,
+    /// the micro-steps of the optimizer step under way (a run stopped in
+    /// the middle of gradient accumulation logs the same step on resume)
+    #[serde(default)]
+    pub window: Window,
+}
+
+/// Sums over the micro-steps of one optimizer step, for its metrics row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub micro_steps: u32,
+    pub loss: f32,
+    pub ce: f32,
+    pub aux: f32,
+    /// DPO: reward accuracy and margin
+    pub reward_acc: f32,
+    pub reward_margin: f32,
+    pub tokens: u64,
 }
 
 pub struct Checkpoint {

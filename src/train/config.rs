@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::jsonl::OnBadLine;
+use crate::model::def::ModelDef;
 use crate::data::pretrain::PadTo;
 
 /// Which training stage a config runs.
@@ -106,6 +107,7 @@ pub struct OptimConfig {
     /// linear warmup over this many optimizer steps, then MiniMind's cosine
     #[serde(default)]
     pub warmup_steps: usize,
+    /// global gradient-norm clip (0: none)
     #[serde(default = "default_clip")]
     pub grad_clip: f32,
     #[serde(default = "default_wd")]
@@ -167,23 +169,43 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// Check every field on its own: whole numbers at least 1 and not
+    /// absurdly large, real numbers finite and in range. What depends on
+    /// the model or the data is checked by [`Self::check_against`].
     pub fn validate(&self) -> Result<()> {
         let o = &self.optim;
-        if o.batch_size == 0 || o.accumulation_steps == 0 || o.epochs == 0 {
-            bail!("`optim.batch_size`, `optim.accumulation_steps` and `optim.epochs` must be at least 1");
+        let count = |key: &str, v: usize, max: usize| -> Result<()> {
+            if v == 0 || v > max {
+                bail!("`{key}` must be between 1 and {max}, got {v}");
+            }
+            Ok(())
+        };
+        let real = |key: &str, v: f32, lo: f32, hi: f32, lo_open: bool| -> Result<()> {
+            let above = if lo_open { v > lo } else { v >= lo };
+            if !(v.is_finite() && above && v <= hi) {
+                let open = if lo_open { "(" } else { "[" };
+                bail!("`{key}` must be a finite number in {open}{lo}, {hi}], got {v}");
+            }
+            Ok(())
+        };
+        count("optim.batch_size", o.batch_size, 1 << 16)?;
+        count("optim.accumulation_steps", o.accumulation_steps, 1 << 20)?;
+        count("optim.epochs", o.epochs, 1 << 20)?;
+        if let Some(m) = o.max_steps {
+            count("optim.max_steps", m, 1 << 40)?;
         }
-        if o.max_steps == Some(0) {
-            bail!("`optim.max_steps` must be at least 1");
+        if o.warmup_steps > 1 << 40 {
+            bail!("`optim.warmup_steps` must be at most {}, got {}", 1u64 << 40, o.warmup_steps);
         }
-        if !(o.learning_rate > 0.0 && o.learning_rate.is_finite()) {
-            bail!("`optim.learning_rate` must be positive, got {}", o.learning_rate);
+        real("optim.learning_rate", o.learning_rate, 0.0, f32::MAX, true)?;
+        // (0: no clipping)
+        real("optim.grad_clip", o.grad_clip, 0.0, f32::MAX, false)?;
+        real("optim.weight_decay", o.weight_decay, 0.0, 1.0, false)?;
+        if self.data.max_seq_len < 2 || self.data.max_seq_len > 1 << 20 {
+            bail!("`data.max_seq_len` must be between 2 and {}, got {}", 1 << 20, self.data.max_seq_len);
         }
-        if self.data.max_seq_len < 2 {
-            bail!("`data.max_seq_len` must be at least 2");
-        }
-        if self.checkpoint.every == 0 || self.log.every == 0 {
-            bail!("`checkpoint.every` and `log.every` must be at least 1");
-        }
+        count("checkpoint.every", self.checkpoint.every, 1 << 40)?;
+        count("log.every", self.log.every, 1 << 40)?;
         self.fusion.parse::<lumind_compilers::Fusion>().map_err(|e| anyhow::anyhow!("`fusion`: {e}"))?;
         if matches!(self.stage, StageName::Lora | StageName::Dpo) && self.weights.is_none() {
             bail!("stage `{:?}` starts from trained weights: set `weights`", self.stage);
@@ -192,12 +214,53 @@ impl TrainConfig {
             bail!("a `[lora]` table is only used with `stage = \"lora\"`");
         }
         if let Some(l) = &self.lora {
-            if l.rank == 0 {
-                bail!("`lora.rank` must be at least 1");
+            count("lora.rank", l.rank, 1 << 16)?;
+            if let Some(a) = l.alpha {
+                if !(a.is_finite() && a > 0.0) {
+                    bail!("`lora.alpha` must be a finite number above 0, got {a}");
+                }
             }
         }
-        if !(self.dpo.beta > 0.0) {
-            bail!("`dpo.beta` must be positive");
+        real("dpo.beta", self.dpo.beta, 0.0, 1e4, true)?;
+        Ok(())
+    }
+
+    /// Check what depends on the model and the data: the sequence length
+    /// against the model's context, the memory a step needs against the
+    /// machine's, and the accumulation against the batches there are.
+    pub fn check_against(&self, def: &ModelDef, records: usize) -> Result<()> {
+        let (seq, o) = (self.data.max_seq_len, &self.optim);
+        if seq > def.max_position_embeddings {
+            bail!(
+                "`data.max_seq_len` ({seq}) exceeds the context of model `{}` ({} positions, max_position_embeddings)",
+                def.name,
+                def.max_position_embeddings
+            );
+        }
+        // DPO runs two rows (chosen, rejected) through two models per pair
+        let rows = if self.stage == StageName::Dpo { 4 } else { 1 } * o.batch_size;
+        let need = crate::model::memory::step_bytes(def, rows, seq);
+        if let Some(have) = crate::model::memory::physical_memory() {
+            if need > have {
+                bail!(
+                    "a step of {} x {seq} tokens needs about {:.1} GB of memory for model `{}`, more than this machine's {:.1} GB: \
+                     lower `optim.batch_size` or `data.max_seq_len` (and raise `optim.accumulation_steps`)",
+                    o.batch_size,
+                    need as f64 / 1e9,
+                    def.name,
+                    have as f64 / 1e9
+                );
+            }
+        }
+        let batches = (records.div_ceil(o.batch_size) as u64).saturating_mul(o.epochs as u64);
+        if o.accumulation_steps as u64 > batches {
+            bail!(
+                "`optim.accumulation_steps` ({}) exceeds the {batches} batches of the whole run ({records} records in batches of {}, {} epochs): \
+                 no optimizer step would ever complete",
+                o.accumulation_steps,
+                o.batch_size,
+                o.epochs
+            );
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,21 +42,32 @@ fn nan_as_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> 
 pub fn append(out: &Path, m: &Metrics) -> Result<()> {
     let p = out.join("metrics.jsonl");
     let mut f = OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot write {}", p.display()))?;
-    writeln!(f, "{}", serde_json::to_string(m)?)?;
+    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", p.display()))?;
     Ok(())
 }
 
+/// The logged rows. A last line that does not parse is one a crash or a
+/// full disk cut short: it is left out, with a warning; a bad line before
+/// the last is an error naming it.
 pub fn read(out: &Path) -> Result<Vec<Metrics>> {
     let p = out.join("metrics.jsonl");
     if !p.exists() {
         return Ok(vec![]);
     }
-    let text = std::fs::read_to_string(&p)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}", p.display(), i + 1)))
-        .collect()
+    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let mut rows = Vec::with_capacity(lines.len());
+    for (k, &(i, l)) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(m) => rows.push(m),
+            Err(_) if k + 1 == lines.len() => {
+                eprintln!("warning: {}:{}: the last line is cut short (a crash or a full disk?); ignoring it", p.display(), i + 1);
+            }
+            Err(e) => bail!("{}:{}: not a metrics row ({e})", p.display(), i + 1),
+        }
+    }
+    Ok(rows)
 }
 
 /// Keep only the metrics of steps a resumed run will not redo.

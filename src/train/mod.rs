@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod graph;
+pub mod lock;
 pub mod metrics;
 pub mod schedule;
 pub mod session;

@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::{Backend, Fusion};
 
 use super::checkpoint::{self, RunState};
+use super::lock::RunLock;
 use super::config::TrainConfig;
 use super::graph::Update;
 use super::metrics::{self, Metrics};
@@ -59,6 +60,13 @@ impl Data {
             Data::Chat(d) => d.index.skipped,
         }
     }
+    /// Records skipped so far because nothing in them is scored.
+    pub fn unscored(&self) -> usize {
+        match self {
+            Data::Text(_) => 0,
+            Data::Chat(d) => d.unscored_count(),
+        }
+    }
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         match self {
             Data::Text(d) => d.order(epoch),
@@ -95,9 +103,29 @@ fn install_ctrl_c() {
 /// Optimizer steps the run will take.
 pub fn total_steps(cfg: &TrainConfig, records: usize) -> u64 {
     let o = &cfg.optim;
-    let batches_per_epoch = records.div_ceil(o.batch_size) as u64;
-    let all = (batches_per_epoch * o.epochs as u64).div_ceil(o.accumulation_steps as u64);
+    let all = batches(cfg, records).div_ceil(o.accumulation_steps as u64);
     o.max_steps.map_or(all, |m| (m as u64).min(all)).max(1)
+}
+
+/// Batches in all the run's epochs.
+fn batches(cfg: &TrainConfig, records: usize) -> u64 {
+    (records.div_ceil(cfg.optim.batch_size) as u64).saturating_mul(cfg.optim.epochs as u64)
+}
+
+/// The training session a config asks for: its model's weights (or a
+/// seeded init), the stage's graph with `update`, and DPO's reference from
+/// `[dpo] reference`. `lumind train` and `lumind grad` both build theirs
+/// here, so they run the same graph with the same inputs.
+pub fn session_for(cfg: &TrainConfig, def: &ModelDef, update: Update, device: Backend, fusion: Fusion) -> Result<TrainSession> {
+    let weights = match &cfg.weights {
+        Some(p) => Weights::load(def, p)?,
+        None => Weights::random(def, cfg.seed, None)?,
+    };
+    let mut session = TrainSession::on(device, def, weights, cfg.data.max_seq_len, cfg.stage(), update, fusion)?;
+    if let Some(r) = &cfg.dpo.reference {
+        session.set_reference(&Weights::load(def, r)?)?;
+    }
+    Ok(session)
 }
 
 /// Run (or resume) the training job of `cfg`.
@@ -108,22 +136,20 @@ pub fn train(cfg: &TrainConfig, resume: bool, device: Backend) -> Result<Summary
     if tok.vocab_size() > def.vocab_size {
         bail!("the tokenizer has {} tokens but model `{}` only {} (vocab_size)", tok.vocab_size(), def.name, def.vocab_size);
     }
+    let _lock = RunLock::acquire(out)?;
+    let stale = crate::io::remove_stale_temps(out, None);
+    if stale > 0 {
+        eprintln!("removed {stale} temporary files that killed runs left in {}", out.display());
+    }
     let data = Data::open(cfg, &tok)?;
-    let stage = cfg.stage();
+    cfg.check_against(&def, data.len()).map_err(|e| anyhow::anyhow!("{e:#} (model {})", cfg.model.display()))?;
     let fusion: Fusion = cfg.fusion.parse().map_err(anyhow::Error::msg)?;
     let adamw = AdamWConfig { max_grad_norm: cfg.optim.grad_clip, weight_decay: cfg.optim.weight_decay, ..AdamWConfig::default() };
     let ckpt_path = checkpoint::path(out);
 
-    let weights = match &cfg.weights {
-        Some(p) => Weights::load(&def, p)?,
-        None => Weights::init(&def, cfg.seed, None),
-    };
     let t_compile = Instant::now();
-    let mut session = TrainSession::on(device, &def, weights, cfg.data.max_seq_len, stage.clone(), Update::AdamW(adamw), fusion)?;
+    let mut session = session_for(cfg, &def, Update::AdamW(adamw), device, fusion)?;
     let compile_ms = t_compile.elapsed().as_secs_f64() * 1e3;
-    if let Some(r) = &cfg.dpo.reference {
-        session.set_reference(&Weights::load(&def, r)?)?;
-    }
     let mut state = if resume {
         if !ckpt_path.exists() {
             bail!("--resume: no checkpoint at {}", ckpt_path.display());
@@ -151,11 +177,10 @@ pub fn train(cfg: &TrainConfig, resume: bool, device: Backend) -> Result<Summary
         if ckpt_path.exists() {
             bail!("{} already holds a checkpoint: pass --resume to continue it, or set another `out`", out.display());
         }
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
         RunState { seed: cfg.seed, fingerprint: cfg.fingerprint(), ..Default::default() }
     };
-    std::fs::write(out.join("config.toml"), toml::to_string(cfg)?).with_context(|| format!("cannot write to {}", out.display()))?;
+    crate::io::write_atomic(&out.join("config.toml"), toml::to_string(cfg)?.as_bytes())?;
 
     eprintln!(
         "{:?} `{}` on {} ({} records{}), {} steps of {} x {} {}; {} trained tensors; graph compiled in {:.0} ms",
@@ -193,8 +218,9 @@ fn run_loop(
     let total_micro = total * accum;
     let bar = crate::progress::bar(total, state.step);
     let crash_after: Option<u64> = std::env::var("LUMIND_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse().ok());
+    // test hook: as if Ctrl-C came during this micro-step
+    let interrupt_at: Option<u64> = std::env::var("LUMIND_TEST_INTERRUPT_AT_MICRO_STEP").ok().and_then(|v| v.parse().ok());
     let mut order = data.order(state.position.epoch);
-    let (mut window, mut window_tokens) = (vec![], 0u64);
     let mut window_start = Instant::now();
     let mut last = None;
     let mut interrupted = false;
@@ -206,6 +232,9 @@ fn run_loop(
         let (batch, next) = data.batch(tok, &order, state.position, o.batch_size)?;
         let t = Instant::now();
         let micro = state.micro_step + 1;
+        if interrupt_at == Some(micro) {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        }
         let apply = micro % accum == 0 || micro == total_micro;
         let step = micro.div_ceil(accum);
         let lr = lr_at(o.learning_rate, micro, total_micro, o.warmup_steps as u64 * accum);
@@ -230,25 +259,36 @@ fn run_loop(
         state.position = next;
         let n_tokens = (batch.batch * batch.seq) as u64;
         state.tokens += n_tokens;
-        window.push(l);
-        window_tokens += n_tokens;
+        // (the sums live in the run state, so a checkpoint taken in the
+        // middle of an accumulation carries the micro-steps already done)
+        let w = &mut state.window;
+        w.micro_steps += 1;
+        w.loss += l.loss;
+        w.ce += l.ce;
+        w.aux += l.aux;
+        if let Some((acc, margin)) = l.dpo {
+            w.reward_acc += acc;
+            w.reward_margin += margin;
+        }
+        w.tokens += n_tokens;
         if apply {
             state.step = step;
-            let n = window.len() as f32;
+            let w = std::mem::take(&mut state.window);
+            let n = w.micro_steps as f32;
             let m = Metrics {
                 step,
                 micro_step: micro,
                 epoch: state.position.epoch,
-                loss: window.iter().map(|x| x.loss).sum::<f32>() / n,
-                ce: window.iter().map(|x| x.ce).sum::<f32>() / n,
-                aux: window.iter().map(|x| x.aux).sum::<f32>() / n,
+                loss: w.loss / n,
+                ce: w.ce / n,
+                aux: w.aux / n,
                 lr,
                 grad_norm: l.grad_norm.unwrap_or(0.0),
                 tokens: state.tokens,
-                tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
+                tokens_per_s: w.tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: state.elapsed,
-                reward_acc: l.dpo.map(|_| window.iter().filter_map(|x| x.dpo).map(|d| d.0).sum::<f32>() / n),
-                reward_margin: l.dpo.map(|_| window.iter().filter_map(|x| x.dpo).map(|d| d.1).sum::<f32>() / n),
+                reward_acc: l.dpo.map(|_| w.reward_acc / n),
+                reward_margin: l.dpo.map(|_| w.reward_margin / n),
             };
             if step % cfg.log.every as u64 == 0 || step == total {
                 metrics::append(out, &m)?;
@@ -261,8 +301,6 @@ fn run_loop(
                 eprintln!("step {step}/{total}  loss {:.4}{dpo}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s);
             }
             last = Some(m);
-            window.clear();
-            window_tokens = 0;
             window_start = Instant::now();
             if step % cfg.checkpoint.every as u64 == 0 && step < total {
                 save(out, state, session, def)?;
@@ -281,6 +319,13 @@ fn run_loop(
     bar.finish_and_clear();
     let result =
         if matches!(session.stage, crate::train::graph::Stage::Lora(_)) { out.join("adapter") } else { out.join("model.safetensors") };
+    if data.unscored() > 0 {
+        eprintln!(
+            "warning: {} records had no assistant token within max_seq_len ({}) and were skipped",
+            data.unscored(),
+            cfg.data.max_seq_len
+        );
+    }
     if interrupted {
         eprintln!(
             "interrupted at step {} (micro-step {}); checkpoint saved in {}; continue with --resume",
