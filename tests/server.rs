@@ -535,3 +535,85 @@ fn an_api_key_guards_v1() {
     let open = start(&["--host", "0.0.0.0", "--parallel", "1"]);
     assert!(open.log().contains("warning: listening on 0.0.0.0 without an API key"), "{}", open.log());
 }
+
+/// The server's resident memory, from /proc.
+fn rss(s: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap() * 1024
+}
+
+/// One streaming request on a raw connection: its head and body.
+fn raw_stream_request(tcp: &mut TcpStream, body: &str) {
+    write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .unwrap();
+}
+
+#[test]
+fn soak_32_streaming_clients_some_stalled_or_gone() {
+    let s = start(&["--context", "512"]);
+    let hello = chat(user("hello"), json!({"max_tokens": 16, "temperature": 0}));
+    let (st, v) = post(&s, &hello);
+    assert_eq!(st, 200);
+    let before = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let mut peaks = vec![];
+    for wave in 0..3 {
+        let url = s.url.clone();
+        let addr = s.addr().to_string();
+        let clients: Vec<_> = (0..32)
+            .map(|i| {
+                let (url, addr) = (url.clone(), addr.clone());
+                std::thread::spawn(move || -> Option<String> {
+                    let body = chat(user(&format!("wave {wave} client {i}")), json!({"max_tokens": 450, "stream": true, "temperature": 0.8, "seed": i}));
+                    match i % 4 {
+                        // stops reading after the first bytes, and keeps the connection a while
+                        0 => {
+                            let mut tcp = socket2_small_receive_buffer(&addr);
+                            raw_stream_request(&mut tcp, &body);
+                            let mut first = [0u8; 256];
+                            let _ = tcp.read(&mut first);
+                            std::thread::sleep(Duration::from_secs(4));
+                            None
+                        }
+                        // disconnects mid-stream
+                        1 => {
+                            let mut tcp = TcpStream::connect(&addr).unwrap();
+                            raw_stream_request(&mut tcp, &body);
+                            let mut first = [0u8; 64];
+                            let _ = tcp.read(&mut first);
+                            None
+                        }
+                        // reads everything
+                        _ => {
+                            let body = chat(user(&format!("wave {wave} client {i}")), json!({"max_tokens": 48, "stream": true}));
+                            let mut r = agent().post(&format!("{url}/v1/chat/completions")).send(body).unwrap();
+                            assert_eq!(r.status().as_u16(), 200, "client {i}");
+                            Some(r.body_mut().read_to_string().unwrap())
+                        }
+                    }
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        for (i, c) in clients.into_iter().enumerate() {
+            if let Some(body) = c.join().unwrap() {
+                let datas: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                assert_eq!(datas.last(), Some(&"[DONE]"), "wave {wave}, client {i}: {body}");
+                assert!(datas.iter().any(|d| d.contains("\"finish_reason\":\"")), "wave {wave}, client {i} did not finish: {body}");
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "wave {wave} took {:?}", t.elapsed());
+        // every slot frees up again
+        let t = Instant::now();
+        while status_of(&s)["active"] != 0 || status_of(&s)["queued"] != 0 {
+            assert!(t.elapsed() < Duration::from_secs(60), "requests still held after wave {wave}: {}", status_of(&s));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peaks.push(rss(&s));
+    }
+    eprintln!("server resident memory after each wave: {:?} MB", peaks.iter().map(|p| p >> 20).collect::<Vec<_>>());
+    // memory stays bounded: no wave leaves more behind than the first
+    assert!(peaks[2] < peaks[0] + (64 << 20) && peaks[2] < 1 << 30, "resident memory after each wave: {peaks:?}");
+    let (st, v) = post(&s, &hello);
+    assert_eq!(st, 200);
+    assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), before, "answers as at the start");
+}

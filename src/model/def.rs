@@ -315,7 +315,10 @@ impl RawModelDef {
         let rope_scaling = match self.rope_scaling {
             None => RopeScaling::None,
             Some(r) => {
-                real("rope_scaling.factor", r.factor, 0.0, 1e6)?;
+                // (a factor below 1 would squeeze positions instead of stretching them)
+                if !(r.factor.is_finite() && (1.0..=1e6).contains(&r.factor)) {
+                    bail!("`rope_scaling.factor` must be a finite number in [1, 1e6], got {}", r.factor);
+                }
                 for (k, v) in [("beta_fast", r.beta_fast), ("beta_slow", r.beta_slow), ("attention_factor", r.attention_factor)] {
                     if let Some(v) = v {
                         real(&format!("rope_scaling.{k}"), v, 0.0, 1e6)?;
@@ -430,7 +433,7 @@ impl RawModelDef {
                 FfnKind::Moe => LayerFfn::Moe(moe.clone().unwrap()),
             })
             .collect();
-        Ok(ModelDef {
+        let def = ModelDef {
             name: self.name,
             description: self.description,
             vocab_size: self.vocab_size,
@@ -450,7 +453,12 @@ impl RawModelDef {
             initializer_range: self.initializer_range,
             moe,
             layers,
-        })
+        };
+        let (freqs, scale) = super::rope::inv_freq(&def);
+        if !(freqs.iter().all(|f| f.is_finite() && *f > 0.0) && scale.is_finite() && scale > 0.0) {
+            bail!("`rope_theta` and `rope_scaling` give rotary frequencies that are not finite positive numbers");
+        }
+        Ok(def)
     }
 }
 

@@ -164,8 +164,13 @@ fn default_every() -> usize {
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let c: TrainConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        c.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        TrainConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<TrainConfig> {
+        let c: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        c.validate()?;
         Ok(c)
     }
 
