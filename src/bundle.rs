@@ -101,7 +101,8 @@ pub fn write(exe: &Path, manifest: &Manifest, weights: &[u8], out: &Path) -> Res
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("cannot make {} executable", out.display()))?;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", out.display()))?;
     }
     Ok(())
 }
@@ -144,7 +145,9 @@ pub fn read(exe: &Path) -> Result<Option<Bundle>> {
     // the end of the file: the trailer, or one a few bytes before it
     let tail_len = len.min(1 << 20);
     let mut tail = vec![0u8; tail_len as usize];
-    f.seek(SeekFrom::End(-(tail_len as i64))).and_then(|_| f.read_exact(&mut tail)).with_context(|| format!("cannot read {}", exe.display()))?;
+    f.seek(SeekFrom::End(-(tail_len as i64)))
+        .and_then(|_| f.read_exact(&mut tail))
+        .with_context(|| format!("cannot read {}", exe.display()))?;
     let Some((mlen, wlen, start, sum)) = trailer_at(&tail, tail.len(), len) else {
         if tail.len() >= TRAILER as usize && &tail[tail.len() - TRAILER as usize..][..8] == MAGIC {
             bail!("{}: the bundle is damaged: the lengths in its trailer do not add up to the file", exe.display());

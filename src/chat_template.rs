@@ -79,7 +79,10 @@ impl ChatTemplate {
         crate::tokenizer::with_budget(need, longest, |budget| {
             let cut: Vec<Message> = messages
                 .iter()
-                .map(|m| Message { role: m.role.clone(), content: m.content[..crate::tokenizer::floor_char_boundary(&m.content, budget)].to_string() })
+                .map(|m| Message {
+                    role: m.role.clone(),
+                    content: m.content[..crate::tokenizer::floor_char_boundary(&m.content, budget)].to_string(),
+                })
                 .collect();
             self.encode(tok, &cut, add_generation_prompt)
         })

@@ -138,7 +138,9 @@ pub fn definition_from_config(c: &Value, name: &str, has_lm_head: bool) -> Resul
     line("qk_norm", qk_norm.to_string());
     if c.flag(&["use_moe"])?.unwrap_or(false) {
         let layers: Option<Vec<usize>> = match c.get(&["moe_layers"]) {
-            Some((k, v)) => Some(serde_json::from_value(v.clone()).with_context(|| format!("`{k}` must be a list of layer numbers, got {v}"))?),
+            Some((k, v)) => {
+                Some(serde_json::from_value(v.clone()).with_context(|| format!("`{k}` must be a list of layer numbers, got {v}"))?)
+            }
             None => None,
         };
         if layers.is_none() {

@@ -195,7 +195,8 @@ fn absurd_model_sizes_are_errors_not_aborts() {
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::read_to_string(root().join("models/tiny.toml")).unwrap();
     let with = |key: &str, value: &str| {
-        let text: Vec<String> = base.lines().map(|l| if l.starts_with(&format!("{key} =")) { format!("{key} = {value}") } else { l.into() }).collect();
+        let text: Vec<String> =
+            base.lines().map(|l| if l.starts_with(&format!("{key} =")) { format!("{key} = {value}") } else { l.into() }).collect();
         let p = dir.path().join(format!("{key}.toml"));
         std::fs::write(&p, text.join("\n")).unwrap();
         p.to_str().unwrap().to_string()
@@ -208,7 +209,10 @@ fn absurd_model_sizes_are_errors_not_aborts() {
     assert!(e.contains("vocab_size"), "{e}");
     // a model that is valid but whose weights cannot fit this machine
     let big = with("hidden_size", "65536");
-    let text = std::fs::read_to_string(&big).unwrap().replace("num_hidden_layers = 2", "num_hidden_layers = 1000").replace("intermediate_size = 192", "intermediate_size = 262144");
+    let text = std::fs::read_to_string(&big)
+        .unwrap()
+        .replace("num_hidden_layers = 2", "num_hidden_layers = 1000")
+        .replace("intermediate_size = 192", "intermediate_size = 262144");
     std::fs::write(&big, text).unwrap();
     let out = dir.path().join("big.safetensors");
     let e = fails(&["init", "--model", &big, "--out", out.to_str().unwrap()]);

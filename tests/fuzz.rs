@@ -40,8 +40,37 @@ fn config() -> ProptestConfig {
 fn toml_value() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "0", "1", "2", "3", "-1", "4", "8", "16", "32", "64", "128", "4096", "2147483648", "1099511627776", "9223372036854775807", "0.0", "-0.0", "1e-300",
-            "1e300", "nan", "inf", "-inf", "0.5", "64.7", "\"x\"", "\"\"", "true", "false", "[]", "[1, 2]", "{}",
+            "0",
+            "1",
+            "2",
+            "3",
+            "-1",
+            "4",
+            "8",
+            "16",
+            "32",
+            "64",
+            "128",
+            "4096",
+            "2147483648",
+            "1099511627776",
+            "9223372036854775807",
+            "0.0",
+            "-0.0",
+            "1e-300",
+            "1e300",
+            "nan",
+            "inf",
+            "-inf",
+            "0.5",
+            "64.7",
+            "\"x\"",
+            "\"\"",
+            "true",
+            "false",
+            "[]",
+            "[1, 2]",
+            "{}",
         ])
         .prop_map(String::from),
         any::<i64>().prop_map(|v| v.to_string()),
@@ -52,17 +81,29 @@ fn toml_value() -> impl Strategy<Value = String> {
 /// tiny.toml with some lines changed, dropped or added.
 fn definition() -> impl Strategy<Value = String> {
     let keys = vec![
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
-        "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings", "qk_norm", "initializer_range", "init", "ffn",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "rms_norm_eps",
+        "rope_theta",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "qk_norm",
+        "initializer_range",
+        "init",
+        "ffn",
     ];
     let edits = prop::collection::vec((prop::sample::select(keys), prop::option::of(toml_value())), 0..4);
     let tables = prop::collection::vec(
         prop_oneof![
             (toml_value(), toml_value(), toml_value())
                 .prop_map(|(n, k, a)| format!("[moe]\nn_routed_experts = {n}\nnum_experts_per_tok = {k}\naux_loss_alpha = {a}\n")),
-            (prop::sample::select(vec!["\"linear\"", "\"yarn\"", "\"ntk\"", "1"]), toml_value(), toml_value()).prop_map(|(t, f, o)| format!(
-                "[rope_scaling]\ntype = {t}\nfactor = {f}\noriginal_max_position_embeddings = {o}\n"
-            )),
+            (prop::sample::select(vec!["\"linear\"", "\"yarn\"", "\"ntk\"", "1"]), toml_value(), toml_value())
+                .prop_map(|(t, f, o)| format!("[rope_scaling]\ntype = {t}\nfactor = {f}\noriginal_max_position_embeddings = {o}\n")),
             (toml_value(), toml_value()).prop_map(|(l, n)| format!("[[layer]]\nlayers = [{l}]\nintermediate_size = {n}\n")),
         ],
         0..2,
@@ -234,7 +275,11 @@ fn jsonl_line() -> impl Strategy<Value = Vec<u8>> {
             v.retain(|&b| b != b'\n');
             v
         }),
-        (prop::sample::select(vec![r#"{"text": "abc"}"#, r#"{"conversations": [{"role": "user", "content": "hi"}]}"#]), any::<usize>(), any::<u8>())
+        (
+            prop::sample::select(vec![r#"{"text": "abc"}"#, r#"{"conversations": [{"role": "user", "content": "hi"}]}"#]),
+            any::<usize>(),
+            any::<u8>()
+        )
             .prop_map(|(s, at, x)| {
                 let mut v = s.as_bytes().to_vec();
                 let n = v.len();
@@ -298,8 +343,24 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::json;
     prop_oneof![
         prop::sample::select(vec![
-            json!(null), json!(0), json!(1), json!(-1), json!(0.5), json!(1e-40), json!(1e300), json!(2), json!(5), json!(u64::MAX),
-            json!("x"), json!(""), json!(true), json!([]), json!({}), json!(["a", "b"]), json!([1]), json!("<|im_end|>"),
+            json!(null),
+            json!(0),
+            json!(1),
+            json!(-1),
+            json!(0.5),
+            json!(1e-40),
+            json!(1e300),
+            json!(2),
+            json!(5),
+            json!(u64::MAX),
+            json!("x"),
+            json!(""),
+            json!(true),
+            json!([]),
+            json!({}),
+            json!(["a", "b"]),
+            json!([1]),
+            json!("<|im_end|>"),
         ]),
         any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| json!(v)),
         any::<i64>().prop_map(|v| json!(v)),

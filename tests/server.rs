@@ -298,7 +298,8 @@ fn concurrent_clients_queue_and_disconnects_free_the_worker() {
 #[test]
 fn parallel_requests_are_decoded_together_as_they_would_be_alone() {
     let s = start(&["--parallel", "4"]);
-    let body = |i: usize| chat(user(&format!("question number {i}: {}", "why ".repeat(i))), json!({"max_tokens": 24 + 3 * i, "temperature": 0}));
+    let body =
+        |i: usize| chat(user(&format!("question number {i}: {}", "why ".repeat(i))), json!({"max_tokens": 24 + 3 * i, "temperature": 0}));
     let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     // each alone first
     let alone: Vec<String> = (0..8).map(|i| text(&post(&s, &body(i)).1)).collect();
@@ -335,7 +336,10 @@ fn sigterm_drains_then_exits() {
     let mut s = start(&[]);
     let url = s.url.clone();
     let pending = std::thread::spawn(move || {
-        post(&Server { child: Command::new("true").spawn().unwrap(), url, log: Default::default() }, &chat(user("drain"), json!({"max_tokens": 230})))
+        post(
+            &Server { child: Command::new("true").spawn().unwrap(), url, log: Default::default() },
+            &chat(user("drain"), json!({"max_tokens": 230})),
+        )
     });
     std::thread::sleep(Duration::from_millis(40));
     Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
@@ -389,8 +393,12 @@ fn a_client_that_stops_reading_blocks_nobody_and_is_dropped() {
     let stuck = socket2_small_receive_buffer(s.addr());
     let mut w = stuck.try_clone().unwrap();
     let body = chat(user("tell me everything"), json!({"max_tokens": 2000, "stream": true, "temperature": 0.9, "seed": 1}));
-    write!(w, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-        .unwrap();
+    write!(
+        w,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     // everyone else is served meanwhile, streaming or not
     let t = Instant::now();
     for i in 0..6 {
@@ -446,7 +454,10 @@ fn slow_and_idle_connections_time_out_and_shutdown_is_bounded() {
     assert!(t < Duration::from_secs(5), "half a head stayed {t:?}");
     // a body that never completes gets a 408
     let mut slow = connect(&s);
-    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mess").unwrap();
+    slow.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mess",
+    )
+    .unwrap();
     let (answer, t) = until_closed(slow);
     assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("did not arrive within 1 s"), "{answer}");
     assert!(t < Duration::from_secs(5));
@@ -544,8 +555,12 @@ fn rss(s: &Server) -> u64 {
 
 /// One streaming request on a raw connection: its head and body.
 fn raw_stream_request(tcp: &mut TcpStream, body: &str) {
-    write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-        .unwrap();
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
 }
 
 #[test]
@@ -563,7 +578,10 @@ fn soak_32_streaming_clients_some_stalled_or_gone() {
             .map(|i| {
                 let (url, addr) = (url.clone(), addr.clone());
                 std::thread::spawn(move || -> Option<String> {
-                    let body = chat(user(&format!("wave {wave} client {i}")), json!({"max_tokens": 450, "stream": true, "temperature": 0.8, "seed": i}));
+                    let body = chat(
+                        user(&format!("wave {wave} client {i}")),
+                        json!({"max_tokens": 450, "stream": true, "temperature": 0.8, "seed": i}),
+                    );
                     match i % 4 {
                         // stops reading after the first bytes, and keeps the connection a while
                         0 => {

@@ -207,7 +207,9 @@ fn invalid_utf8_is_a_bad_line_for_training_and_the_tokenizer() {
     assert!(!d.path().join("run/metrics.jsonl").exists());
     // and the tokenizer trainer skips it too
     let tok = d.path().join("tok");
-    let out = lumind(&["tokenizer", "train", "--input", data.to_str().unwrap(), "--vocab-size", "300", "--out", tok.to_str().unwrap()]).output().unwrap();
+    let out = lumind(&["tokenizer", "train", "--input", data.to_str().unwrap(), "--vocab-size", "300", "--out", tok.to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("data.jsonl:2: not valid UTF-8"), "{err}");
 }
@@ -345,6 +347,7 @@ fn absurd_settings_are_refused_before_step_one() {
 }
 
 /// Run a command to its end; its peak resident memory in bytes.
+#[allow(clippy::zombie_processes)] // (wait4 reaps it, with its resource usage)
 fn peak_memory(mut c: Command) -> (bool, u64, String) {
     let child = c.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;

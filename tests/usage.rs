@@ -175,7 +175,17 @@ fn terminal_chat_and_bundled_executable() {
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("tokenizer.json"), "{}").unwrap();
     let (ok, _, err) = lumind(
-        &["bundle", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--tokenizer", bad.to_str().unwrap(), "--out", dir.path().join("x").to_str().unwrap()],
+        &[
+            "bundle",
+            "--model",
+            "models/tiny.toml",
+            "--weights",
+            w.to_str().unwrap(),
+            "--tokenizer",
+            bad.to_str().unwrap(),
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ],
         None,
     );
     assert!(!ok && err.contains("tokenizer.json is not a tokenizer"), "{err}");

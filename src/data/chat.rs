@@ -298,7 +298,9 @@ mod tests {
         let tok = Tokenizer::default_minimind();
         let tpl = ChatTemplate::for_tokenizer(&tok).unwrap();
         let mut checked = 0;
-        for (file, keys) in [("sft.jsonl", &["conversations"][..]), ("lora_identity.jsonl", &["conversations"]), ("dpo.jsonl", &["chosen", "rejected"])] {
+        for (file, keys) in
+            [("sft.jsonl", &["conversations"][..]), ("lora_identity.jsonl", &["conversations"]), ("dpo.jsonl", &["chosen", "rejected"])]
+        {
             let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(file)).unwrap();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -259,7 +259,8 @@ impl Forward<'_> {
         let k = k.expand(2, d(groups));
         let v = v.expand(2, d(groups));
         let scores = q.matmul(&k.transpose(3, 4)).scale(scale);
-        let mask = if self.positions.is_some() { self.mask.expand(1, d(nkv)).expand(2, d(groups)) } else { self.mask.expand_to(&scores.dims()) };
+        let mask =
+            if self.positions.is_some() { self.mask.expand(1, d(nkv)).expand(2, d(groups)) } else { self.mask.expand_to(&scores.dims()) };
         let scores = scores.clone() + mask;
         let probs = scores.softmax(4);
         let out = probs.matmul(&v); // [b, kv, g, s, hd]

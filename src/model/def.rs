@@ -264,11 +264,9 @@ impl RawModelDef {
                 bail!("`{key}` must be between 1 and {max}, got {v}");
             }
         }
-        for (key, v) in [
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("intermediate_size", self.intermediate_size),
-        ] {
+        for (key, v) in
+            [("num_key_value_heads", self.num_key_value_heads), ("head_dim", self.head_dim), ("intermediate_size", self.intermediate_size)]
+        {
             if let Some(v) = v.filter(|&v| v > MAX_WIDTH * 16) {
                 bail!("`{key}` must be at most {}, got {v}", MAX_WIDTH * 16);
             }
@@ -508,7 +506,10 @@ max_position_embeddings = 256
         assert!(err("intermediate_size = 96\nintermediate_rule = \"minimind3\"").contains("either"));
         // sizes that would overflow or exhaust memory, and values that are not finite
         let with = |k: &str, v: &str| {
-            let text = BASE.lines().map(|l| if l.starts_with(&format!("{k} =")) { format!("{k} = {v}") } else { l.to_string() }).collect::<Vec<_>>();
+            let text = BASE
+                .lines()
+                .map(|l| if l.starts_with(&format!("{k} =")) { format!("{k} = {v}") } else { l.to_string() })
+                .collect::<Vec<_>>();
             let mut text = text.join("\n");
             if !text.contains(&format!("{k} =")) {
                 text.push_str(&format!("\n{k} = {v}\n"));

@@ -150,7 +150,10 @@ async fn start(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     let body = match tokio::time::timeout(limit, Bytes::from_request(req, &())).await {
         Err(_) => {
             let msg = format!("the request body did not arrive within {} s", limit.as_secs_f64());
-            return Err(ApiError { param: Some("body".into()), ..ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", None, msg) });
+            return Err(ApiError {
+                param: Some("body".into()),
+                ..ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", None, msg)
+            });
         }
         Ok(body) => body,
     };

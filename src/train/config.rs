@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::jsonl::OnBadLine;
-use crate::model::def::ModelDef;
 use crate::data::pretrain::PadTo;
+use crate::model::def::ModelDef;
 
 /// Which training stage a config runs.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]

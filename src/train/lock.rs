@@ -33,9 +33,16 @@ impl RunLock {
                 "" => "another process".to_string(),
                 pid => format!("process {pid}"),
             };
-            bail!("{} is in use by another run ({who} holds {}); wait for it to end, or train into another `out`", out.display(), path.display());
+            bail!(
+                "{} is in use by another run ({who} holds {}); wait for it to end, or train into another `out`",
+                out.display(),
+                path.display()
+            );
         }
-        f.set_len(0).and_then(|_| f.rewind()).and_then(|_| writeln!(f, "{}", std::process::id())).with_context(|| format!("cannot write {}", path.display()))?;
+        f.set_len(0)
+            .and_then(|_| f.rewind())
+            .and_then(|_| writeln!(f, "{}", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(RunLock { _file: f })
     }
 }

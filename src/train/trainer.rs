@@ -11,9 +11,9 @@ use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::{Backend, Fusion};
 
 use super::checkpoint::{self, RunState};
-use super::lock::RunLock;
 use super::config::TrainConfig;
 use super::graph::Update;
+use super::lock::RunLock;
 use super::metrics::{self, Metrics};
 use super::schedule::lr_at;
 use super::session::TrainSession;

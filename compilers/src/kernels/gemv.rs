@@ -120,7 +120,15 @@ pub(crate) unsafe fn gemv(a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_ro
 /// passed over by every group of rows of `a` ([`Isa::group`]); `group`
 /// computes one group's dot products with one weight row.
 #[inline(always)]
-fn columns(a: Rows, m: usize, b: Rows, (j0, j1): (usize, usize), out: Ptr, out_row: usize, group: impl Fn(&[&[f32]], &[f32], &mut [f32; 8])) {
+fn columns(
+    a: Rows,
+    m: usize,
+    b: Rows,
+    (j0, j1): (usize, usize),
+    out: Ptr,
+    out_row: usize,
+    group: impl Fn(&[&[f32]], &[f32], &mut [f32; 8]),
+) {
     let (block, per) = (block_rows(b.len), Isa::group(b.len));
     for jb in (j0..j1).step_by(block) {
         let je = (jb + block).min(j1);
@@ -280,7 +288,12 @@ mod tests {
                     best = best.min(t.elapsed().as_secs_f64());
                     total += t.elapsed().as_secs_f64();
                 }
-                eprintln!("m {m} par {par}: {:.1} us (mean {:.1}), {:.1} GFLOP/s", best * 1e6, total / 400.0 * 1e6, (2 * m * n * k) as f64 / best / 1e9);
+                eprintln!(
+                    "m {m} par {par}: {:.1} us (mean {:.1}), {:.1} GFLOP/s",
+                    best * 1e6,
+                    total / 400.0 * 1e6,
+                    (2 * m * n * k) as f64 / best / 1e9
+                );
             }
         }
     }
