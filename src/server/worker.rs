@@ -207,6 +207,18 @@ impl Live {
     }
 }
 
+/// Run `f`, turning a panic (a bug, never an input) into an error, so the
+/// requests it served fail and the worker goes on serving the others.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("a panic");
+            Err(anyhow::anyhow!("internal error while generating: {what}"))
+        }
+    }
+}
+
 struct Batcher {
     slots: Slots,
     tok: Arc<Tokenizer>,
@@ -251,7 +263,7 @@ impl Batcher {
     fn prefill(&mut self) {
         let context = self.slots.context();
         let Some(l) = self.live.iter_mut().find(|l| l.next.is_none() && !l.finished) else { return };
-        match self.slots.prefill_chunk(l.slot, &l.job.prompt) {
+        match guarded(|| self.slots.prefill_chunk(l.slot, &l.job.prompt)) {
             Ok(Some(logits)) => l.take(&logits, &self.tok, context),
             Ok(None) => {}
             Err(e) => {
@@ -268,7 +280,7 @@ impl Batcher {
         if rows.is_empty() {
             return;
         }
-        match self.slots.decode(&rows) {
+        match guarded(|| self.slots.decode(&rows)) {
             Ok(logits) => {
                 let mut logits = logits.into_iter();
                 for l in self.live.iter_mut().filter(|l| !l.finished && l.next.is_some()) {
