@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::weights::Tensors;
+use crate::model::weights::{Tensor, Tensors};
 use crate::model::{ModelDef, Weights};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -25,8 +25,18 @@ pub fn peft_names(module: &str) -> (String, String) {
     (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
 }
 
-/// Read an adapter directory: its config and (module, A, B) triples.
-pub fn load_adapter(dir: &Path) -> Result<(AdapterConfig, Vec<(String, (Vec<usize>, Vec<f32>), (Vec<usize>, Vec<f32>))>)> {
+/// One adapted module's low-rank pair: `W += (alpha / r) * B A`.
+pub struct AdapterModule {
+    /// the adapted linear layer, as `model.layers.0.self_attn.q_proj`
+    pub module: String,
+    /// [r, in]
+    pub a: Tensor,
+    /// [out, r]
+    pub b: Tensor,
+}
+
+/// Read an adapter directory: its config and its modules.
+pub fn load_adapter(dir: &Path) -> Result<(AdapterConfig, Vec<AdapterModule>)> {
     let cfg_path = dir.join("adapter_config.json");
     let cfg: AdapterConfig =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?)
@@ -47,7 +57,7 @@ pub fn load_adapter(dir: &Path) -> Result<(AdapterConfig, Vec<(String, (Vec<usiz
         let (an, bn) = peft_names(&module);
         let a = t.get(&an).cloned().with_context(|| format!("adapter has no `{an}`"))?;
         let b = t.get(&bn).cloned().with_context(|| format!("adapter has `{an}` but no `{bn}`"))?;
-        out.push((module, a, b));
+        out.push(AdapterModule { module, a, b });
     }
     if out.is_empty() {
         bail!("{}: no lora_A/lora_B tensors", dir.display());
@@ -59,7 +69,7 @@ pub fn load_adapter(dir: &Path) -> Result<(AdapterConfig, Vec<(String, (Vec<usiz
 pub fn merge_adapter(def: &ModelDef, mut w: Weights, dir: &Path) -> Result<Weights> {
     let (cfg, mods) = load_adapter(dir)?;
     let scale = (cfg.lora_alpha / cfg.r as f64) as f32;
-    for (module, (ash, a), (bsh, b)) in mods {
+    for AdapterModule { module, a: (ash, a), b: (bsh, b) } in mods {
         let wname = format!("{module}.weight");
         let (wsh, wv) =
             w.0 .0.get_mut(&wname).with_context(|| format!("adapter module `{module}` is not a parameter of `{}`", def.name))?;

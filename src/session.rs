@@ -112,7 +112,7 @@ impl Session {
     /// holds `past[r]` tokens. Without a KV cache, `past` only counts the rows.
     pub fn run_rows(&mut self, tokens: &[u32], first: usize, past: &[usize]) -> Result<Logits> {
         let batch = past.len();
-        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
             bail!("expected {batch} sequences of equal length, got {} token ids", tokens.len());
         }
         self.check_tokens(tokens)?;

@@ -101,7 +101,7 @@ fn lora_gradients_merge_and_peft_layout() {
     let dir = root().join(l["adapter"].as_str().unwrap());
     let (_, mods) = load_adapter(&dir).unwrap();
     let mut adapters = Tensors::default();
-    for (module, (ash, a), (bsh, b)) in mods {
+    for lumind::lora::AdapterModule { module, a: (ash, a), b: (bsh, b) } in mods {
         let (an, bn) = peft_names(&module);
         adapters.insert(an, ash, a);
         adapters.insert(bn, bsh, b);

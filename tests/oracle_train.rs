@@ -104,7 +104,7 @@ fn adamw_steps_match_pytorch() {
         let total = batches.len() as u64;
         for (i, b) in batches.iter().enumerate() {
             let micro = i as u64 + 1;
-            let (apply, step) = (micro % accum == 0, (micro / accum).max(1));
+            let (apply, step) = (micro.is_multiple_of(accum), (micro / accum).max(1));
             let l = s.step(b, minimind_lr(lr, micro, total), step, apply, 1.0 / accum as f32).unwrap();
             let want_loss = run["losses"][i].as_f64().unwrap() as f32;
             assert!(close(l.loss, want_loss, 1e-5), "{} ({backend}): micro-step {micro} loss {} vs {want_loss}", def.name, l.loss);

@@ -141,7 +141,7 @@ fn bad_lines_are_reported_with_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("data.jsonl:2: not valid JSON") && err.contains("data.jsonl:3: no field `text`"), "{err}");
-    std::fs::write(&cfg, text.replace("[optim]", "on_bad_line = \"fail\"\n[optim]").replace("[data]\n", "[data]\n")).unwrap();
+    std::fs::write(&cfg, text.replace("[optim]", "on_bad_line = \"fail\"\n[optim]")).unwrap();
     let fixed = std::fs::read_to_string(&cfg).unwrap();
     // move on_bad_line into [data]
     let fixed =

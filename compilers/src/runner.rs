@@ -55,7 +55,7 @@ pub enum RunError {
 }
 
 pub enum Runner {
-    Cpu(Executor),
+    Cpu(Box<Executor>),
     Device(Box<DeviceExecutor>),
 }
 
@@ -74,7 +74,7 @@ pub fn open_device(backend: Backend) -> Result<Box<dyn Device>, DeviceError> {
 impl Runner {
     pub fn new(built: BuiltGraph, backend: Backend) -> Result<Runner, DeviceError> {
         Ok(match backend {
-            Backend::Cpu => Runner::Cpu(Executor::new(built)),
+            Backend::Cpu => Runner::Cpu(Box::new(Executor::new(built))),
             _ => Runner::Device(Box::new(DeviceExecutor::new(built, open_device(backend)?)?)),
         })
     }

@@ -73,7 +73,7 @@ pub fn run(a: Args) -> Result<()> {
             if let Some(dir) = &a.adapter {
                 let (_, mods) = crate::lora::load_adapter(dir)?;
                 let mut t = crate::model::weights::Tensors::default();
-                for (m, (ash, av), (bsh, bv)) in mods {
+                for crate::lora::AdapterModule { module: m, a: (ash, av), b: (bsh, bv) } in mods {
                     let (an, bn) = crate::lora::peft_names(&m);
                     t.insert(an, ash, av);
                     t.insert(bn, bsh, bv);

@@ -166,7 +166,7 @@ fn print_profile(
     }
     println!("\n{:<44} {:>6} {:>10} {:>7} {:>9} {:>8}", "slowest nodes", "calls", "ms/run", "share", "GFLOP/s", "GB/s");
     let mut v: Vec<&StepStats> = stats.iter().collect();
-    v.sort_by(|a, b| b.time.cmp(&a.time));
+    v.sort_by_key(|s| std::cmp::Reverse(s.time));
     for s in v.into_iter().take(top) {
         let name = format!("#{} {}", s.node.index(), names.get(&s.node.index()).map_or(s.kernel.as_str(), |n| n.as_str()));
         line(&name, s.calls / runs as u64, s.time.as_secs_f64(), s.cost.flops, s.cost.bytes);

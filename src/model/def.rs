@@ -273,7 +273,7 @@ impl RawModelDef {
         }
         let heads = self.num_attention_heads;
         let kv = self.num_key_value_heads.unwrap_or(heads);
-        if kv == 0 || heads % kv != 0 {
+        if kv == 0 || !heads.is_multiple_of(kv) {
             bail!("`num_attention_heads` ({heads}) is not divisible by `num_key_value_heads` ({kv})");
         }
         let head_dim = match self.head_dim {
@@ -289,7 +289,7 @@ impl RawModelDef {
                 hd
             }
             None => {
-                if self.hidden_size % heads != 0 {
+                if !self.hidden_size.is_multiple_of(heads) {
                     bail!("`hidden_size` ({}) is not divisible by `num_attention_heads` ({heads}); set `head_dim`", self.hidden_size);
                 }
                 self.hidden_size / heads

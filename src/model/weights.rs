@@ -13,9 +13,12 @@ use super::def::{InitScheme, ModelDef};
 use super::params::{param_specs, ParamInit};
 use crate::rng::Rng;
 
+/// A tensor as a file holds it: its shape and its values, row-major.
+pub type Tensor = (Vec<usize>, Vec<f32>);
+
 /// Tensors by name, each with its shape and f32 data.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Tensors(pub BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+pub struct Tensors(pub BTreeMap<String, Tensor>);
 
 impl Tensors {
     pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) {

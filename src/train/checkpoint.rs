@@ -1,6 +1,6 @@
 //! Checkpoints: one safetensors file holding the weights, the optimizer
-//! state and (in its header) where the run is; written atomically (temp file
-//! + rename), so a crash leaves the previous checkpoint intact. Beside it,
+//! state and (in its header) where the run is; written atomically (a temp
+//! file, then a rename), so a crash leaves the previous checkpoint intact. Beside it,
 //! `model.safetensors` holds the weights alone, with Hugging Face names.
 
 use std::collections::HashMap;

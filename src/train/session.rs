@@ -141,7 +141,7 @@ impl TrainSession {
         let targets = b.targets.iter().map(|&t| t as f32).collect();
         let mut dims: DimValues = [('b', b.batch), ('s', b.seq)].into_iter().collect();
         if matches!(self.stage, Stage::Dpo { .. }) {
-            if b.batch % 2 != 0 {
+            if !b.batch.is_multiple_of(2) {
                 bail!("a DPO batch holds chosen and rejected rows in equal numbers, got {} rows", b.batch);
             }
             dims.insert('n', b.batch / 2);

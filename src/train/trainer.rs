@@ -29,7 +29,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Where a stage's batches come from.
 pub enum Data {
     Text(PretrainData),
-    Chat(ChatData),
+    Chat(Box<ChatData>),
 }
 
 impl Data {
@@ -38,10 +38,10 @@ impl Data {
         Ok(match cfg.stage {
             StageName::Pretrain => Data::Text(PretrainData::open(&d.train, d.max_seq_len, d.pad_to, d.on_bad_line, cfg.seed)?),
             StageName::Sft | StageName::Lora => {
-                Data::Chat(ChatData::open(&d.train, Kind::Sft, tok, d.max_seq_len, cfg.sft.loss_on, d.on_bad_line, cfg.seed)?)
+                Data::Chat(Box::new(ChatData::open(&d.train, Kind::Sft, tok, d.max_seq_len, cfg.sft.loss_on, d.on_bad_line, cfg.seed)?))
             }
             StageName::Dpo => {
-                Data::Chat(ChatData::open(&d.train, Kind::Pairs, tok, d.max_seq_len, cfg.sft.loss_on, d.on_bad_line, cfg.seed)?)
+                Data::Chat(Box::new(ChatData::open(&d.train, Kind::Pairs, tok, d.max_seq_len, cfg.sft.loss_on, d.on_bad_line, cfg.seed)?))
             }
         })
     }
@@ -235,7 +235,7 @@ fn run_loop(
         if interrupt_at == Some(micro) {
             INTERRUPTED.store(true, Ordering::SeqCst);
         }
-        let apply = micro % accum == 0 || micro == total_micro;
+        let apply = micro.is_multiple_of(accum) || micro == total_micro;
         let step = micro.div_ceil(accum);
         let lr = lr_at(o.learning_rate, micro, total_micro, o.warmup_steps as u64 * accum);
         let l = session.step(&batch, lr, step, apply, 1.0 / accum as f32)?;
@@ -290,19 +290,19 @@ fn run_loop(
                 reward_acc: l.dpo.map(|_| w.reward_acc / n),
                 reward_margin: l.dpo.map(|_| w.reward_margin / n),
             };
-            if step % cfg.log.every as u64 == 0 || step == total {
+            if step.is_multiple_of(cfg.log.every as u64) || step == total {
                 metrics::append(out, &m)?;
             }
             bar.set_position(step);
             let dpo = m.reward_acc.map_or(String::new(), |a| format!("  acc {a:.2} margin {:.3}", m.reward_margin.unwrap_or(0.0)));
             bar.set_message(format!("loss {:.4}{dpo}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s));
             // without a terminal the bar is hidden: print a line every tenth of the run
-            if bar.is_hidden() && (step % (total / 10).max(1) == 0 || step == total) {
+            if bar.is_hidden() && (step.is_multiple_of((total / 10).max(1)) || step == total) {
                 eprintln!("step {step}/{total}  loss {:.4}{dpo}  lr {:.2e}  {:.0} tok/s", m.loss, lr, m.tokens_per_s);
             }
             last = Some(m);
             window_start = Instant::now();
-            if step % cfg.checkpoint.every as u64 == 0 && step < total {
+            if step.is_multiple_of(cfg.checkpoint.every as u64) && step < total {
                 save(out, state, session, def)?;
             }
             if crash_after == Some(step) {

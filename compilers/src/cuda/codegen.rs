@@ -101,6 +101,8 @@ static __device__ float block_reduce(float x, bool is_max, float* red) {
 
 /// How a step runs on the device.
 #[derive(Clone, Debug)]
+// one per step, made once at compile time: its size costs nothing
+#[allow(clippy::large_enum_variant)]
 pub enum DeviceKernel {
     /// a generated function
     Source { entry: String, source: String, kind: Kind },

@@ -6,13 +6,17 @@
 #[inline(always)]
 pub fn exp2(x: f32) -> f32 {
     const MAGIC: f32 = 12582912.0; // 1.5 * 2^23: adding it rounds to an integer
+                                   // max/min rather than clamp: NaN becomes a number here and is restored
+                                   // at the end, so the body stays branch-free
+    #[allow(clippy::manual_clamp)]
     let xc = x.max(-127.0).min(128.0);
     let t = xc + MAGIC;
     let n = t - MAGIC;
     let f = xc - n;
     // Taylor coefficients of 2^f = e^(f ln 2)
-    let p =
-        1.0 + f * (0.693_147_2 + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_356 + f * 0.000_154_035_3)))));
+    let p = 1.0
+        + f * (std::f32::consts::LN_2
+            + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_356 + f * 0.000_154_035_3)))));
     let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let scale = f32::from_bits(((ni + 127).max(0) as u32) << 23);
     let r = p * scale;

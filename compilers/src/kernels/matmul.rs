@@ -53,9 +53,9 @@ impl MatMul {
                 continue;
             }
             let (sa, sb) = (a.strides[d], b.strides[d]);
-            if sb == 0 && sa != 0 && row.map_or(true, |r| dims[d] >= dims[r]) {
+            if sb == 0 && sa != 0 && row.is_none_or(|r| dims[d] >= dims[r]) {
                 row = Some(d);
-            } else if sa == 0 && sb != 0 && col.map_or(true, |c| dims[d] >= dims[c]) {
+            } else if sa == 0 && sb != 0 && col.is_none_or(|c| dims[d] >= dims[c]) {
                 col = Some(d);
             }
         }

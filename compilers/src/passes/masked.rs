@@ -60,7 +60,7 @@ pub fn guard_holds(p: &RowFused, input: usize) -> bool {
         }
         v[k] = match ins.op {
             RowOp::Input(i) if i == input => There::Masked,
-            RowOp::Const(c) if c == 0.0 => There::Zero,
+            RowOp::Const(0.0) => There::Zero,
             RowOp::Const(c) if c <= MASKED_AT => There::Masked,
             RowOp::Unary(UnaryOp::Exp2, a) if v[a] == There::Masked => There::Zero,
             RowOp::Unary(UnaryOp::Sqrt | UnaryOp::Sin, a) if v[a] == There::Zero => There::Zero,

@@ -228,7 +228,7 @@ mod tests {
         // input, scale, product, mask, sum, softmax
         let ops: Vec<RowOp> = p.instrs.iter().map(|i| i.op.clone()).collect();
         assert_eq!(ops.len(), 6, "{ops:?}");
-        assert_eq!(ops[5], RowOp::Softmax(4, 1.442695));
+        assert_eq!(ops[5], RowOp::Softmax(4, std::f32::consts::LOG2_E));
         assert_eq!(p.outputs, vec![5]);
     }
 
@@ -238,7 +238,7 @@ mod tests {
         let ops: Vec<RowOp> = p.instrs.iter().map(|i| i.op.clone()).collect();
         // input, silu, up, product
         assert_eq!(ops.len(), 4, "{ops:?}");
-        assert_eq!(ops[1], RowOp::Silu(0, -1.0, 1.442695));
+        assert_eq!(ops[1], RowOp::Silu(0, -1.0, std::f32::consts::LOG2_E));
         assert_eq!(ops[3], RowOp::Binary(BinaryOp::Mul, 1, 2));
         // the sigmoid is also an output: the chain stays
         let mut q = silu_times_up();

@@ -312,9 +312,11 @@ fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
         instr_of.insert(m, instrs.len() - 1);
     }
     // outputs: members read from outside the group
-    let mut outs: Vec<(NodeIndex, Vec<(NodeIndex, u8, ShapeTracker)>)> = vec![];
+    // (reader, input slot, view) of each read from outside
+    type Reads = Vec<(NodeIndex, u8, ShapeTracker)>;
+    let mut outs: Vec<(NodeIndex, Reads)> = vec![];
     for &m in &g.members {
-        let ext: Vec<(NodeIndex, u8, ShapeTracker)> = graph
+        let ext: Reads = graph
             .graph
             .edges_directed(m, Direction::Outgoing)
             .filter_map(|e| e.weight().as_data().map(|(i, _, st)| (e.target(), i, st)))
