@@ -50,7 +50,7 @@ fn kernels(c: &mut Criterion) {
     for (name, shapes, f) in cases {
         let mut g = c.benchmark_group(name);
         g.sample_size(20);
-        for fusion in Fusion::ALL {
+        for &fusion in Fusion::all() {
             let mut run = graph(&shapes, fusion, f);
             g.bench_function(BenchmarkId::from_parameter(fusion), |b| b.iter(&mut run));
         }

@@ -12,7 +12,7 @@ fn model(c: &mut Criterion) {
     let toks = synthetic_tokens(257, def.vocab_size, 1);
     let mut g = c.benchmark_group("minimind-small-T prefill 256");
     g.sample_size(10);
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let mut s = generation_session(Backend::Cpu, &def, fusion, 512).unwrap();
         g.bench_function(BenchmarkId::from_parameter(fusion), |b| {
             b.iter(|| {
@@ -24,7 +24,7 @@ fn model(c: &mut Criterion) {
     g.finish();
     let mut g = c.benchmark_group("minimind-small-T decode 1 token at 256");
     g.sample_size(30);
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let mut s = generation_session(Backend::Cpu, &def, fusion, 512).unwrap();
         let l = s.run(&toks[..256], 1, 0).unwrap();
         s.recycle(l);
@@ -40,7 +40,7 @@ fn model(c: &mut Criterion) {
     // attention is the CausalAttention kernel and its gradient)
     let mut g = c.benchmark_group("minimind-small-T training step 2x128");
     g.sample_size(10);
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let (mut s, batch) = train_setup(Backend::Cpu, &def, fusion, 2, 128).unwrap();
         let mut step = 0;
         g.bench_function(BenchmarkId::from_parameter(fusion), |b| {

@@ -60,12 +60,4 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.f64() * n as f64) as usize % n.max(1)
     }
-
-    /// Internal state, for checkpoints.
-    pub fn state(&self) -> [u64; 4] {
-        self.s
-    }
-    pub fn from_state(s: [u64; 4]) -> Rng {
-        Rng { s }
-    }
 }

@@ -31,7 +31,7 @@ fn entries(src: &str) -> Vec<&str> {
 fn kernel_sources_are_deterministic_and_well_formed() {
     for model in MODELS {
         for job in [Job::Forward, Job::Decode, Job::Train] {
-            for fusion in Fusion::ALL {
+            for &fusion in Fusion::all() {
                 let src = source(model, job, fusion);
                 assert_eq!(src, source(model, job, fusion), "{model} {job} {fusion}: sources differ between builds");
                 let names = entries(&src);

@@ -75,7 +75,7 @@ fn session(f: &Fixture, kv_cache: bool, fusion: Fusion, backend: Backend) -> Ses
 fn logits_match_transformers_under_every_fusion_strategy() {
     for backend in backends() {
         for f in fixtures() {
-            for fusion in Fusion::ALL {
+            for &fusion in Fusion::all() {
                 let mut s = session(&f, false, fusion, backend);
                 let l = s.run(&f.tokens, 1, 0).unwrap();
                 let d = max_diff(&l.data, &f.logits);

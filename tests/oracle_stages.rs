@@ -84,7 +84,7 @@ fn sft_mask_loss_and_gradients() {
         assert_eq!(&got, want, "token ids and assistant-only labels must match transformers' chat template + MiniMind's mask");
     }
     let want = Tensors::load(&root().join(m["sft"]["file"].as_str().unwrap())).unwrap();
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let mut s = TrainSession::new(&def, w.clone(), 128, Stage::LanguageModel, Update::OutputGrads, fusion).unwrap();
         let (loss, grads) = s.grads(&padded(want_rows.clone())).unwrap();
         assert!((loss.loss - scalar(&want, "loss")).abs() <= 1e-5 * scalar(&want, "loss"), "{} vs {}", loss.loss, scalar(&want, "loss"));
@@ -108,7 +108,7 @@ fn lora_gradients_merge_and_peft_layout() {
     }
     let batch = padded(rows(&m["sft"]["ids"], &m["sft"]["labels"]));
     let want = Tensors::load(&root().join(l["grads"].as_str().unwrap())).unwrap();
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let mut s = TrainSession::new(&def, w.clone(), 128, Stage::Lora(cfg.clone()), Update::OutputGrads, fusion).unwrap();
         assert_eq!(s.trainable.len(), 8, "q_proj and o_proj of two layers, A and B each");
         s.set_trained(&adapters).unwrap();
@@ -146,7 +146,7 @@ fn dpo_loss_margins_and_policy_gradients() {
     let reference = Weights::load(&def, &root().join(d["reference"].as_str().unwrap())).unwrap();
     let batch = Batch::from_labels(&rows(&d["ids"], &d["labels"]));
     let want = Tensors::load(&root().join(d["file"].as_str().unwrap())).unwrap();
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let mut s = TrainSession::new(&def, w.clone(), 256, Stage::Dpo { beta: 0.1 }, Update::OutputGrads, fusion).unwrap();
         s.set_reference(&reference).unwrap();
         let (loss, grads) = s.grads(&batch).unwrap();

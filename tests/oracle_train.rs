@@ -69,7 +69,7 @@ fn gradients_match_pytorch() {
         let want = Tensors::load(&root().join(gb["file"].as_str().unwrap())).unwrap();
         let b = batch(&gb["ids"], &gb["labels"]);
         let scalar = |n: &str| want.get(n).unwrap().1[0];
-        for (fusion, backend) in Fusion::ALL.into_iter().flat_map(|f| backends().into_iter().map(move |b| (f, b))) {
+        for (fusion, backend) in Fusion::all().iter().copied().flat_map(|f| backends().into_iter().map(move |b| (f, b))) {
             let mut s = TrainSession::on(backend, &def, w.clone(), 16, Stage::LanguageModel, Update::OutputGrads, fusion).unwrap();
             let (loss, grads) = s.grads(&b).unwrap();
             assert!(close(loss.loss, scalar("loss"), 1e-5), "{} ({fusion}, {backend}): loss {} vs {}", def.name, loss.loss, scalar("loss"));

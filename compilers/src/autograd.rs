@@ -398,11 +398,3 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
     }
     Ok(wrt.iter().map(|t| grads.remove(&t.id)).collect())
 }
-
-/// Gradients by name: `d loss / d input` for each named graph input.
-pub fn backward_named(loss: &Tensor, names: &[String]) -> Result<Vec<(String, Option<Tensor>)>, String> {
-    let b = loss.builder();
-    let wrt: Vec<Tensor> =
-        names.iter().map(|n| b.find_input(n).ok_or_else(|| format!("graph has no input `{n}`"))).collect::<Result<_, _>>()?;
-    Ok(names.iter().cloned().zip(backward(loss, &wrt)?).collect())
-}

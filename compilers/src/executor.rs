@@ -97,11 +97,6 @@ impl Executor {
         self.store[i.slot].as_deref()
     }
 
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
-        let slot = self.plan.inputs.iter().find(|i| i.name == name)?.slot;
-        self.store[slot].as_mut()
-    }
-
     /// Drop all state (KV caches) so the next run allocates it afresh.
     pub fn reset_state(&mut self) {
         for i in &self.plan.inputs {
@@ -240,10 +235,6 @@ impl Executor {
     /// Give a buffer back to the pool (e.g. an output the caller is done with).
     pub fn recycle(&mut self, buf: Vec<f32>) {
         self.pool.give(buf);
-    }
-
-    pub fn num_steps(&self) -> usize {
-        self.plan.steps.len()
     }
 }
 

@@ -95,33 +95,10 @@ impl PartialEq for KernelOp {
 }
 
 impl Operator for KernelOp {
-    /// Lets luminal's own `Graph::execute` run a compiled graph too (its
-    /// trackers arrive already resolved). Our executor does not go through here.
-    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let dims = DimValues::default();
-        let mut stack = vec![];
-        let views: Vec<View> = inp.iter().map(|(_, st)| View::resolve(st, &dims, &mut stack)).collect();
-        let datas: Vec<Vec<f32>> =
-            inp.iter().map(|(t, _)| t.borrowed().data.as_any().downcast_ref::<Vec<f32>>().expect("f32 tensor").clone()).collect();
-        let shapes = self.0.output_shapes(&views, &dims);
-        let inplace = self.0.inplace();
-        let mut outs: Vec<Vec<f32>> = shapes
-            .iter()
-            .enumerate()
-            .map(|(o, s)| match inplace.iter().find(|(out, _)| *out == o) {
-                Some((_, i)) => datas[*i].clone(),
-                None => vec![0.0; s.iter().product()],
-            })
-            .collect();
-        let args: Vec<Arg> = datas
-            .iter()
-            .zip(&views)
-            .enumerate()
-            .map(|(i, (d, v))| Arg { data: if inplace.iter().any(|(_, x)| *x == i) { &[] } else { d }, view: *v })
-            .collect();
-        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        self.0.run(&args, &mut refs, &dims);
-        outs.into_iter().map(Tensor::new).collect()
+    /// Kernels run in lumind's executor, which hands them resolved views and
+    /// pooled buffers; luminal's `Graph::execute` is not a way to run them.
+    fn process(&mut self, _: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        unreachable!("kernel {} runs in lumind's executor, not luminal's Graph::execute", self.0.name())
     }
 }
 

@@ -2,9 +2,6 @@
 //! device executor on a GPU (CUDA) or on the CPU emulation of one. Sessions
 //! hold a `Runner` and never care which.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::cuda::{Device, DeviceError, DeviceExecutor};
 use luminal::prelude::Graph;
 
@@ -13,7 +10,8 @@ use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::DimValues;
 
 /// Where a graph runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, strum::EnumString, strum::Display, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
 pub enum Backend {
     /// our CPU kernels
     #[default]
@@ -22,28 +20,6 @@ pub enum Backend {
     Cuda,
     /// the generated CUDA kernels, emulated on the CPU (slow; for tests)
     Emulated,
-}
-
-impl FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Backend::Cpu),
-            "cuda" => Ok(Backend::Cuda),
-            "emulated" | "cuda-emulated" => Ok(Backend::Emulated),
-            _ => Err(format!("unknown device `{s}` (cpu, cuda or emulated)")),
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Cpu => "cpu",
-            Backend::Cuda => "cuda",
-            Backend::Emulated => "emulated",
-        })
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -236,21 +236,12 @@ impl GraphBuilder {
         self.cx.borrow().stop_grad.contains(&id)
     }
 
-    /// Name of an input node, if it is one.
-    pub fn input_name(&self, id: NodeIndex) -> Option<String> {
-        self.cx.borrow().inputs.iter().find(|i| i.node == id).map(|i| i.name.clone())
-    }
-
     /// The declared input of that name.
     pub fn find_input(&self, name: &str) -> Option<Tensor> {
         let cx = self.cx.borrow();
         let i = cx.inputs.iter().find(|i| i.name == name)?;
         let st = ShapeTracker::new(&i.dims);
         Some(Tensor { id: i.node, shape: st, cx: self.cx.clone() })
-    }
-
-    pub fn error(&self) -> Option<String> {
-        self.cx.borrow().error.clone()
     }
 
     /// Finish building: the graph, or the first shape error.

@@ -84,7 +84,7 @@ fn causal_attention_kernels_match_primops() {
     let (cos, sin) = (data(s * hd, 5), data(s * hd, 6));
     let vals = [q, k, v, w, cos, sin];
     let want = run(false, Fusion::None, shape, &vals);
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let got = run(true, fusion, shape, &vals);
         for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
             assert_eq!(g.len(), w.len(), "{name}");

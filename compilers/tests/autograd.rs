@@ -33,7 +33,7 @@ fn eval(shapes: &[Vec<usize>], vals: &[Vec<f32>], f: &Build) -> f32 {
 
 fn check(name: &str, shapes: &[Vec<usize>], f: &Build) {
     let vals: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| data(s.iter().product(), i as u32 + 1)).collect();
-    for fusion in Fusion::ALL {
+    for &fusion in Fusion::all() {
         let b = GraphBuilder::new();
         let ts: Vec<Tensor> = shapes
             .iter()

@@ -48,7 +48,7 @@ fn matmul_batched_and_broadcast() {
             }
         }
     }
-    for f in Fusion::ALL {
+    for &f in Fusion::all() {
         let (s, y) = run(f, &[("a", vec![bt, m, k], a.clone()), ("w", vec![k, n], w.clone())], &[], |_, t| t[0].matmul(&t[1]));
         assert_eq!(s, vec![bt, m, n]);
         close(&y, &want, 1e-5);
@@ -76,7 +76,7 @@ fn softmax_permute_slice_pad() {
         want.extend_from_slice(&sm[i * r + 1..i * r + 3]);
         want.push(0.0);
     }
-    for f in Fusion::ALL {
+    for &f in Fusion::all() {
         let (s, y) =
             run(f, &[("x", vec![r, c], x.clone())], &[], |_, t| t[0].transpose(0, 1).softmax(1).slice(1, d(1), d(3)).pad(1, d(1), d(1)));
         assert_eq!(s, vec![c, 4]);
@@ -93,7 +93,7 @@ fn symbolic_dims_and_concat() {
         let row = &x[i * 4..][..4];
         want.extend_from_slice(&[-row[2], -row[3], row[0], row[1]]);
     }
-    for f in Fusion::ALL {
+    for &f in Fusion::all() {
         let b = GraphBuilder::new();
         let t = b.input("x", &[sym('s'), d(4)], InputKind::Data);
         let y = t.slice(1, d(2), d(4)).scale(-1.0).concat(&t.slice(1, d(0), d(2)), 1);
@@ -153,7 +153,7 @@ fn reductions_over_a_strided_axis() {
             }
         }
     }
-    for f in Fusion::ALL {
+    for &f in Fusion::all() {
         let input = [("x", vec![b, s, h], x.clone())];
         let (shape, y) = run(f, &input, &[], |_, t| t[0].permute(&[2, 0, 1]).sum(2));
         assert_eq!(shape, vec![h, b]);
@@ -179,7 +179,7 @@ fn row_groups_never_depend_on_each_other() {
     let (a1, b1) = (sq(&x), sq(&z));
     let (f, g) = (colsum(&b1), colsum(&a1));
     let want: Vec<f32> = (0..r * c).map(|i| a1[i] * f[i % c] + (b1[i] + g[i % c])).collect();
-    for fu in Fusion::ALL {
+    for &fu in Fusion::all() {
         let (_, y) = run(fu, &[("x", vec![r, c], x.clone()), ("z", vec![r, c], z.clone())], &[], |_, t| {
             let a1 = t[0].mul(&t[0]);
             let b1 = t[1].mul(&t[1]);
@@ -199,7 +199,7 @@ fn matmul_split_by_columns() {
     let a = data(m * k, 7);
     let w = data(n * k, 8);
     let want: Vec<f32> = (0..m * n).map(|i| (0..k).map(|x| a[i / n * k + x] * w[i % n * k + x]).sum()).collect();
-    for f in Fusion::ALL {
+    for &f in Fusion::all() {
         let (s, y) = run(f, &[("a", vec![m, k], a.clone()), ("w", vec![n, k], w.clone())], &[], |_, t| t[0].linear(&t[1]));
         assert_eq!(s, vec![m, n]);
         close(&y, &want, 1e-5);

@@ -1,12 +1,67 @@
 //! Arguments shared by commands.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{Context, Result};
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use lumind_compilers::{Backend, Fusion};
 
 use crate::model::{ModelDef, Weights};
+
+/// A flag whose values are an enum's names (`what` says what they name):
+/// `--help` lists them, and any other value is refused with the list.
+#[derive(Clone)]
+pub struct OneOf<T> {
+    what: &'static str,
+    of: std::marker::PhantomData<T>,
+}
+
+pub fn one_of<T>(what: &'static str) -> OneOf<T> {
+    OneOf { what, of: std::marker::PhantomData }
+}
+
+impl<T: FromStr + strum::VariantNames + Clone + Send + Sync + 'static> TypedValueParser for OneOf<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &clap::Command, _: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<T, clap::Error> {
+        let s = value.to_string_lossy();
+        s.parse().map_err(|_| {
+            let names = T::VARIANTS.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("unknown {} `{s}` (expected one of {names})\n", self.what))
+                .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(T::VARIANTS.iter().map(PossibleValue::new)))
+    }
+}
+
+/// How and where a command's graph is compiled and run.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct CompileArgs {
+    /// Compiler strategy
+    #[arg(long, default_value = "full", value_parser = one_of::<Fusion>("fusion strategy"))]
+    pub fusion: Fusion,
+    #[command(flatten)]
+    pub on: DeviceArgs,
+}
+
+impl CompileArgs {
+    pub fn device(&self) -> Backend {
+        self.on.device
+    }
+}
+
+/// Where a command runs.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct DeviceArgs {
+    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
+    #[arg(long, default_value = "cpu", value_parser = one_of::<Backend>("device"))]
+    pub device: Backend,
+}
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -16,15 +71,11 @@ pub struct ModelArgs {
     /// Weights (safetensors, Hugging Face names)
     #[arg(long)]
     pub weights: PathBuf,
-    /// Compiler strategy: none, generic or full
-    #[arg(long, default_value = "full")]
-    pub fusion: Fusion,
     /// A LoRA adapter directory (PEFT layout), folded into the weights
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
-    #[arg(long, default_value = "cpu")]
-    pub device: Backend,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 impl ModelArgs {

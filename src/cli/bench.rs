@@ -1,5 +1,6 @@
 //! `lumind bench`: a llama-bench-style table per fusion strategy.
 
+use super::args::{one_of, DeviceArgs};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ pub struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Strategies to compare, comma-separated
-    #[arg(long, default_value = "none,generic,full", value_delimiter = ',')]
+    #[arg(long, default_value = "none,generic,full", value_delimiter = ',', value_parser = one_of::<Fusion>("fusion strategy"))]
     fusion: Vec<Fusion>,
     /// Prefill lengths (ppN)
     #[arg(long, default_value = "64,256", value_delimiter = ',')]
@@ -42,9 +43,8 @@ pub struct Args {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
-    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
-    #[arg(long, default_value = "cpu")]
-    device: Backend,
+    #[command(flatten)]
+    on: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -54,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     let bytes = weight_bytes(&def);
     let bound = bw / bytes;
     // prefill bound per length: FMA peak / FLOPs per token
-    let peak = if a.device == Backend::Cpu { fma_peak() } else { None };
+    let peak = if a.on.device == Backend::Cpu { fma_peak() } else { None };
     let pp_bound = |n: usize| peak.map(|p| p / (forward_flops(&def, n, 0) / n as f64));
     let train = match &a.train {
         Some(s) => {
@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     let positions = a.pp.iter().copied().max().unwrap_or(1).max(a.tg + 1);
     for &fusion in &a.fusion {
         let t = Instant::now();
-        let mut s = generation_session(a.device, &def, fusion, positions)?;
+        let mut s = generation_session(a.on.device, &def, fusion, positions)?;
         let compile_ms = s.compile_time.as_secs_f64() * 1e3;
         let _ = t;
         let mut row = |test: String, tps: f64, gflops: f64, gbs: f64| {
@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
             if most == 0 || most > MAX_PARALLEL {
                 anyhow::bail!("--streams takes 1 to {MAX_PARALLEL} sequences");
             }
-            let mut slots = batched_session(a.device, &def, fusion, a.tg.max(2) + 8, most)?;
+            let mut slots = batched_session(a.on.device, &def, fusion, a.tg.max(2) + 8, most)?;
             for &n in &a.streams {
                 let r = decode_streams(&mut slots, n, a.tg.max(2), a.reps)?;
                 row(format!("tg{} x{n}", a.tg), r.tokens_per_s, 0.0, r.tokens_per_s / n as f64 * bytes / 1e9);
@@ -119,7 +119,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         if let Some((b, seq)) = train {
-            let tps = train_step(a.device, &def, fusion, b, seq, a.reps.min(3))?;
+            let tps = train_step(a.on.device, &def, fusion, b, seq, a.reps.min(3))?;
             row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0);
         }
     }

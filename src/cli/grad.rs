@@ -5,10 +5,10 @@
 //! --weights --tokens`), or the first K examples of a stage's data through
 //! that stage's loss (`--config --data --n`).
 
+use super::args::CompileArgs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lumind_compilers::{Backend, Fusion};
 
 use super::args::parse_tokens;
 use crate::data::pretrain::Position;
@@ -42,11 +42,8 @@ pub struct Args {
     /// LoRA: start the adapters from this directory instead of MiniMind's init
     #[arg(long, requires = "config")]
     adapter: Option<PathBuf>,
-    #[arg(long, default_value = "full")]
-    fusion: Fusion,
-    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
-    #[arg(long, default_value = "cpu")]
-    device: Backend,
+    #[command(flatten)]
+    compile: CompileArgs,
     /// Output safetensors: `loss` and one gradient per trained tensor
     #[arg(long)]
     out: PathBuf,
@@ -69,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             let order: Vec<usize> = (0..a.n.min(data.len())).collect();
             let (batch, _) = data.batch(&tok, &order, Position::default(), order.len())?;
             // (the graph, weights and reference `lumind train` would use)
-            let mut s = session_for(&cfg, &def, Update::OutputGrads, a.device, a.fusion)?;
+            let mut s = session_for(&cfg, &def, Update::OutputGrads, a.compile.device(), a.compile.fusion)?;
             if let Some(dir) = &a.adapter {
                 let (_, mods) = crate::lora::load_adapter(dir)?;
                 let mut t = crate::model::weights::Tensors::default();
@@ -89,7 +86,8 @@ pub fn run(a: Args) -> Result<()> {
             }
             let def = ModelDef::load(m)?;
             let w = Weights::load(&def, w)?;
-            let s = TrainSession::on(a.device, &def, w, tokens.len(), Stage::LanguageModel, Update::OutputGrads, a.fusion)?;
+            let s =
+                TrainSession::on(a.compile.device(), &def, w, tokens.len(), Stage::LanguageModel, Update::OutputGrads, a.compile.fusion)?;
             let labels: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
             (s, Batch::from_labels(&[(tokens, labels)]))
         }

@@ -1,8 +1,5 @@
 //! The graphs a job runs, shared by `inspect`, `profile` and `bench`.
 
-use std::fmt;
-use std::str::FromStr;
-
 use anyhow::Result;
 use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::tensor::BuiltGraph;
@@ -12,7 +9,9 @@ use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::ModelDef;
 use crate::train::graph::{build, Stage, Update};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A graph `inspect`, `profile` and `bench` can build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumString, strum::Display, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
 pub enum Job {
     Forward,
     Prefill,
@@ -21,36 +20,6 @@ pub enum Job {
     Sft,
     Lora,
     Dpo,
-}
-
-impl FromStr for Job {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Job, String> {
-        match s {
-            "forward" => Ok(Job::Forward),
-            "prefill" => Ok(Job::Prefill),
-            "decode" => Ok(Job::Decode),
-            "train" => Ok(Job::Train),
-            "sft" => Ok(Job::Sft),
-            "lora" => Ok(Job::Lora),
-            "dpo" => Ok(Job::Dpo),
-            _ => Err(format!("unknown job `{s}` (expected forward, prefill, decode, train, sft, lora or dpo)")),
-        }
-    }
-}
-
-impl fmt::Display for Job {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Job::Forward => "forward",
-            Job::Prefill => "prefill",
-            Job::Decode => "decode",
-            Job::Train => "train",
-            Job::Sft => "sft",
-            Job::Lora => "lora",
-            Job::Dpo => "dpo",
-        })
-    }
 }
 
 /// Positions the inspected graphs are built for (RoPE rows, cache size).

@@ -1,6 +1,7 @@
 //! Where `chat` and `serve` get their model: files given on the command
 //! line, or the bundle appended to this executable (`lumind bundle`).
 
+use super::args::CompileArgs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -18,15 +19,11 @@ pub struct ModelSource {
     /// Weights (safetensors); not needed in a bundled executable
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Compiler strategy: none, generic or full
-    #[arg(long, default_value = "full")]
-    pub fusion: Fusion,
     /// A LoRA adapter directory (PEFT layout) applied on the weights
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
-    #[arg(long, default_value = "cpu")]
-    pub device: Backend,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 pub struct Loaded {
@@ -66,6 +63,6 @@ impl ModelSource {
             Some(dir) => crate::lora::merge_adapter(&def, weights, dir)?,
             None => weights,
         };
-        Ok(Loaded { def, weights, tokenizer, fusion: self.fusion, device: self.device })
+        Ok(Loaded { def, weights, tokenizer, fusion: self.compile.fusion, device: self.compile.device() })
     }
 }

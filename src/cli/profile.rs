@@ -1,12 +1,13 @@
 //! `lumind profile`: time per kernel of a compiled job.
 
+use super::args::CompileArgs;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use lumind_compilers::executor::StepStats;
 use lumind_compilers::inspect::op_name;
-use lumind_compilers::{Backend, Fusion};
+use lumind_compilers::Fusion;
 
 use super::job::{options, Job};
 use crate::bench::synthetic_tokens;
@@ -26,13 +27,10 @@ pub struct Args {
     /// prompt into an empty KV cache, last logits: what generation and
     /// `bench`'s pp tests run), decode (one token after a prompt) or train
     /// (forward, backward, AdamW)
-    #[arg(long, default_value = "forward")]
+    #[arg(long, default_value = "forward", value_parser = super::args::one_of::<Job>("job"))]
     job: Job,
-    #[arg(long, default_value = "full")]
-    fusion: Fusion,
-    /// Where to run: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
-    #[arg(long, default_value = "cpu")]
-    device: Backend,
+    #[command(flatten)]
+    compile: CompileArgs,
 
     /// Sequence length (prompt length for decode)
     #[arg(long, default_value_t = 256)]
@@ -58,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
         Job::Forward | Job::Prefill => {
             // prefill: one prompt into an empty KV cache (the generation graph)
             let batch = if a.job == Job::Prefill { 1 } else { a.batch };
-            let mut s = Session::on(a.device, &def, weights, options(a.job, a.tokens), a.fusion)?;
+            let mut s = Session::on(a.compile.device(), &def, weights, options(a.job, a.tokens), a.compile.fusion)?;
             let toks = synthetic_tokens(a.tokens * batch, def.vocab_size, 1);
             s.run(&toks, batch, 0)?;
             s.exec.enable_profile();
@@ -71,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
         Job::Decode => {
             // --batch sequences decoded together, as `serve --parallel` does
             let (n, b) = (a.tokens + a.runs + 1, a.batch);
-            let mut s = Session::on(a.device, &def, weights, ForwardOptions::batched(n, b), a.fusion)?;
+            let mut s = Session::on(a.compile.device(), &def, weights, ForwardOptions::batched(n, b), a.compile.fusion)?;
             let toks = synthetic_tokens(n, def.vocab_size, 1);
             for r in 0..b {
                 s.run_rows(&toks[..a.tokens], r, &[0])?;
@@ -88,13 +86,13 @@ pub fn run(a: Args) -> Result<()> {
             use crate::train::graph::Update;
             use crate::train::{Batch, TrainSession};
             let mut s = TrainSession::on(
-                a.device,
+                a.compile.device(),
                 &def,
                 weights,
                 a.tokens,
                 crate::train::graph::Stage::LanguageModel,
                 Update::AdamW(Default::default()),
-                a.fusion,
+                a.compile.fusion,
             )?;
             let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..a.batch)
                 .map(|r| {
@@ -112,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
             (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
         }
     };
-    print_profile(&def.name, a.job, a.fusion, &stats, &graph_names, a.runs, tokens_per_run, a.top);
+    print_profile(&def.name, a.job, a.compile.fusion, &stats, &graph_names, a.runs, tokens_per_run, a.top);
     Ok(())
 }
 

@@ -1,11 +1,11 @@
 //! `lumind train`: run a training job from a config file.
 
+use super::args::DeviceArgs;
 use std::path::PathBuf;
 
 use anyhow::Result;
 
 use crate::train::config::TrainConfig;
-use lumind_compilers::Backend;
 
 use crate::train::trainer::train;
 
@@ -23,9 +23,8 @@ pub struct Args {
     /// Override `out` (the run directory)
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Where to train: cpu, cuda (an NVIDIA GPU) or emulated (the CUDA kernels on the CPU, for checks)
-    #[arg(long, default_value = "cpu")]
-    device: Backend,
+    #[command(flatten)]
+    on: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -37,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.out = o;
     }
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
-    if train(&cfg, a.resume, a.device)?.interrupted {
+    if train(&cfg, a.resume, a.on.device)?.interrupted {
         return Err(super::Interrupted.into());
     }
     Ok(())

@@ -40,8 +40,8 @@ pub struct TrainConfig {
     pub out: PathBuf,
     #[serde(default = "default_seed")]
     pub seed: u64,
-    #[serde(default = "default_fusion")]
-    pub fusion: String,
+    #[serde(default)]
+    pub fusion: lumind_compilers::Fusion,
     pub data: DataConfig,
     pub optim: OptimConfig,
     #[serde(default)]
@@ -148,9 +148,6 @@ fn one() -> usize {
 fn default_seed() -> u64 {
     42
 }
-fn default_fusion() -> String {
-    "full".into()
-}
 fn default_clip() -> f32 {
     1.0
 }
@@ -211,7 +208,6 @@ impl TrainConfig {
         }
         count("checkpoint.every", self.checkpoint.every, 1 << 40)?;
         count("log.every", self.log.every, 1 << 40)?;
-        self.fusion.parse::<lumind_compilers::Fusion>().map_err(|e| anyhow::anyhow!("`fusion`: {e}"))?;
         if matches!(self.stage, StageName::Lora | StageName::Dpo) && self.weights.is_none() {
             bail!("stage `{:?}` starts from trained weights: set `weights`", self.stage);
         }

@@ -143,7 +143,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, device: Backend) -> Result<Summary
     }
     let data = Data::open(cfg, &tok)?;
     cfg.check_against(&def, data.len()).map_err(|e| anyhow::anyhow!("{e:#} (model {})", cfg.model.display()))?;
-    let fusion: Fusion = cfg.fusion.parse().map_err(anyhow::Error::msg)?;
+    let fusion = cfg.fusion;
     let adamw = AdamWConfig { max_grad_norm: cfg.optim.grad_clip, weight_decay: cfg.optim.weight_decay, ..AdamWConfig::default() };
     let ckpt_path = checkpoint::path(out);
 

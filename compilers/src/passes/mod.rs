@@ -11,9 +11,6 @@ pub mod matmul;
 pub mod row_programs;
 pub mod rowfusion;
 
-use std::fmt;
-use std::str::FromStr;
-
 use luminal::prelude::*;
 
 use crate::kernel::{kernel_of, KernelOp};
@@ -22,7 +19,24 @@ use crate::runner::Backend;
 use crate::tensor::BuiltGraph;
 
 /// How much the CPU compiler does to a graph before it runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumString,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::VariantNames,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[strum(serialize_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Fusion {
     /// Matmuls recognised, every other primop its own kernel; no graph cleanup.
     None,
@@ -30,33 +44,17 @@ pub enum Fusion {
     /// single reductions, unused nodes), then per-primop kernels.
     Generic,
     /// Everything lumind has: generic passes plus our fusion passes.
+    #[default]
     Full,
 }
 
 impl Fusion {
-    pub const ALL: [Fusion; 3] = [Fusion::None, Fusion::Generic, Fusion::Full];
+    /// Every strategy, from least to most done.
+    pub fn all() -> &'static [Fusion] {
+        <Fusion as strum::VariantArray>::VARIANTS
+    }
     pub fn name(self) -> &'static str {
-        match self {
-            Fusion::None => "none",
-            Fusion::Generic => "generic",
-            Fusion::Full => "full",
-        }
-    }
-}
-
-impl fmt::Display for Fusion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Fusion {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Fusion, String> {
-        Fusion::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown fusion strategy `{s}` (expected none, generic or full)"))
+        self.into()
     }
 }
 
