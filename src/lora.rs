@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::params::param_specs;
 use crate::model::weights::{Tensor, Tensors};
 use crate::model::{ModelDef, Weights};
 
@@ -23,6 +24,48 @@ pub struct AdapterConfig {
 /// PEFT's tensor names for a module (`model.layers.0.self_attn.q_proj`).
 pub fn peft_names(module: &str) -> (String, String) {
     (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
+}
+
+/// LoRA settings.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    /// scale = alpha / rank; alpha = rank gives MiniMind's unscaled `W x + B A x`
+    pub alpha: Option<f64>,
+    /// module names to adapt (`q_proj`, `o_proj`, ...); default: every
+    /// square linear layer, as MiniMind does
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+fn default_rank() -> usize {
+    8
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f32 {
+        (self.alpha.unwrap_or(self.rank as f64) / self.rank as f64) as f32
+    }
+
+    /// The modules (`model.layers.0.self_attn.q_proj`) adapted in `def`, with (out, in).
+    pub fn modules(&self, def: &ModelDef) -> Vec<(String, usize, usize)> {
+        param_specs(def)
+            .into_iter()
+            .filter(|s| s.shape.len() == 2 && s.name.ends_with(".weight") && s.name.starts_with("model.layers."))
+            .filter(|s| {
+                let module = s.name.trim_end_matches(".weight");
+                let last = module.rsplit('.').next().unwrap_or("");
+                if self.targets.is_empty() {
+                    s.shape[0] == s.shape[1]
+                } else {
+                    self.targets.iter().any(|t| t == last || module.ends_with(t.as_str()))
+                }
+            })
+            .map(|s| (s.name.trim_end_matches(".weight").to_string(), s.shape[0], s.shape[1]))
+            .collect()
+    }
 }
 
 /// One adapted module's low-rank pair: `W += (alpha / r) * B A`.
@@ -92,7 +135,7 @@ pub fn merge_adapter(def: &ModelDef, mut w: Weights, dir: &Path) -> Result<Weigh
 }
 
 /// Write adapters in the PEFT layout.
-pub fn save_adapter(dir: &Path, cfg: &crate::train::graph::LoraConfig, adapters: &Tensors) -> Result<()> {
+pub fn save_adapter(dir: &Path, cfg: &LoraConfig, adapters: &Tensors) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut modules: Vec<String> =
         adapters.0.keys().filter_map(|n| n.strip_suffix(".lora_A.weight")).filter_map(|m| m.rsplit('.').next().map(String::from)).collect();

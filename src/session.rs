@@ -15,6 +15,11 @@ use crate::model::memory;
 use crate::model::rope;
 use crate::model::weights::Weights;
 
+/// Prompt tokens fed per run of the graph. Prefilling in chunks lets a
+/// server decode its other sequences between them; the chunking depends
+/// only on the prompt and what the slot held, never on the other slots.
+pub const PREFILL_CHUNK: usize = 256;
+
 pub struct Session {
     pub def: ModelDef,
     pub opts: ForwardOptions,
@@ -67,11 +72,7 @@ impl Session {
         }
         let kv = if opts.kv_cache { memory::kv_cache_bytes(def, opts.slots, opts.max_positions) } else { 0 };
         // the largest run: a whole sequence, or a prompt chunk or a decode step
-        let run = if opts.kv_cache && opts.last_only {
-            crate::slots::PREFILL_CHUNK.max(opts.slots).min(opts.max_positions)
-        } else {
-            opts.max_positions
-        };
+        let run = if opts.kv_cache && opts.last_only { PREFILL_CHUNK.max(opts.slots).min(opts.max_positions) } else { opts.max_positions };
         let need = memory::weight_bytes(def) + kv + memory::forward_bytes(def, 1, run);
         memory::check_fits(&format!("model `{}` with {} positions x {} sequences", def.name, opts.max_positions, opts.slots), need)?;
         let opts = ForwardOptions { fused_attention: fused_attention(fusion, backend), ..opts };

@@ -10,12 +10,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::session::{Logits, Session};
-
-/// Prompt tokens fed per run of the graph. Prefilling in chunks lets a
-/// server decode its other sequences between them; the chunking depends
-/// only on the prompt and what the slot held, never on the other slots.
-pub const PREFILL_CHUNK: usize = 256;
+use crate::session::{Logits, Session, PREFILL_CHUNK};
 
 /// The most sequences decoded together: up to this many rows, every kernel
 /// computes a row as it would alone (`kernels::gemv::MAX_ROWS`).

@@ -15,22 +15,10 @@ use std::time::{Duration, Instant};
 use luminal::prelude::{Graph, NodeIndex};
 
 use crate::kernel::{Arg, Cost};
-use crate::plan::{InputSlot, Plan};
+use crate::plan::{ExecError, InputSlot, Plan};
 use crate::shape::fmt_dims;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{eval, DimValues, View};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("input `{0}` was not given")]
-    MissingInput(String),
-    #[error("graph has no input named `{0}`")]
-    UnknownInput(String),
-    #[error("input `{name}` has {got} values but its shape {shape} needs {want}")]
-    InputSize { name: String, shape: String, got: usize, want: usize },
-    #[error("dimension `{0}` has no value for this run")]
-    MissingDim(char),
-}
 
 /// Time and work per step, accumulated over runs.
 #[derive(Clone, Debug, Default)]

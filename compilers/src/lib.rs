@@ -19,8 +19,9 @@ pub mod shape;
 pub mod tensor;
 pub mod view;
 
-pub use executor::{ExecError, Executor, Outputs};
+pub use executor::{Executor, Outputs};
 pub use passes::{compile, pipeline, Fusion};
+pub use plan::ExecError;
 pub use runner::{Backend, RunError, Runner};
 pub use shape::{d, sym, Dim};
 pub use tensor::{BuiltGraph, GraphBuilder, InputKind, Tensor};

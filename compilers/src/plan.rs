@@ -5,13 +5,25 @@
 
 use std::sync::Arc;
 
+/// Inputs that do not fit the plan: what a run refuses before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("input `{0}` was not given")]
+    MissingInput(String),
+    #[error("graph has no input named `{0}`")]
+    UnknownInput(String),
+    #[error("input `{name}` has {got} values but its shape {shape} needs {want}")]
+    InputSize { name: String, shape: String, got: usize, want: usize },
+    #[error("dimension `{0}` has no value for this run")]
+    MissingDim(char),
+}
+
 use luminal::op::Function;
 use luminal::prelude::{Graph, NodeIndex, ShapeTracker};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use rustc_hash::FxHashMap;
 
-use crate::executor::ExecError;
 use crate::kernel::{kernel_of, Kernel};
 use crate::shape::{fmt_dims, Dim};
 use crate::tensor::{BuiltGraph, InputKind};

@@ -5,7 +5,8 @@
 use crate::cuda::{Device, DeviceError, DeviceExecutor};
 use luminal::prelude::Graph;
 
-use crate::executor::{ExecError, Executor, Outputs, StepStats};
+use crate::executor::{Executor, Outputs, StepStats};
+use crate::plan::ExecError;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::DimValues;
 

@@ -50,7 +50,7 @@ pub struct TrainConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub sft: SftConfig,
-    pub lora: Option<crate::train::graph::LoraConfig>,
+    pub lora: Option<crate::lora::LoraConfig>,
     #[serde(default)]
     pub dpo: DpoConfig,
 }
@@ -271,9 +271,7 @@ impl TrainConfig {
         use crate::train::graph::Stage;
         match self.stage {
             StageName::Pretrain | StageName::Sft => Stage::LanguageModel,
-            StageName::Lora => {
-                Stage::Lora(self.lora.clone().unwrap_or(crate::train::graph::LoraConfig { rank: 8, alpha: None, targets: vec![] }))
-            }
+            StageName::Lora => Stage::Lora(self.lora.clone().unwrap_or(crate::lora::LoraConfig { rank: 8, alpha: None, targets: vec![] })),
             StageName::Dpo => Stage::Dpo { beta: self.dpo.beta },
         }
     }

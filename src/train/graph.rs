@@ -20,6 +20,7 @@ use lumind_compilers::shape::{d, sym};
 use lumind_compilers::tensor::BuiltGraph;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
 
+pub use crate::lora::LoraConfig;
 use crate::model::builder::{forward, ForwardOptions, ModelInputs};
 use crate::model::def::ModelDef;
 use crate::model::params::param_specs;
@@ -32,48 +33,6 @@ pub enum Update {
     /// Apply AdamW in place; `optim` ([lr, step, apply]) and `loss_scale`
     /// arrive per run.
     AdamW(AdamWConfig),
-}
-
-/// LoRA settings.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraConfig {
-    #[serde(default = "default_rank")]
-    pub rank: usize,
-    /// scale = alpha / rank; alpha = rank gives MiniMind's unscaled `W x + B A x`
-    pub alpha: Option<f64>,
-    /// module names to adapt (`q_proj`, `o_proj`, ...); default: every
-    /// square linear layer, as MiniMind does
-    #[serde(default)]
-    pub targets: Vec<String>,
-}
-
-fn default_rank() -> usize {
-    8
-}
-
-impl LoraConfig {
-    pub fn scale(&self) -> f32 {
-        (self.alpha.unwrap_or(self.rank as f64) / self.rank as f64) as f32
-    }
-
-    /// The modules (`model.layers.0.self_attn.q_proj`) adapted in `def`, with (out, in).
-    pub fn modules(&self, def: &ModelDef) -> Vec<(String, usize, usize)> {
-        param_specs(def)
-            .into_iter()
-            .filter(|s| s.shape.len() == 2 && s.name.ends_with(".weight") && s.name.starts_with("model.layers."))
-            .filter(|s| {
-                let module = s.name.trim_end_matches(".weight");
-                let last = module.rsplit('.').next().unwrap_or("");
-                if self.targets.is_empty() {
-                    s.shape[0] == s.shape[1]
-                } else {
-                    self.targets.iter().any(|t| t == last || module.ends_with(t.as_str()))
-                }
-            })
-            .map(|s| (s.name.trim_end_matches(".weight").to_string(), s.shape[0], s.shape[1]))
-            .collect()
-    }
 }
 
 /// A training stage.

@@ -11,8 +11,9 @@ use luminal::prelude::Graph;
 
 use super::codegen::{lower, matmul_naive, module_source, DeviceKernel, Kind, Launch};
 use super::device::{BufId, Device, DeviceError, Product};
-use crate::executor::{ExecError, Outputs, StepStats};
+use crate::executor::{Outputs, StepStats};
 use crate::kernels::matmul::MatMul;
+use crate::plan::ExecError;
 use crate::plan::Plan;
 use crate::runner::RunError;
 use crate::tensor::{BuiltGraph, InputKind};
