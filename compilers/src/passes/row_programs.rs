@@ -219,7 +219,7 @@ fn drop_unused(p: &mut RowFused) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rowfused::tests::{masked_softmax, program, silu_times_up};
+    use crate::kernels::rowfused::tests::{arg, masked_softmax, program, silu_times_up};
     use crate::kernels::rowfused::Scratch;
 
     #[test]
@@ -293,6 +293,37 @@ mod tests {
                 p.output_row(0, 8, &sc).to_vec()
             };
             assert_eq!(run(&s), run(&p), "bit for bit");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_copy_computes_what_the_portable_one_does() {
+        if !crate::kernels::simd::avx2() {
+            eprintln!("no AVX2 here: eval_row never takes that path");
+            return;
+        }
+        let silu = silu_times_up();
+        let softmax = simplify(&masked_softmax());
+        let fused_silu = simplify(&silu);
+        assert!(fused_silu.instrs.iter().any(|i| matches!(i.op, RowOp::Silu(..))), "{fused_silu:?}");
+        // 37 columns: whole vectors of both widths and a tail
+        let n = 37;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 * 0.13 - 6.0).collect();
+        let y: Vec<f32> = (0..n).map(|i| if i % 5 == 4 { -1e30 } else { ((i * 31) % 17) as f32 * 0.2 - 1.5 }).collect();
+        let inputs = [arg(&x), arg(&y)];
+        for p in [silu, masked_softmax(), softmax, fused_silu] {
+            let out = |avx2: bool| {
+                let mut s = p.scratch(n, &Default::default());
+                if avx2 {
+                    unsafe { p.eval_row_avx2(&[], n, &inputs, None, &mut s) }
+                } else {
+                    p.eval_row_body(&[], n, &inputs, None, &mut s)
+                }
+                p.output_row(0, n, &s).to_vec()
+            };
+            let (a, b) = (out(true), out(false));
+            assert!(a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits()), "{a:?}\n{b:?}");
         }
     }
 }
