@@ -5,9 +5,10 @@
 /// exponent bits. Below -127 gives 0, above 128 infinity, NaN stays NaN.
 #[inline(always)]
 pub fn exp2(x: f32) -> f32 {
-    const MAGIC: f32 = 12582912.0; // 1.5 * 2^23: adding it rounds to an integer
-                                   // max/min rather than clamp: NaN becomes a number here and is restored
-                                   // at the end, so the body stays branch-free
+    // 1.5 * 2^23: adding it rounds to an integer
+    const MAGIC: f32 = 12582912.0;
+    // max/min rather than clamp: NaN becomes a number here and is restored
+    // at the end, so the body stays branch-free
     #[allow(clippy::manual_clamp)]
     let xc = x.max(-127.0).min(128.0);
     let t = xc + MAGIC;
