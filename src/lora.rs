@@ -44,6 +44,12 @@ fn default_rank() -> usize {
     8
 }
 
+impl Default for LoraConfig {
+    fn default() -> LoraConfig {
+        LoraConfig { rank: default_rank(), alpha: None, targets: vec![] }
+    }
+}
+
 impl LoraConfig {
     pub fn scale(&self) -> f32 {
         (self.alpha.unwrap_or(self.rank as f64) / self.rank as f64) as f32

@@ -59,13 +59,18 @@ impl Slots {
         (0..self.len()).filter(|&s| free(s)).max_by_key(|&s| (common_prefix(&self.cached[s], prompt), std::cmp::Reverse(s)))
     }
 
+    fn check_slot(&self, slot: usize) -> Result<()> {
+        if slot >= self.len() {
+            bail!("slot {slot} does not exist (the session has {})", self.len());
+        }
+        Ok(())
+    }
+
     /// Feed the next chunk of `prompt` into `slot`. The slot keeps the part
     /// of its cache that `prompt` starts with. Returns the logits of the
     /// prompt's last position once all of it is in.
     pub fn prefill_chunk(&mut self, slot: usize, prompt: &[u32]) -> Result<Option<Vec<f32>>> {
-        if slot >= self.len() {
-            bail!("slot {slot} does not exist (the session has {})", self.len());
-        }
+        self.check_slot(slot)?;
         if prompt.is_empty() {
             bail!("the prompt is empty");
         }
@@ -88,9 +93,7 @@ impl Slots {
     /// every logit the session computes (every position's unless it was
     /// built `last_only`).
     pub fn run_fresh(&mut self, slot: usize, ids: &[u32]) -> Result<Logits> {
-        if slot >= self.len() {
-            bail!("slot {slot} does not exist (the session has {})", self.len());
-        }
+        self.check_slot(slot)?;
         self.cached[slot].clear();
         let l = self.session.run_rows(ids, slot, &[0])?;
         self.cached[slot].extend_from_slice(ids);
@@ -112,9 +115,7 @@ impl Slots {
     pub fn decode(&mut self, rows: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
         let Some(first) = rows.iter().map(|r| r.0).min() else { return Ok(vec![]) };
         let last = rows.iter().map(|r| r.0).max().unwrap();
-        if last >= self.len() {
-            bail!("slot {last} does not exist (the session has {})", self.len());
-        }
+        self.check_slot(last)?;
         let ctx = self.context();
         // one run covers the slots first..=last; slots in between that are
         // not decoding run a harmless token at the end of what they hold

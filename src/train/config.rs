@@ -271,7 +271,7 @@ impl TrainConfig {
         use crate::train::graph::Stage;
         match self.stage {
             StageName::Pretrain | StageName::Sft => Stage::LanguageModel,
-            StageName::Lora => Stage::Lora(self.lora.clone().unwrap_or(crate::lora::LoraConfig { rank: 8, alpha: None, targets: vec![] })),
+            StageName::Lora => Stage::Lora(self.lora.clone().unwrap_or_default()),
             StageName::Dpo => Stage::Dpo { beta: self.dpo.beta },
         }
     }
