@@ -2,7 +2,7 @@
 //! a half-written checkpoint or output behind, and no temp file outlives
 //! its writer: a failed write removes its own, and the next write into a
 //! directory removes those that dead processes left (a temp file is named
-//! `.NAME.tmpPID` for that).
+//! `.NAME.tmpPID.RANDOM` for that).
 
 use std::io::Write;
 use std::path::Path;
@@ -15,17 +15,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let name = path.file_name().context("output path has no file name")?.to_string_lossy();
     remove_stale_temps(dir, Some(&name));
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        drop(f);
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    let prefix = format!(".{name}.tmp{}.", std::process::id());
+    // (a NamedTempFile removes itself when dropped, so a failed write leaves
+    // nothing behind: a full disk must not stay full of our half-written file)
+    let written = (|| -> Result<()> {
+        let mut f =
+            tempfile::Builder::new().prefix(&prefix).tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+        f.write_all(bytes).and_then(|_| f.as_file().sync_all()).with_context(|| format!("cannot write {}", f.path().display()))?;
+        f.persist(path).map_err(|e| anyhow::anyhow!("cannot move {} to {}: {}", e.file.path().display(), path.display(), e.error))?;
+        Ok(())
     })();
-    if written.is_err() {
-        // (a full disk must not stay full of our half-written file)
-        let _ = std::fs::remove_file(&tmp);
-    }
     written.with_context(|| format!("writing {}", path.display()))
 }
 
@@ -37,8 +36,8 @@ pub fn remove_stale_temps(dir: &Path, name: Option<&str>) -> usize {
     for e in entries.flatten() {
         let file = e.file_name();
         let Some(file) = file.to_str() else { continue };
-        let Some((target, pid)) = file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp")) else { continue };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Some((target, rest)) = file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp")) else { continue };
+        let Some(Ok(pid)) = rest.split('.').next().map(str::parse::<u32>) else { continue };
         if name.is_some_and(|n| n != target) || process_alive(pid) {
             continue;
         }
@@ -80,9 +79,9 @@ mod tests {
         let out = dir.path().join("w.bin");
         // a dead writer's temp (no process has pid 4194304 + 1, above Linux's limit),
         // a live one's (ours) and another file's
-        let dead = dir.path().join(".w.bin.tmp4194305");
-        let live = dir.path().join(format!(".w.bin.tmp{}", std::process::id()));
-        let other = dir.path().join(".x.bin.tmp4194305");
+        let dead = dir.path().join(".w.bin.tmp4194305.a1B2c3");
+        let live = dir.path().join(format!(".w.bin.tmp{}.d4E5f6", std::process::id()));
+        let other = dir.path().join(".x.bin.tmp4194305.a1B2c3");
         for p in [&dead, &live, &other] {
             std::fs::write(p, b"partial").unwrap();
         }

@@ -11,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod graph_io;
 pub mod io;
 pub mod lora;
 pub mod model;

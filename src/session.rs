@@ -9,10 +9,10 @@ use lumind_compilers::passes::Pass;
 use lumind_compilers::passes::{fused_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner};
 
+use crate::graph_io::{buffer, dim, input, output};
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::def::ModelDef;
 use crate::model::memory;
-use crate::model::rope;
 use crate::model::weights::Weights;
 
 /// Prompt tokens fed per run of the graph. Prefilling in chunks lets a
@@ -79,7 +79,7 @@ impl Session {
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);
         let out = forward(&b, def, &inputs, &opts);
-        b.output("logits", &out.logits);
+        b.output(output::LOGITS, &out.logits);
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
         compile(&mut built, passes, |_, _| {});
         let mut exec = Runner::new(built, backend).with_context(|| format!("running model `{}` on {backend}", def.name))?;
@@ -87,9 +87,9 @@ impl Session {
         for (name, (_, data)) in weights.into_map() {
             exec.set(&name, data)?;
         }
-        let (cos, sin) = rope::tables(def, opts.max_positions);
-        exec.set("rope.cos", cos)?;
-        exec.set("rope.sin", sin)?;
+        let (cos, sin) = def.rope_tables(opts.max_positions);
+        exec.set(buffer::ROPE_COS, cos)?;
+        exec.set(buffer::ROPE_SIN, sin)?;
         Ok(Session { def: def.clone(), opts, fusion, exec, compile_time })
     }
 
@@ -119,9 +119,9 @@ impl Session {
         self.check_tokens(tokens)?;
         let s = tokens.len() / batch;
         let ids: Vec<f32> = tokens.iter().map(|&t| t as f32).collect();
-        let mut dims: DimValues = [('b', batch), ('s', s)].into_iter().collect();
+        let mut dims: DimValues = [(dim::BATCH, batch), (dim::SEQ, s)].into_iter().collect();
         let positions: Vec<f32>;
-        let mut data: Vec<(&str, &[f32])> = vec![("tokens", &ids)];
+        let mut data: Vec<(&str, &[f32])> = vec![(input::TOKENS, &ids)];
         if self.opts.kv_cache {
             if first + batch > self.opts.slots {
                 bail!("cache rows {first}..{} exceed the {} this session holds", first + batch, self.opts.slots);
@@ -136,9 +136,9 @@ impl Session {
                 );
             }
             positions = past.iter().flat_map(|&p| (p..p + s).map(|i| i as f32)).collect();
-            data.push(("positions", &positions));
-            dims.insert('p', longest);
-            dims.insert('o', first);
+            data.push((input::POSITIONS, &positions));
+            dims.insert(dim::PAST, longest);
+            dims.insert(dim::FIRST_ROW, first);
         } else if s > self.opts.max_positions {
             bail!(
                 "{s} tokens exceed the context of {} positions this session was built for (model `{}`)",
@@ -147,7 +147,7 @@ impl Session {
             );
         }
         let mut out = self.exec.run(&data, &dims)?;
-        let (shape, data) = out.take("logits").context("graph has no logits output")?;
+        let (shape, data) = out.take(output::LOGITS).context("graph has no logits output")?;
         let vocab = *shape.last().unwrap();
         Ok(Logits { rows: data.len() / vocab, vocab, data })
     }

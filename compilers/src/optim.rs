@@ -30,11 +30,22 @@ pub fn state_names(param: &str) -> [String; 3] {
     [format!("adam.m.{param}"), format!("adam.v.{param}"), format!("grad_acc.{param}")]
 }
 
-/// Add the update of every `(name, param, grad)`. `hyper` is a `[3]` input
-/// holding `[lr, step, apply]`. Returns the global gradient norm (before
-/// clipping) of the accumulated gradient.
-pub fn adamw(params: &[(String, Tensor, Tensor)], hyper: &Tensor, cfg: &AdamWConfig) -> Tensor {
-    let b = hyper.builder();
+/// The optimizer's inputs per run, each a scalar.
+pub mod inputs {
+    /// the learning rate of this step
+    pub const LR: &str = "optim.lr";
+    /// the optimizer step number, from 1 (for the bias corrections)
+    pub const STEP: &str = "optim.step";
+    /// 1 to take the step, 0 to only add this run's gradient to the accumulator
+    pub const APPLY: &str = "optim.apply";
+}
+
+/// Add the update of every `(name, param, grad)`, reading the
+/// [`inputs`]. Returns the global gradient norm (before clipping) of the
+/// accumulated gradient.
+pub fn adamw(params: &[(String, Tensor, Tensor)], cfg: &AdamWConfig) -> Tensor {
+    let b = params.first().expect("at least one parameter").1.builder();
+    let [lr, step, apply] = [inputs::LR, inputs::STEP, inputs::APPLY].map(|n| b.input(n, &[], InputKind::Data));
     let kernel = AdamW { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay, max_norm: cfg.max_grad_norm };
     let mut totals = vec![];
     let mut updates = vec![];
@@ -48,13 +59,13 @@ pub fn adamw(params: &[(String, Tensor, Tensor)], hyper: &Tensor, cfg: &AdamWCon
     let gsq = totals.into_iter().reduce(|a, x| a + x).expect("at least one parameter");
     for (p, m, v, acc, g_total) in updates {
         let dims = p.dims();
-        let node = b.kernel(kernel.clone(), &[&p, &m, &v, &acc, &g_total, &gsq, hyper], &dims);
+        let node = b.kernel(kernel.clone(), &[&p, &m, &v, &acc, &g_total, &gsq, &lr, &step, &apply], &dims);
         b.keep(&node);
     }
     gsq.sqrt()
 }
 
-/// `[lr, step, apply]` for one run.
-pub fn hyper_values(lr: f32, step: u64, apply: bool) -> [f32; 3] {
-    [lr, step as f32, apply as u8 as f32]
+/// The values of the [`inputs`] for one run.
+pub fn input_values(lr: f32, step: u64, apply: bool) -> [(&'static str, [f32; 1]); 3] {
+    [(inputs::LR, [lr]), (inputs::STEP, [step as f32]), (inputs::APPLY, [apply as u8 as f32])]
 }

@@ -6,7 +6,7 @@ use crate::cuda::{Device, DeviceError, DeviceExecutor};
 use luminal::prelude::Graph;
 
 use crate::executor::{Executor, Outputs, StepStats};
-use crate::plan::ExecError;
+use crate::run_error::RunError;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::DimValues;
 
@@ -21,14 +21,6 @@ pub enum Backend {
     Cuda,
     /// the generated CUDA kernels, emulated on the CPU (slow; for tests)
     Emulated,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    #[error("{0}")]
-    Device(#[from] DeviceError),
 }
 
 pub enum Runner {

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::args::SamplingArgs;
 use super::model_source::ModelSource;
-use crate::chat_template::{ChatTemplate, Message};
+use crate::chat_template::{ChatTemplate, Message, Role};
 use crate::conversation::Conversation;
 use crate::generate::{Finish, Generator};
 use crate::model::builder::ForwardOptions;
@@ -101,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             _ => {}
         }
-        conv.turns.push(Message::new("user", input));
+        conv.turns.push(Message::new(Role::User, input));
         let (prompt, dropped) = match conv.prompt(&template, &tok, context, a.sampling.max_new_tokens.min(context / 2)) {
             Ok(p) => p,
             Err(e) => {
@@ -138,7 +138,7 @@ pub fn run(a: Args) -> Result<()> {
                     Finish::Stop => "",
                 };
                 eprintln!("[{} tokens, {:.1} tokens/s{note}]", out.len(), out.len() as f64 / secs.max(1e-9));
-                conv.turns.push(Message::new("assistant", &reply));
+                conv.turns.push(Message::new(Role::Assistant, &reply));
             }
             Err(e) => {
                 conv.turns.pop();

@@ -5,6 +5,7 @@ use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::tensor::BuiltGraph;
 use lumind_compilers::GraphBuilder;
 
+use crate::graph_io::output;
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::ModelDef;
 use crate::train::graph::{build, Stage, Update};
@@ -61,7 +62,7 @@ pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fused_att
             let b = GraphBuilder::new();
             let inputs = declare_inputs(&b, def);
             let out = forward(&b, def, &inputs, &ForwardOptions { fused_attention, ..options(job, POSITIONS) });
-            b.output("logits", &out.logits);
+            b.output(output::LOGITS, &out.logits);
             Ok((b.finish()?, String::new()))
         }
     }

@@ -10,6 +10,7 @@ mod grad;
 mod info;
 mod init;
 mod inspect;
+mod interrupted;
 pub mod job;
 mod logits;
 mod lora;
@@ -22,6 +23,7 @@ mod train;
 use clap::{Parser, Subcommand};
 
 pub use args::{parse_tokens, ModelArgs};
+use interrupted::Interrupted;
 
 #[derive(Parser)]
 #[command(name = "lumind", version, about = "Train and run tiny language models from TOML definitions, compiled through luminal graphs.")]
@@ -70,19 +72,6 @@ enum Cmd {
     /// LoRA adapter tools
     Lora(lora::Args),
 }
-
-/// The error of a command stopped by Ctrl-C after saving its work: exit
-/// code 130, as a shell reports SIGINT.
-#[derive(Debug)]
-pub struct Interrupted;
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {

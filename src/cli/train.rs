@@ -37,7 +37,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
     if train(&cfg, a.resume, a.on.device)?.interrupted {
-        return Err(super::Interrupted.into());
+        return Err(super::interrupted::Interrupted.into());
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::chat_template::{ChatTemplate, Message};
+use crate::chat_template::{ChatTemplate, Message, Role};
 use crate::data::chat::{check_conversation, encode_conversation, messages, LossOn, Markers};
 use crate::data::jsonl::{JsonlIndex, OnBadLine};
 use crate::eval::scored_log_prob;
@@ -33,7 +33,7 @@ pub fn read_chat_cases(path: &Path, limit: Option<usize>) -> Result<Vec<ChatCase
         let (v, line) = reader.get(i)?;
         let mut msgs = messages(&v["conversations"]).map_err(anyhow::Error::msg)?;
         match msgs.pop() {
-            Some(m) if m.role == "assistant" => cases.push(ChatCase { messages: msgs, reference: m.content }),
+            Some(m) if m.role == Role::Assistant => cases.push(ChatCase { messages: msgs, reference: m.content }),
             _ => bail!("{}:{line}: the conversation does not end with an assistant reply", path.display()),
         }
     }
@@ -76,7 +76,7 @@ impl ChatScorer {
     pub fn score(&mut self, case: &ChatCase, expect: Option<&str>) -> Result<ChatOutcome> {
         let context = self.generator.context();
         let mut full = case.messages.clone();
-        full.push(Message::new("assistant", &case.reference));
+        full.push(Message::new(Role::Assistant, &case.reference));
         let (ids, labels) = encode_conversation(&self.tok, &self.template, &self.markers, &full, context, LossOn::Last)?;
         let l = self.generator.run_fresh(&ids)?;
         let (log_prob, tokens) = scored_log_prob(&l, &ids, &labels);

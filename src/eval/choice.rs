@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::chat_template::{ChatTemplate, Message};
+use crate::chat_template::{ChatTemplate, Message, Role};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
@@ -73,7 +73,7 @@ pub fn choice_prompt(q: &Question) -> String {
 pub fn answer(s: &mut Session, tok: &Tokenizer, template: Option<&ChatTemplate>, q: &Question, letters: &[u32; 4]) -> Result<usize> {
     let text = choice_prompt(q);
     let ids = match template {
-        Some(t) => t.encode(tok, &[Message::new("user", &text)], true)?,
+        Some(t) => t.encode(tok, &[Message::new(Role::User, &text)], true)?,
         None => [vec![tok.bos], tok.encode(&text)?].concat(),
     };
     let l = s.run(&ids, 1, 0)?;

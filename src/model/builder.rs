@@ -23,7 +23,9 @@ use lumind_compilers::tensor::dim_constant;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
 
 use super::def::{LayerFfn, ModelDef, MoeDef};
+use super::names::{Mlp, Model, SelfAttention, Swiglu};
 use super::params::param_specs;
+use crate::graph_io::{buffer, dim, input};
 
 /// Scores of masked (future) keys: far below any real score, so softmax
 /// gives them exactly 0, yet finite so `0 * mask` stays 0.
@@ -86,7 +88,7 @@ pub struct ModelInputs {
 /// Declare the graph inputs a model needs (token ids `[b, s]`, parameters;
 /// with a KV cache, the forward adds `positions [b, s]`).
 pub fn declare_inputs(b: &GraphBuilder, def: &ModelDef) -> ModelInputs {
-    let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);
+    let tokens = b.input(input::TOKENS, &[sym(dim::BATCH), sym(dim::SEQ)], InputKind::Data);
     let params = param_specs(def)
         .into_iter()
         .map(|s| {
@@ -116,17 +118,17 @@ struct Forward<'a> {
 
 /// Build the forward pass.
 pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &ForwardOptions) -> ForwardOut {
-    let (bsz, s) = (sym('b'), sym('s'));
+    let (bsz, s) = (sym(dim::BATCH), sym(dim::SEQ));
     let hd = def.head_dim;
     // (a second forward in the same graph, as DPO's reference, shares the tables)
     let table = |name: &str| b.find_input(name).unwrap_or_else(|| b.input(name, &[d(opts.max_positions), d(hd)], InputKind::Buffer));
-    let (cos, sin) = (table("rope.cos"), table("rope.sin"));
+    let (cos, sin) = (table(buffer::ROPE_COS), table(buffer::ROPE_SIN));
     let (positions, total, cos, sin, mask) = if opts.kv_cache {
         // the keys of row r are its first p + s cache positions (p: the
         // longest past of the batch); query i of row r sees key j when
         // j <= positions[r, i]
-        let total = add(sym('p'), s);
-        let positions = b.input("positions", &[bsz, s], InputKind::Data);
+        let total = add(sym(dim::PAST), s);
+        let positions = b.input(input::POSITIONS, &[bsz, s], InputKind::Data);
         let q_pos = positions.expand(2, total);
         let k_pos = b.iota(total, d(0)).expand(0, s).expand(0, bsz);
         let mask = q_pos.lt(&k_pos).scale(MASKED);
@@ -139,18 +141,19 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
         (None, s, cos.slice(0, d(0), s), sin.slice(0, d(0), s), mask)
     };
     let f = Forward { def, b, params: &inputs.params, opts, positions, total, cos, sin, mask };
+    let names = Model::new(def);
 
-    let mut x = inputs.tokens.gather(f.w("model.embed_tokens.weight"));
+    let mut x = inputs.tokens.gather(f.w(&names.embed_tokens));
     let mut aux: Option<Tensor> = None;
-    for l in 0..def.num_hidden_layers {
+    for (l, layer) in names.layers.iter().enumerate() {
         let _scope = b.scope(format!("model.layers.{l}"));
-        let h = f.rmsnorm(&x, &format!("model.layers.{l}.input_layernorm.weight"));
-        x = x + f.attention(l, &h);
-        let h = f.rmsnorm(&x, &format!("model.layers.{l}.post_attention_layernorm.weight"));
-        let ffn = match &def.layers[l] {
-            LayerFfn::Swiglu { .. } => f.swiglu(&h, &format!("model.layers.{l}.mlp")),
-            LayerFfn::Moe(m) => {
-                let (y, probs, mask) = f.moe(&h, l, m);
+        let h = f.rmsnorm(&x, &layer.input_layernorm);
+        x = x + f.attention(l, &layer.self_attn, &h);
+        let h = f.rmsnorm(&x, &layer.post_attention_layernorm);
+        let ffn = match (&layer.mlp, &def.layers[l]) {
+            (Mlp::Swiglu(mlp), _) => f.swiglu(&h, mlp),
+            (Mlp::Moe { gate, experts, shared_experts }, LayerFfn::Moe(m)) => {
+                let (y, probs, mask) = f.moe(&h, (gate, experts, shared_experts), m);
                 if opts.aux_loss && m.aux_loss_alpha > 0.0 {
                     let a = moe_aux_loss(&probs, &mask, m);
                     aux = Some(match aux {
@@ -160,16 +163,16 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
                 }
                 y
             }
+            (Mlp::Moe { .. }, _) => unreachable!("Model::new follows the definition's layers"),
         };
         x = x + ffn;
     }
     if opts.last_only {
         x = x.slice(1, sub(s, d(1)), s);
     }
-    let x = f.rmsnorm(&x, "model.norm.weight");
-    let head = if def.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let x = f.rmsnorm(&x, &names.norm);
     let _scope = b.scope("lm_head");
-    ForwardOut { logits: x.linear(f.w(head)), aux_loss: aux }
+    ForwardOut { logits: x.linear(f.w(&names.lm_head)), aux_loss: aux }
 }
 
 /// MiniMind's load-balancing loss for one MoE layer, from the router's
@@ -179,7 +182,7 @@ pub fn forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, opts: &Fo
 fn moe_aux_loss(probs: &Tensor, mask: &Tensor, m: &MoeDef) -> Tensor {
     let (e, k) = (m.n_routed_experts as f32, m.num_experts_per_tok as f32);
     let b = probs.builder();
-    let s = dim_constant(&b, sym('s'));
+    let s = dim_constant(&b, sym(dim::SEQ));
     if m.seq_aux {
         let counts = mask.sum(1); // [b, E]
         let ce = counts.div(&s.expand_to(&counts.dims())).scale(e / k);
@@ -219,18 +222,17 @@ impl Forward<'_> {
         x.mul(&table(&self.cos)) + rotated.mul(&table(&self.sin))
     }
 
-    fn attention(&self, l: usize, h: &Tensor) -> Tensor {
+    fn attention(&self, l: usize, names: &SelfAttention, h: &Tensor) -> Tensor {
         let def = self.def;
         let _scope = self.b.scope("self_attn");
-        let (bsz, s) = (sym('b'), sym('s'));
+        let (bsz, s) = (sym(dim::BATCH), sym(dim::SEQ));
         let (nh, nkv, hd) = (def.num_attention_heads, def.num_key_value_heads, def.head_dim);
         let groups = nh / nkv;
-        let pre = format!("model.layers.{l}.self_attn");
-        let proj = |n: &str, heads: usize| h.linear(self.w(&format!("{pre}.{n}.weight"))).reshape(&[bsz, s, d(heads), d(hd)]);
-        let (mut q, mut k, v) = (proj("q_proj", nh), proj("k_proj", nkv), proj("v_proj", nkv));
-        if def.qk_norm {
-            q = self.rmsnorm(&q, &format!("{pre}.q_norm.weight"));
-            k = self.rmsnorm(&k, &format!("{pre}.k_norm.weight"));
+        let proj = |w: &str, heads: usize| h.linear(self.w(w)).reshape(&[bsz, s, d(heads), d(hd)]);
+        let (mut q, mut k, v) = (proj(&names.q_proj, nh), proj(&names.k_proj, nkv), proj(&names.v_proj, nkv));
+        if let (Some(qn), Some(kn)) = (&names.q_norm, &names.k_norm) {
+            q = self.rmsnorm(&q, qn);
+            k = self.rmsnorm(&k, kn);
         }
         // [b, heads, s, hd]
         let (q, k, v) = (q.permute(&[0, 2, 1, 3]), k.permute(&[0, 2, 1, 3]), v.permute(&[0, 2, 1, 3]));
@@ -239,14 +241,14 @@ impl Forward<'_> {
             // one kernel: rotary embedding, scores, causal softmax, p v
             let out = self.b.kernel(CausalAttention { groups, scale }, &[&q, &k, &v, &self.cos, &self.sin], &q.dims()); // [b, h, s, hd]
             let out = out.permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
-            return out.linear(self.w(&format!("{pre}.o_proj.weight")));
+            return out.linear(self.w(&names.o_proj));
         }
         let (q, k) = (self.rope(&q), self.rope(&k));
         let (k, v) = match &self.positions {
             Some(positions) => {
-                let (slots, first) = (d(self.opts.slots), sym('o'));
+                let (slots, first) = (d(self.opts.slots), sym(dim::FIRST_ROW));
                 let cache = |name: &str, new: &Tensor| {
-                    let c = self.b.input(&format!("kv.{l}.{name}"), &[slots, d(nkv), d(self.opts.max_positions), d(hd)], InputKind::State);
+                    let c = self.b.input(&buffer::kv_cache(l, name), &[slots, d(nkv), d(self.opts.max_positions), d(hd)], InputKind::State);
                     let written = self.b.kernel(KvWrite { axis: 2, first_row: first }, &[&c, new, positions], &c.dims());
                     written.slice(0, first, add(first, bsz)).slice(2, d(0), self.total)
                 };
@@ -265,25 +267,24 @@ impl Forward<'_> {
         let probs = scores.softmax(4);
         let out = probs.matmul(&v); // [b, kv, g, s, hd]
         let out = out.reshape(&[bsz, d(nh), s, d(hd)]).permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
-        out.linear(self.w(&format!("{pre}.o_proj.weight")))
+        out.linear(self.w(&names.o_proj))
     }
 
     /// `down(silu(gate(x)) * up(x))`
-    fn swiglu(&self, x: &Tensor, prefix: &str) -> Tensor {
-        let gate = x.linear(self.w(&format!("{prefix}.gate_proj.weight")));
-        let up = x.linear(self.w(&format!("{prefix}.up_proj.weight")));
-        (gate.silu() * up).linear(self.w(&format!("{prefix}.down_proj.weight")))
+    fn swiglu(&self, x: &Tensor, names: &Swiglu) -> Tensor {
+        let gate = x.linear(self.w(&names.gate_proj));
+        let up = x.linear(self.w(&names.up_proj));
+        (gate.silu() * up).linear(self.w(&names.down_proj))
     }
 
     /// Softmax router, top-k experts weighted by their (optionally
     /// renormalised) probabilities, plus shared experts. Every expert runs on
     /// every token here and unselected ones are weighted 0. Returns the
     /// output, the router probabilities and the top-k mask.
-    fn moe(&self, x: &Tensor, l: usize, m: &MoeDef) -> (Tensor, Tensor, Tensor) {
+    fn moe(&self, x: &Tensor, (gate, experts, shared_experts): (&str, &[Swiglu], &[Swiglu]), m: &MoeDef) -> (Tensor, Tensor, Tensor) {
         let _scope = self.b.scope("mlp");
-        let pre = format!("model.layers.{l}.mlp");
         let dims = x.dims(); // [b, s, h]
-        let probs = x.linear(self.w(&format!("{pre}.gate.weight"))).softmax(2); // [b, s, E]
+        let probs = x.linear(self.w(gate)).softmax(2); // [b, s, E]
         let mask = probs.topk_mask(m.num_experts_per_tok);
         let mut weights = probs.mul(&mask);
         if m.norm_topk_prob {
@@ -291,17 +292,17 @@ impl Forward<'_> {
             weights = weights.div(&denom);
         }
         let mut out: Option<Tensor> = None;
-        for e in 0..m.n_routed_experts {
+        for (e, expert) in experts.iter().enumerate() {
             let w = weights.slice(2, d(e), d(e + 1)).reshape(&[dims[0], dims[1]]).expand(2, dims[2]);
-            let y = self.swiglu(x, &format!("{pre}.experts.{e}")) * w;
+            let y = self.swiglu(x, expert) * w;
             out = Some(match out {
                 Some(o) => o + y,
                 None => y,
             });
         }
         let mut out = out.expect("at least one routed expert");
-        for s in 0..m.n_shared_experts {
-            out = out + self.swiglu(x, &format!("{pre}.shared_experts.{s}"));
+        for shared in shared_experts {
+            out = out + self.swiglu(x, shared);
         }
         (out, probs, mask)
     }

@@ -11,6 +11,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::rope::{self, RopeScaling};
+
 /// How the FFN width is derived when `intermediate_size` is not given.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +49,14 @@ pub enum InitScheme {
     /// Hugging Face's `_init_weights` (minimind-3): N(0, initializer_range)
     /// for every matrix; norms 1.
     Normal,
+}
+
+/// The `type` of a `[rope_scaling]` table.
+#[derive(strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
+enum RopeKind {
+    Linear,
+    Yarn,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,25 +146,6 @@ fn default_init_std() -> f64 {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    None,
-    /// Positions divided by `factor` (inverse frequencies too): runs a model
-    /// past its training length.
-    Linear {
-        factor: f64,
-    },
-    /// YaRN as in transformers: frequencies blended between interpolation and
-    /// extrapolation by a ramp; cos/sin scaled by `attention_factor`.
-    Yarn {
-        factor: f64,
-        original_max_position_embeddings: usize,
-        beta_fast: f64,
-        beta_slow: f64,
-        attention_factor: f64,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq)]
 pub struct MoeDef {
     pub n_routed_experts: usize,
     pub n_shared_experts: usize,
@@ -199,6 +190,11 @@ pub struct ModelDef {
 }
 
 impl ModelDef {
+    /// The rotary `cos` and `sin` tables for `positions` positions.
+    pub fn rope_tables(&self, positions: usize) -> (Vec<f32>, Vec<f32>) {
+        rope::tables(self.head_dim, self.rope_theta, &self.rope_scaling, positions)
+    }
+
     /// Read and validate a definition file.
     pub fn load(path: impl AsRef<Path>) -> Result<ModelDef> {
         let path = path.as_ref();
@@ -325,8 +321,10 @@ impl RawModelDef {
                 if let Some(o) = r.original_max_position_embeddings.filter(|&o| o > MAX_POSITIONS) {
                     bail!("`rope_scaling.original_max_position_embeddings` must be at most {MAX_POSITIONS}, got {o}");
                 }
-                match r.kind.as_str() {
-                    "linear" => {
+                let kind =
+                    r.kind.parse().map_err(|_| anyhow::anyhow!("`rope_scaling.type` is `{}`; expected `linear` or `yarn`", r.kind))?;
+                match kind {
+                    RopeKind::Linear => {
                         for (k, set) in [
                             ("original_max_position_embeddings", r.original_max_position_embeddings.is_some()),
                             ("beta_fast", r.beta_fast.is_some()),
@@ -339,7 +337,7 @@ impl RawModelDef {
                         }
                         RopeScaling::Linear { factor: r.factor }
                     }
-                    "yarn" => {
+                    RopeKind::Yarn => {
                         let orig = r
                             .original_max_position_embeddings
                             .context("`rope_scaling.original_max_position_embeddings` is required for `type = \"yarn\"`")?;
@@ -357,7 +355,6 @@ impl RawModelDef {
                             attention_factor,
                         }
                     }
-                    other => bail!("`rope_scaling.type` is `{other}`; expected `linear` or `yarn`"),
                 }
             }
         };
@@ -452,7 +449,7 @@ impl RawModelDef {
             moe,
             layers,
         };
-        let (freqs, scale) = super::rope::inv_freq(&def);
+        let (freqs, scale) = rope::inv_freq(def.head_dim, def.rope_theta, &def.rope_scaling);
         if !(freqs.iter().all(|f| f.is_finite() && *f > 0.0) && scale.is_finite() && scale > 0.0) {
             bail!("`rope_theta` and `rope_scaling` give rotary frequencies that are not finite positive numbers");
         }

@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-use super::def::{LayerFfn, ModelDef, RopeScaling};
+use super::def::{LayerFfn, ModelDef};
+use super::rope::RopeScaling;
 
 pub fn hf_config(def: &ModelDef) -> Value {
     let rope_scaling = match &def.rope_scaling {

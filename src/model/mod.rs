@@ -4,6 +4,7 @@ pub mod builder;
 pub mod def;
 pub mod hf_config;
 pub mod memory;
+pub mod names;
 pub mod params;
 pub mod rope;
 pub mod weights;

@@ -3,6 +3,7 @@
 //! the builder, weight I/O, `init` and `info` all read.
 
 use super::def::{LayerFfn, ModelDef};
+use super::names::{Mlp, Model};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Component {
@@ -57,57 +58,60 @@ fn p(name: String, shape: Vec<usize>, component: Component, init: ParamInit) -> 
     ParamSpec { name, shape, component, init, routed_expert: None }
 }
 
-fn swiglu(prefix: &str, h: usize, f: usize) -> Vec<ParamSpec> {
+fn swiglu(names: &super::names::Swiglu, h: usize, f: usize) -> Vec<ParamSpec> {
     vec![
-        p(format!("{prefix}.gate_proj.weight"), vec![f, h], Component::Ffn, ParamInit::Linear { fan_in: h }),
-        p(format!("{prefix}.up_proj.weight"), vec![f, h], Component::Ffn, ParamInit::Linear { fan_in: h }),
-        p(format!("{prefix}.down_proj.weight"), vec![h, f], Component::Ffn, ParamInit::Linear { fan_in: f }),
+        p(names.gate_proj.clone(), vec![f, h], Component::Ffn, ParamInit::Linear { fan_in: h }),
+        p(names.up_proj.clone(), vec![f, h], Component::Ffn, ParamInit::Linear { fan_in: h }),
+        p(names.down_proj.clone(), vec![h, f], Component::Ffn, ParamInit::Linear { fan_in: f }),
     ]
 }
 
 /// Every parameter of the model, in a stable order.
 pub fn param_specs(def: &ModelDef) -> Vec<ParamSpec> {
     let (h, v, hd) = (def.hidden_size, def.vocab_size, def.head_dim);
+    let names = Model::new(def);
     // A tied embedding is the lm_head Linear's tensor (MiniMind), so it is
     // initialised as that Linear.
     let emb_init = if def.tie_word_embeddings { ParamInit::Linear { fan_in: h } } else { ParamInit::Embedding };
-    let mut out = vec![p("model.embed_tokens.weight".into(), vec![v, h], Component::Embedding, emb_init)];
-    for (l, ffn) in def.layers.iter().enumerate() {
-        let pre = format!("model.layers.{l}");
-        let lin = |n: &str, o: usize, i: usize| {
-            p(format!("{pre}.self_attn.{n}.weight"), vec![o, i], Component::Attention, ParamInit::Linear { fan_in: i })
-        };
-        out.push(p(format!("{pre}.input_layernorm.weight"), vec![h], Component::Norm, ParamInit::Ones));
-        out.push(lin("q_proj", def.q_dim(), h));
-        out.push(lin("k_proj", def.kv_dim(), h));
-        out.push(lin("v_proj", def.kv_dim(), h));
-        out.push(lin("o_proj", h, def.q_dim()));
-        if def.qk_norm {
-            out.push(p(format!("{pre}.self_attn.q_norm.weight"), vec![hd], Component::Norm, ParamInit::Ones));
-            out.push(p(format!("{pre}.self_attn.k_norm.weight"), vec![hd], Component::Norm, ParamInit::Ones));
+    let mut out = vec![p(names.embed_tokens.clone(), vec![v, h], Component::Embedding, emb_init)];
+    for (l, (layer, ffn)) in names.layers.iter().zip(&def.layers).enumerate() {
+        let lin = |n: &String, o: usize, i: usize| p(n.clone(), vec![o, i], Component::Attention, ParamInit::Linear { fan_in: i });
+        let a = &layer.self_attn;
+        out.push(norm_spec(&layer.input_layernorm, h));
+        out.push(lin(&a.q_proj, def.q_dim(), h));
+        out.push(lin(&a.k_proj, def.kv_dim(), h));
+        out.push(lin(&a.v_proj, def.kv_dim(), h));
+        out.push(lin(&a.o_proj, h, def.q_dim()));
+        for n in a.q_norm.iter().chain(&a.k_norm) {
+            out.push(norm_spec(n, hd));
         }
-        out.push(p(format!("{pre}.post_attention_layernorm.weight"), vec![h], Component::Norm, ParamInit::Ones));
-        match ffn {
-            LayerFfn::Swiglu { intermediate_size } => out.extend(swiglu(&format!("{pre}.mlp"), h, *intermediate_size)),
-            LayerFfn::Moe(m) => {
-                out.push(p(format!("{pre}.mlp.gate.weight"), vec![m.n_routed_experts, h], Component::Ffn, ParamInit::Linear { fan_in: h }));
-                for e in 0..m.n_routed_experts {
-                    for mut s in swiglu(&format!("{pre}.mlp.experts.{e}"), h, m.expert_size) {
+        out.push(norm_spec(&layer.post_attention_layernorm, h));
+        match (&layer.mlp, ffn) {
+            (Mlp::Swiglu(names), LayerFfn::Swiglu { intermediate_size }) => out.extend(swiglu(names, h, *intermediate_size)),
+            (Mlp::Moe { gate, experts, shared_experts }, LayerFfn::Moe(m)) => {
+                out.push(p(gate.clone(), vec![m.n_routed_experts, h], Component::Ffn, ParamInit::Linear { fan_in: h }));
+                for (e, names) in experts.iter().enumerate() {
+                    for mut s in swiglu(names, h, m.expert_size) {
                         s.routed_expert = Some((l, e));
                         out.push(s);
                     }
                 }
-                for s in 0..m.n_shared_experts {
-                    out.extend(swiglu(&format!("{pre}.mlp.shared_experts.{s}"), h, m.expert_size));
+                for names in shared_experts {
+                    out.extend(swiglu(names, h, m.expert_size));
                 }
             }
+            _ => unreachable!("Model::new follows the definition's layers"),
         }
     }
-    out.push(p("model.norm.weight".into(), vec![h], Component::Norm, ParamInit::Ones));
+    out.push(norm_spec(&names.norm, h));
     if !def.tie_word_embeddings {
-        out.push(p("lm_head.weight".into(), vec![v, h], Component::LmHead, ParamInit::Linear { fan_in: h }));
+        out.push(p(names.lm_head.clone(), vec![v, h], Component::LmHead, ParamInit::Linear { fan_in: h }));
     }
     out
+}
+
+fn norm_spec(name: &str, size: usize) -> ParamSpec {
+    p(name.into(), vec![size], Component::Norm, ParamInit::Ones)
 }
 
 /// Parameter counts: total, per component, and per token for MoE models.

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::chat_template::Message;
+use crate::chat_template::{Message, Role};
 use crate::sampling::SamplingParams;
 
 /// An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
@@ -122,10 +122,12 @@ impl ChatRequest {
         for (i, m) in msgs.iter().enumerate() {
             let p = format!("messages[{i}]");
             let role = match m.get("role") {
-                Some(Value::String(r)) if ["system", "user", "assistant"].contains(&r.as_str()) => r.clone(),
-                Some(Value::String(r)) => {
-                    return Err(ApiError::invalid(&format!("{p}.role"), format!("`{p}.role` is `{r}`; expected system, user or assistant")))
-                }
+                Some(Value::String(r)) => match r.parse::<Role>() {
+                    Ok(role) => role,
+                    Err(_) => {
+                        return Err(ApiError::invalid(&format!("{p}.role"), format!("`{p}.role` is `{r}`; expected {}", Role::expected())))
+                    }
+                },
                 _ => return Err(ApiError::invalid(&format!("{p}.role"), format!("`{p}.role` must be a string"))),
             };
             let content = match m.get("content") {
@@ -145,7 +147,7 @@ impl ChatRequest {
             };
             messages.push(Message { role, content });
         }
-        if messages.last().map(|m| m.role.as_str()) == Some("assistant") {
+        if messages.last().map(|m| m.role) == Some(Role::Assistant) {
             return Err(ApiError::invalid("messages", "the last message must not be the assistant's"));
         }
         if let Some(n) = integer(&v, "n")? {

@@ -20,6 +20,7 @@ use lumind_compilers::shape::{d, sym};
 use lumind_compilers::tensor::BuiltGraph;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
 
+use crate::graph_io::{dim, input, output};
 pub use crate::lora::LoraConfig;
 use crate::model::builder::{forward, ForwardOptions, ModelInputs};
 use crate::model::def::ModelDef;
@@ -86,8 +87,9 @@ fn plus_aux(x: Tensor, aux: &Option<Tensor>) -> Tensor {
 /// `lumind_compilers::passes::fused_attention`).
 pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, fused_attention: bool) -> anyhow::Result<TrainGraph> {
     let b = GraphBuilder::new();
-    let tokens = b.input("tokens", &[sym('b'), sym('s')], InputKind::Data);
-    let targets = b.input("targets", &[sym('b'), sym('s')], InputKind::Data);
+    let rows = [sym(dim::BATCH), sym(dim::SEQ)];
+    let tokens = b.input(input::TOKENS, &rows, InputKind::Data);
+    let targets = b.input(input::TARGETS, &rows, InputKind::Data);
     let specs = param_specs(def);
     let (total, ce, aux, wrt, trainable, frozen) = match stage {
         Stage::LanguageModel => {
@@ -132,22 +134,22 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
                 let _g = b.scope("reference");
                 lm_forward(&b, def, &reference, positions, fused_attention).0
             };
-            let pairs = b.input("pairs", &[sym('n'), sym('b')], InputKind::Data);
+            let pairs = b.input(input::PAIRS, &[sym(dim::PAIRS), sym(dim::BATCH)], InputKind::Data);
             let seq = |logits: &Tensor| target_log_probs(logits, &targets).sum(1);
             let (loss, logits) = dpo_loss(&seq(&pl), &seq(&rl), &pairs, *beta);
-            b.output("dpo_logits", &logits);
+            b.output(output::DPO_LOGITS, &logits);
             let wrt: Vec<Tensor> = specs.iter().map(|s| policy.params[&s.name].clone()).collect();
             let trainable = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
             let frozen = specs.iter().map(|s| (s.name.clone(), format!("ref.{}", s.name))).collect();
             (plus_aux(loss.clone(), &aux), loss, aux, wrt, trainable, frozen)
         }
     };
-    b.output("loss", &total);
-    b.output("ce", &ce);
-    b.output("aux", &aux.unwrap_or_else(|| b.constant(0.0)));
+    b.output(output::LOSS, &total);
+    b.output(output::CE, &ce);
+    b.output(output::AUX, &aux.unwrap_or_else(|| b.constant(0.0)));
     let scaled = match update {
         Update::OutputGrads => total,
-        Update::AdamW(_) => total.mul(&b.input("loss_scale", &[], InputKind::Data)),
+        Update::AdamW(_) => total.mul(&b.input(input::LOSS_SCALE, &[], InputKind::Data)),
     };
     let grads = backward(&scaled, &wrt).map_err(anyhow::Error::msg)?;
     let with_grads: Vec<(String, Tensor, Tensor)> = trainable
@@ -158,13 +160,12 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
     match update {
         Update::OutputGrads => {
             for (n, _, g) in &with_grads {
-                b.output(&format!("grad.{n}"), g);
+                b.output(&output::grad(n), g);
             }
         }
         Update::AdamW(cfg) => {
-            let hyper = b.input("optim", &[d(3)], InputKind::Data);
-            let norm = adamw(&with_grads, &hyper, cfg);
-            b.output("grad_norm", &norm);
+            let norm = adamw(&with_grads, cfg);
+            b.output(output::GRAD_NORM, &norm);
         }
     }
     let graph = b.finish().map_err(|e| anyhow::anyhow!("building the training graph of `{}`: {e}", def.name))?;

@@ -4,13 +4,13 @@
 //! as buffers.
 
 use anyhow::{bail, Context, Result};
-use lumind_compilers::optim::{hyper_values, state_names};
+use lumind_compilers::optim::{input_values, state_names};
 use lumind_compilers::passes::{fused_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, DimValues, Fusion, Runner};
 
 use super::graph::{build, Stage, Update};
+use crate::graph_io::{dim, input, output};
 use crate::model::def::ModelDef;
-use crate::model::rope;
 use crate::model::weights::{Tensors, Weights};
 use crate::rng::Rng;
 
@@ -118,7 +118,7 @@ impl TrainSession {
                 exec.set(&name, data)?;
             }
         }
-        let (cos, sin) = rope::tables(def, positions);
+        let (cos, sin) = def.rope_tables(positions);
         exec.set("rope.cos", cos)?;
         exec.set("rope.sin", sin)?;
         let mut s =
@@ -139,12 +139,12 @@ impl TrainSession {
         }
         let tokens = b.tokens.iter().map(|&t| t as f32).collect();
         let targets = b.targets.iter().map(|&t| t as f32).collect();
-        let mut dims: DimValues = [('b', b.batch), ('s', b.seq)].into_iter().collect();
+        let mut dims: DimValues = [(dim::BATCH, b.batch), (dim::SEQ, b.seq)].into_iter().collect();
         if matches!(self.stage, Stage::Dpo { .. }) {
             if !b.batch.is_multiple_of(2) {
                 bail!("a DPO batch holds chosen and rejected rows in equal numbers, got {} rows", b.batch);
             }
-            dims.insert('n', b.batch / 2);
+            dims.insert(dim::PAIRS, b.batch / 2);
         }
         Ok((tokens, targets, dims))
     }
@@ -163,9 +163,9 @@ impl TrainSession {
     fn run(&mut self, b: &Batch, extra: &[(&str, &[f32])]) -> Result<lumind_compilers::Outputs> {
         let (tokens, targets, dims) = self.inputs(b)?;
         let pairs = Self::pairs(b);
-        let mut args: Vec<(&str, &[f32])> = vec![("tokens", &tokens), ("targets", &targets)];
+        let mut args: Vec<(&str, &[f32])> = vec![(input::TOKENS, &tokens), (input::TARGETS, &targets)];
         if matches!(self.stage, Stage::Dpo { .. }) {
-            args.push(("pairs", &pairs));
+            args.push((input::PAIRS, &pairs));
         }
         args.extend_from_slice(extra);
         Ok(self.exec.run(&args, &dims)?)
@@ -177,7 +177,7 @@ impl TrainSession {
         let loss = read_loss(&mut out, None, &self.stage);
         let mut t = Tensors::default();
         for (name, _) in &self.trainable {
-            let (shape, data) = out.take(&format!("grad.{name}")).context("missing gradient output")?;
+            let (shape, data) = out.take(&output::grad(name)).context("missing gradient output")?;
             t.insert(name.clone(), shape, data);
         }
         Ok((loss, t))
@@ -188,9 +188,11 @@ impl TrainSession {
     /// at learning rate `lr` and clear the accumulator.
     pub fn step(&mut self, b: &Batch, lr: f32, step: u64, apply: bool, loss_scale: f32) -> Result<StepLoss> {
         assert!(matches!(self.update, Update::AdamW(_)), "session was built without an optimizer");
-        let hyper = hyper_values(lr, step, apply);
+        let optim = input_values(lr, step, apply);
         let scale = [loss_scale];
-        let mut out = self.run(b, &[("optim", &hyper), ("loss_scale", &scale)])?;
+        let mut extra: Vec<(&str, &[f32])> = optim.iter().map(|(n, v)| (*n, &v[..])).collect();
+        extra.push((input::LOSS_SCALE, &scale));
+        let mut out = self.run(b, &extra)?;
         Ok(read_loss(&mut out, Some(apply), &self.stage))
     }
 
@@ -251,10 +253,10 @@ impl TrainSession {
 
 fn read_loss(out: &mut lumind_compilers::Outputs, apply: Option<bool>, stage: &Stage) -> StepLoss {
     let mut scalar = |n: &str| out.take(n).map(|(_, v)| v[0]).unwrap_or(0.0);
-    let (loss, ce, aux) = (scalar("loss"), scalar("ce"), scalar("aux"));
-    let norm = scalar("grad_norm");
+    let (loss, ce, aux) = (scalar(output::LOSS), scalar(output::CE), scalar(output::AUX));
+    let norm = scalar(output::GRAD_NORM);
     let dpo = match stage {
-        Stage::Dpo { beta } => out.take("dpo_logits").map(|(_, l)| {
+        Stage::Dpo { beta } => out.take(output::DPO_LOGITS).map(|(_, l)| {
             let n = l.len().max(1) as f32;
             (l.iter().filter(|&&x| x > 0.0).count() as f32 / n, l.iter().map(|x| beta * x).sum::<f32>() / n)
         }),

@@ -298,11 +298,12 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
     }
     if let Some(a) = any.downcast_ref::<AdamW>() {
         // outputs p, m, v, acc are inputs 0-3 updated in place; in4 the
-        // gradient (contiguous), in5 its squared norm, in6 (lr, step, apply)
+        // gradient (contiguous), in5 its squared norm, in6-in8 the scalars
+        // lr, step and apply
         let f = |x: f32| format!("{:?}f", x);
         let body = format!(
-            "  const V* gs = VIEW(meta, 1); const V* h = VIEW(meta, 1 + {vw});
-  const float lr = in6[h->off], step = in6[h->off + h->st[0]], apply = in6[h->off + 2 * h->st[0]];
+            "  const V* gs = VIEW(meta, 1);
+  const float lr = in6[VIEW(meta, 1 + {vw})->off], step = in7[VIEW(meta, 1 + 2 * {vw})->off], apply = in8[VIEW(meta, 1 + 3 * {vw})->off];
   const float norm = sqrtf(in5[gs->off]);
   const float b1 = {b1}, b2 = {b2}, eps = {eps}, wd = {wd}, max_norm = {mn};
   const float clip = max_norm > 0.0f ? fminf(max_norm / (norm + 1e-6f), 1.0f) : 1.0f;
@@ -327,7 +328,7 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
             wd = f(a.weight_decay),
             mn = f(a.max_norm)
         );
-        return src("adamw", 4, 7, body, Kind::AdamW);
+        return src("adamw", 4, 9, body, Kind::AdamW);
     }
     if let Some(r) = any.downcast_ref::<RowFused>() {
         let n_in = r.input_row.len();
@@ -666,8 +667,9 @@ impl Kind {
                     return Err("AdamW: the gradient must be contiguous".into());
                 }
                 m.push(views[0].numel() as i64);
-                push_view(&mut m, &views[5]);
-                push_view(&mut m, &views[6]);
+                for v in &views[5..9] {
+                    push_view(&mut m, v);
+                }
                 elementwise(views[0].numel())
             }
             Kind::RowFused(p) => {

@@ -15,7 +15,7 @@ use crate::executor::{Outputs, StepStats};
 use crate::kernels::matmul::MatMul;
 use crate::plan::ExecError;
 use crate::plan::Plan;
-use crate::runner::RunError;
+use crate::run_error::RunError;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{eval, DimValues, View};
 

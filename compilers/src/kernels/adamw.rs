@@ -35,9 +35,8 @@ impl Kernel for AdamW {
         let g = &inputs[4];
         assert!(g.view.is_plain(), "AdamW: gradient must be contiguous");
         let gsq = inputs[5].data[inputs[5].view.offset as usize];
-        let h = &inputs[6];
-        let hv = |i: usize| h.data[(h.view.offset + i as isize * h.view.strides[0]) as usize];
-        let (lr, step, apply) = (hv(0), hv(1), hv(2));
+        let scalar = |i: usize| inputs[i].data[inputs[i].view.offset as usize];
+        let (lr, step, apply) = (scalar(6), scalar(7), scalar(8));
         let [p, m, v, acc] = outputs else { panic!("AdamW has four outputs") };
         let g = &g.data[..p.len()];
         if apply == 0.0 {

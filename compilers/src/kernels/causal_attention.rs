@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::fastmath::exp2;
 use super::matmul::sgemm_into;
-use super::rope::Tables;
+use super::rotary::{head, pack, Tables};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
@@ -68,45 +68,6 @@ fn dims_of(groups: usize, q: &View, k: &View, v: &View) -> Dims {
         v.dims()
     );
     Dims { b, h, kv, s, d }
-}
-
-/// A `[b, heads, s, D]` input: where head `hh` of batch `bb` starts, and
-/// its row and column strides.
-fn head(x: &Arg, bb: usize, hh: usize) -> (*const f32, isize, isize) {
-    let st = &x.view.strides;
-    let off = x.view.offset + bb as isize * st[0] + hh as isize * st[1];
-    (unsafe { x.data.as_ptr().offset(off) }, st[2], st[3])
-}
-
-/// Rows `i0..i0 + rows` of the `groups` heads from `first` on (of batch
-/// `bb`), packed as `[groups * rows, D]`, rotated when `rope` is given.
-pub(super) fn pack(
-    x: &Arg,
-    (bb, first): (usize, usize),
-    groups: usize,
-    (i0, rows): (usize, usize),
-    rope: Option<&Tables>,
-    buf: &mut [f32],
-) {
-    let d = x.view.shape[3];
-    let mut tmp = vec![0f32; d];
-    for g in 0..groups {
-        let (p, rs, cs) = head(x, bb, first + g);
-        for r in 0..rows {
-            let row = &mut buf[(g * rows + r) * d..][..d];
-            // SAFETY: the executor checked the view against its buffer
-            let src = unsafe { p.offset((i0 + r) as isize * rs) };
-            let read = if rope.is_some() { &mut tmp[..] } else { &mut row[..] };
-            if cs == 1 {
-                read.copy_from_slice(unsafe { std::slice::from_raw_parts(src, d) });
-            } else {
-                read.iter_mut().enumerate().for_each(|(c, v)| *v = unsafe { *src.offset(c as isize * cs) });
-            }
-            if let Some(rope) = rope {
-                rope.rotate(row, &tmp, i0 + r);
-            }
-        }
-    }
 }
 
 /// `out[m, n] (+)= a[m, k] b[k, n]`, each a pointer with (column, row) strides.

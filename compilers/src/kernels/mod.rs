@@ -14,6 +14,7 @@ pub mod kv_write;
 pub mod matmul;
 pub mod reduce;
 pub mod rope;
+mod rotary;
 pub mod rowfused;
 pub mod simd;
 pub mod topk;

@@ -83,7 +83,7 @@ pub fn guard_holds(p: &RowFused, input: usize) -> bool {
 
 impl Compiler for MaskedRows {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
-        super::rewrite_row_programs(graph, |prog| {
+        super::row_programs::rewrite_row_programs(graph, |prog| {
             let guard = (0..prog.input_row.len()).filter(|&i| prog.input_row[i]).find(|&i| guard_holds(prog, i));
             guard.map(|input| RowFused { guard: Some(Guard { input }), ..prog.clone() })
         });

@@ -13,8 +13,6 @@ pub mod rowfusion;
 
 use luminal::prelude::*;
 
-use crate::kernel::{kernel_of, KernelOp};
-use crate::kernels::rowfused::RowFused;
 use crate::runner::Backend;
 use crate::tensor::BuiltGraph;
 
@@ -92,20 +90,6 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
 /// primops.
 pub fn fused_attention(fusion: Fusion, backend: Backend) -> bool {
     fusion == Fusion::Full && backend == Backend::Cpu
-}
-
-/// Replace each row-program kernel by what `f` makes of it, where it makes
-/// something (the walk `MaskedRows` and `RowPrograms` share).
-fn rewrite_row_programs(graph: &mut Graph, f: impl Fn(&RowFused) -> Option<RowFused>) {
-    let nodes: Vec<_> = graph.graph.node_indices().collect();
-    for n in nodes {
-        let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()) else {
-            continue;
-        };
-        if let Some(new) = f(prog) {
-            *graph.graph.node_weight_mut(n).unwrap() = Box::new(KernelOp::new(new));
-        }
-    }
 }
 
 /// The passes of a fusion strategy for a backend, in order.

@@ -19,6 +19,7 @@
 
 use luminal::prelude::{Compiler, Graph, ToIdsMut};
 
+use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::binary::BinaryOp;
 use crate::kernels::reduce::ReduceOp;
 use crate::kernels::rowfused::{Instr, RowFused, RowOp};
@@ -29,7 +30,21 @@ pub struct RowPrograms;
 
 impl Compiler for RowPrograms {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
-        super::rewrite_row_programs(graph, |prog| Some(simplify(prog)).filter(|better| better != prog));
+        rewrite_row_programs(graph, |prog| Some(simplify(prog)).filter(|better| better != prog));
+    }
+}
+
+/// Replace each row-program kernel by what `f` makes of it, where it makes
+/// something (the walk `MaskedRows` and `RowPrograms` share).
+pub(super) fn rewrite_row_programs(graph: &mut Graph, f: impl Fn(&RowFused) -> Option<RowFused>) {
+    let nodes: Vec<_> = graph.graph.node_indices().collect();
+    for n in nodes {
+        let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()) else {
+            continue;
+        };
+        if let Some(new) = f(prog) {
+            *graph.graph.node_weight_mut(n).unwrap() = Box::new(KernelOp::new(new));
+        }
     }
 }
 
