@@ -30,7 +30,7 @@ fn full_fusion_fuses_attention_mlp_and_norms() {
         let ops = final_ops("tiny-llama", Fusion::Full, opts.clone());
         assert_eq!(ops.get("Attention"), Some(&2), "one attention kernel per layer: {ops:?}");
         assert_eq!(ops.get("GatedMLP"), Some(&2), "one gated MLP kernel per layer: {ops:?}");
-        assert!(ops.get("RowFused").is_some_and(|&n| n >= 4), "{ops:?}");
+        assert!(ops.get("RowProgram").is_some_and(|&n| n >= 4), "{ops:?}");
         for primop in ["Exp2", "MaxReduce", "SumReduce", "Sqrt"] {
             assert!(!ops.contains_key(primop), "{primop} left unfused: {ops:?}");
         }
@@ -38,7 +38,7 @@ fn full_fusion_fuses_attention_mlp_and_norms() {
         // last-position slice, stays on its own
         assert!(ops.get("Add").copied().unwrap_or(0) <= 1, "{ops:?}");
         let none = final_ops("tiny-llama", Fusion::None, opts);
-        assert!(!none.contains_key("RowFused") && !none.contains_key("Attention"), "{none:?}");
+        assert!(!none.contains_key("RowProgram") && !none.contains_key("Attention"), "{none:?}");
         assert!(none.contains_key("Exp2") && none.contains_key("MatMul"));
     }
 }

@@ -23,14 +23,19 @@ use petgraph::Direction;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::kernel::kernel_of;
+use crate::kernels::binary::BinaryOp;
 use crate::kernels::causal_attention::{CausalAttention, CausalAttentionGrad};
+use crate::kernels::matmul::{product_roles, Role};
+use crate::kernels::reduce::ReduceOp;
+use crate::kernels::unary::UnaryOp;
 use crate::kernels::{gather::Gather, gather::ScatterAdd, iota::Iota, topk::TopKMask};
+use crate::primop::Primop;
 use crate::shape::{self, is_unbounded, product, sub, without_broadcast, Dim};
 use crate::tensor::{GraphBuilder, Tensor};
 
 /// What a node computes, as far as differentiation cares.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Op {
+enum GradOp {
     Leaf,
     Add,
     Mul,
@@ -48,46 +53,37 @@ enum Op {
     Attention,
 }
 
-struct Node {
-    op: Op,
+struct GradNode {
+    op: GradOp,
     /// (source, tracker) per input, in input order
     inputs: Vec<(NodeIndex, ShapeTracker)>,
     consumers: usize,
 }
 
-fn classify(o: &dyn op::Operator) -> Result<Op, String> {
-    let a = o.as_any();
-    Ok(if a.is::<op::Function>() || a.is::<op::Constant>() {
-        Op::Leaf
-    } else if a.is::<op::Add>() {
-        Op::Add
-    } else if a.is::<op::Mul>() {
-        Op::Mul
-    } else if a.is::<op::LessThan>() || a.is::<op::Mod>() {
-        Op::NoGrad
-    } else if let Some(r) = a.downcast_ref::<op::SumReduce>() {
-        Op::Sum(r.0)
-    } else if let Some(r) = a.downcast_ref::<op::MaxReduce>() {
-        Op::Max(r.0)
-    } else if a.is::<op::Exp2>() {
-        Op::Exp2
-    } else if a.is::<op::Log2>() {
-        Op::Log2
-    } else if a.is::<op::Sin>() {
-        Op::Sin
-    } else if a.is::<op::Sqrt>() {
-        Op::Sqrt
-    } else if a.is::<op::Recip>() {
-        Op::Recip
-    } else if a.is::<op::Contiguous>() {
-        Op::Contiguous
-    } else if let Some(k) = kernel_of(o) {
+fn classify(o: &dyn op::Operator) -> Result<GradOp, String> {
+    if let Some(p) = Primop::of(o) {
+        return Ok(match p {
+            Primop::Input | Primop::Constant(_) => GradOp::Leaf,
+            Primop::Binary(BinaryOp::Add) => GradOp::Add,
+            Primop::Binary(BinaryOp::Mul) => GradOp::Mul,
+            Primop::Binary(BinaryOp::LessThan | BinaryOp::Mod) => GradOp::NoGrad,
+            Primop::Reduce(ReduceOp::Sum, axis) => GradOp::Sum(axis),
+            Primop::Reduce(ReduceOp::Max, axis) => GradOp::Max(axis),
+            Primop::Unary(UnaryOp::Exp2) => GradOp::Exp2,
+            Primop::Unary(UnaryOp::Log2) => GradOp::Log2,
+            Primop::Unary(UnaryOp::Sin) => GradOp::Sin,
+            Primop::Unary(UnaryOp::Sqrt) => GradOp::Sqrt,
+            Primop::Unary(UnaryOp::Recip) => GradOp::Recip,
+            Primop::Contiguous => GradOp::Contiguous,
+        });
+    }
+    Ok(if let Some(k) = kernel_of(o) {
         if k.get::<Gather>().is_some() {
-            Op::Gather
+            GradOp::Gather
         } else if k.get::<CausalAttention>().is_some() {
-            Op::Attention
+            GradOp::Attention
         } else if k.get::<TopKMask>().is_some() || k.get::<Iota>().is_some() {
-            Op::NoGrad
+            GradOp::NoGrad
         } else {
             return Err(format!("no backward rule for kernel {}", k.0.name()));
         }
@@ -98,34 +94,6 @@ fn classify(o: &dyn op::Operator) -> Result<Op, String> {
 
 fn is_fake(st: &ShapeTracker, l: usize) -> bool {
     st.fake[st.indexes[l]]
-}
-
-/// Is `sum(a * b, axis)` a matrix product (some dim broadcast in exactly one
-/// operand, none in both)?
-fn product_roles(a: &ShapeTracker, b: &ShapeTracker, axis: usize) -> Option<Vec<Role>> {
-    if is_fake(a, axis) || is_fake(b, axis) {
-        return None;
-    }
-    let roles: Vec<Role> = (0..a.len())
-        .map(|l| match (l == axis, is_fake(a, l), is_fake(b, l)) {
-            (true, _, _) => Role::K,
-            (_, false, false) => Role::Batch,
-            (_, false, true) => Role::M,
-            (_, true, false) => Role::N,
-            (_, true, true) => Role::Both,
-        })
-        .collect();
-    let any_mn = roles.iter().any(|r| matches!(r, Role::M | Role::N));
-    (any_mn && !roles.contains(&Role::Both)).then_some(roles)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Role {
-    Batch,
-    M,
-    N,
-    K,
-    Both,
 }
 
 struct Grad<'a> {
@@ -252,7 +220,7 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
             ins.sort_by_key(|x| x.0);
             let consumers = g.graph.edges_directed(n, Direction::Outgoing).filter(|e| e.weight().as_data().is_some()).count();
             let op = classify(g.graph.node_weight(n).unwrap().as_ref())?;
-            nodes.insert(n, Node { op, inputs: ins.into_iter().map(|(_, s, st)| (s, st)).collect(), consumers });
+            nodes.insert(n, GradNode { op, inputs: ins.into_iter().map(|(_, s, st)| (s, st)).collect(), consumers });
         }
         Ok::<_, String>((order, nodes))
     })?;
@@ -264,7 +232,8 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
     let mut requires: FxHashSet<NodeIndex> = wrt.iter().map(|t| t.id).collect();
     for &n in &order {
         let node = &nodes[&n];
-        if !matches!(node.op, Op::Leaf | Op::NoGrad) && !b.is_stop_grad(n) && node.inputs.iter().any(|(s, _)| requires.contains(s)) {
+        if !matches!(node.op, GradOp::Leaf | GradOp::NoGrad) && !b.is_stop_grad(n) && node.inputs.iter().any(|(s, _)| requires.contains(s))
+        {
             requires.insert(n);
         }
     }
@@ -292,8 +261,8 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
         let needs = |i: usize| requires.contains(&node.inputs[i].0);
         let view = |i: usize| b.view(node.inputs[i].0, node.inputs[i].1);
         match node.op {
-            Op::Leaf | Op::NoGrad => {}
-            Op::Add => {
+            GradOp::Leaf | GradOp::NoGrad => {}
+            GradOp::Add => {
                 for i in 0..2 {
                     if needs(i) {
                         let (src, st) = node.inputs[i];
@@ -301,7 +270,7 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                     }
                 }
             }
-            Op::Mul => {
+            GradOp::Mul => {
                 for i in 0..2 {
                     if needs(i) {
                         let (src, st) = node.inputs[i];
@@ -309,12 +278,14 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                     }
                 }
             }
-            Op::Sum(axis) => {
+            GradOp::Sum(axis) => {
                 let (src, st) = node.inputs[0];
                 let m = &nodes[&src];
-                let roles = (m.op == Op::Mul && m.consumers == 1 && shape::is_plain(&st))
+                let roles = (m.op == GradOp::Mul && m.consumers == 1 && shape::is_plain(&st))
                     .then(|| product_roles(&m.inputs[0].1, &m.inputs[1].1, axis))
-                    .flatten();
+                    .flatten()
+                    // (the product rule needs each dim real in at least one operand)
+                    .filter(|roles| !roles.contains(&Role::Both));
                 match roles {
                     Some(roles) => {
                         // a matrix product: differentiate the Mul + Sum pair at once
@@ -334,7 +305,7 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                     }
                 }
             }
-            Op::Max(axis) => {
+            GradOp::Max(axis) => {
                 let (src, st) = node.inputs[0];
                 let size = shape::logical_dims(&st)[axis];
                 let x = view(0);
@@ -343,25 +314,25 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                 let eq = x.lt(&m).add(&m.lt(&x)).scale(-1.0).add_scalar(1.0);
                 add(&mut grads, src, cx.undo_view(g.expand(axis, size).mul(&eq), &st, src));
             }
-            Op::Exp2 | Op::Log2 | Op::Sin | Op::Sqrt | Op::Recip => {
+            GradOp::Exp2 | GradOp::Log2 | GradOp::Sin | GradOp::Sqrt | GradOp::Recip => {
                 let src = node.inputs[0].0;
                 let dims = b.buf_dims(n);
                 let x = b.view(src, ShapeTracker::new(&dims));
                 let y = b.buffer(n);
                 let local = match node.op {
-                    Op::Exp2 => g.mul(&y).scale(std::f32::consts::LN_2),
-                    Op::Log2 => g.mul(&x.recip()).scale(1.0 / std::f32::consts::LN_2),
-                    Op::Sin => g.mul(&x.add_scalar(std::f32::consts::FRAC_PI_2).sin()),
-                    Op::Sqrt => g.mul(&y.recip()).scale(0.5),
+                    GradOp::Exp2 => g.mul(&y).scale(std::f32::consts::LN_2),
+                    GradOp::Log2 => g.mul(&x.recip()).scale(1.0 / std::f32::consts::LN_2),
+                    GradOp::Sin => g.mul(&x.add_scalar(std::f32::consts::FRAC_PI_2).sin()),
+                    GradOp::Sqrt => g.mul(&y.recip()).scale(0.5),
                     _ => g.mul(&y.square()).scale(-1.0),
                 };
                 add(&mut grads, src, local.reshape(&b.buf_dims(src)));
             }
-            Op::Contiguous => {
+            GradOp::Contiguous => {
                 let (src, st) = node.inputs[0];
                 add(&mut grads, src, cx.undo_view(g, &st, src));
             }
-            Op::Attention => {
+            GradOp::Attention => {
                 let Some(att) = b.with_graph(|gr| {
                     kernel_of(gr.graph.node_weight(n).unwrap().as_ref()).and_then(|k| k.get::<CausalAttention>().cloned())
                 }) else {
@@ -382,7 +353,7 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                     }
                 }
             }
-            Op::Gather => {
+            GradOp::Gather => {
                 let (table, tst) = node.inputs[0];
                 if needs(0) {
                     if !shape::is_plain(&tst) {

@@ -14,6 +14,7 @@ pub mod losses;
 pub mod optim;
 pub mod passes;
 mod plan;
+pub mod primop;
 mod run_error;
 pub mod runner;
 pub mod shape;

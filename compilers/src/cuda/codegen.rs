@@ -18,16 +18,16 @@ use std::sync::Arc;
 
 use crate::kernel::Kernel;
 use crate::kernels::adamw::AdamW;
-use crate::kernels::attention::Attention;
 use crate::kernels::binary::{Binary, BinaryOp};
 use crate::kernels::constant::Constant;
-use crate::kernels::copy::Copy;
+use crate::kernels::contiguous::Contiguous;
 use crate::kernels::gather::{Gather, ScatterAdd};
 use crate::kernels::iota::Iota;
 use crate::kernels::kv_write::KvWrite;
 use crate::kernels::matmul::MatMul;
+use crate::kernels::product_chain::ProductChain;
 use crate::kernels::reduce::{Reduce, ReduceOp};
-use crate::kernels::rowfused::{RowFused, RowOp};
+use crate::kernels::row_program::{RowOp, RowProgram};
 use crate::kernels::topk::TopKMask;
 use crate::kernels::unary::{Unary, UnaryOp};
 use crate::view::{eval, DimValues, View, MAX_RANK};
@@ -105,14 +105,14 @@ static __device__ float block_reduce(float x, bool is_max, float* red) {
 #[allow(clippy::large_enum_variant)]
 pub enum DeviceKernel {
     /// a generated function
-    Source { entry: String, source: String, kind: Kind },
+    Source { entry: String, source: String, kind: DeviceOp },
     /// a matrix product: cuBLAS where the views allow, else `matmul_naive`
     MatMul(MatMul),
 }
 
 /// What a generated function is, for its `meta` and launch shape.
 #[derive(Clone, Debug)]
-pub enum Kind {
+pub enum DeviceOp {
     Unary,
     Binary,
     Copy,
@@ -126,8 +126,8 @@ pub enum Kind {
     KvWrite(KvWrite),
     TopK,
     AdamW,
-    RowFused(Box<RowFused>),
-    Attention(Box<Attention>),
+    RowProgram(Box<RowProgram>),
+    ProductChain(Box<ProductChain>),
 }
 
 /// Launch shape: blocks, threads per block, dynamic shared memory bytes.
@@ -192,27 +192,27 @@ fn params(outputs: usize, inputs: usize) -> String {
 /// The device form of a kernel, or why there is none.
 pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
     let any = k.as_any();
-    let src = |prefix: &str, outs: usize, ins: usize, body: String, kind: Kind| {
+    let src = |prefix: &str, outs: usize, ins: usize, body: String, kind: DeviceOp| {
         let (entry, source) = function(prefix, &params(outs, ins), &body);
         Ok(DeviceKernel::Source { entry, source, kind })
     };
     if let Some(u) = any.downcast_ref::<Unary>() {
         let body = format!("  GRID_STRIDE(i, meta[0]) out0[i] = {};\n", unary_expr(u.0, "in0[i]"));
-        return src("unary", 1, 1, body, Kind::Unary);
+        return src("unary", 1, 1, body, DeviceOp::Unary);
     }
     if let Some(b) = any.downcast_ref::<Binary>() {
         let e = binary_expr(b.0, "ld(in0, VIEW(meta, 1), i)", &format!("ld(in1, VIEW(meta, {}), i)", 1 + VIEW_WORDS));
-        return src("binary", 1, 2, format!("  GRID_STRIDE(i, meta[0]) out0[i] = {e};\n"), Kind::Binary);
+        return src("binary", 1, 2, format!("  GRID_STRIDE(i, meta[0]) out0[i] = {e};\n"), DeviceOp::Binary);
     }
-    if any.downcast_ref::<Copy>().is_some() {
-        return src("copy", 1, 1, "  GRID_STRIDE(i, meta[0]) out0[i] = ld(in0, VIEW(meta, 1), i);\n".into(), Kind::Copy);
+    if any.downcast_ref::<Contiguous>().is_some() {
+        return src("copy", 1, 1, "  GRID_STRIDE(i, meta[0]) out0[i] = ld(in0, VIEW(meta, 1), i);\n".into(), DeviceOp::Copy);
     }
     if let Some(c) = any.downcast_ref::<Constant>() {
         let body = "  if (blockIdx.x == 0 && threadIdx.x == 0) out0[0] = f32_of(meta[0]);\n".to_string();
-        return src("constant", 1, 0, body, Kind::Constant(c.clone()));
+        return src("constant", 1, 0, body, DeviceOp::Constant(c.clone()));
     }
     if let Some(i) = any.downcast_ref::<Iota>() {
-        return src("iota", 1, 0, "  GRID_STRIDE(i, meta[0]) out0[i] = (float)(meta[1] + i);\n".into(), Kind::Iota(i.clone()));
+        return src("iota", 1, 0, "  GRID_STRIDE(i, meta[0]) out0[i] = (float)(meta[1] + i);\n".into(), DeviceOp::Iota(i.clone()));
     }
     if let Some(r) = any.downcast_ref::<Reduce>() {
         let (init, step) = match r.op {
@@ -230,7 +230,7 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
   }}
 "
         );
-        return src("reduce", 1, 1, body, Kind::Reduce(r.axis));
+        return src("reduce", 1, 1, body, DeviceOp::Reduce(r.axis));
     }
     if let Some(m) = any.downcast_ref::<MatMul>() {
         return Ok(DeviceKernel::MatMul(m.clone()));
@@ -245,7 +245,7 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
   }
 "
         .replace("VW", &VIEW_WORDS.to_string());
-        return src("gather", 1, 2, body, Kind::Gather);
+        return src("gather", 1, 2, body, DeviceOp::Gather);
     }
     if let Some(s) = any.downcast_ref::<ScatterAdd>() {
         let body = "  const i64 d = meta[1], vocab = meta[2]; const V* g = VIEW(meta, 3); const V* ids = VIEW(meta, 3 + VW);
@@ -256,7 +256,7 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
   }
 "
         .replace("VW", &VIEW_WORDS.to_string());
-        return src("scatter_add", 1, 2, body, Kind::ScatterAdd(s.clone()));
+        return src("scatter_add", 1, 2, body, DeviceOp::ScatterAdd(s.clone()));
     }
     if let Some(kv) = any.downcast_ref::<KvWrite>() {
         // out0 is the cache (in0, updated in place); in1 the new rows; in2
@@ -274,7 +274,7 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
   }
 "
         .replace("VW", &VIEW_WORDS.to_string());
-        return src("kv_write", 1, 3, body, Kind::KvWrite(kv.clone()));
+        return src("kv_write", 1, 3, body, DeviceOp::KvWrite(kv.clone()));
     }
     if let Some(t) = any.downcast_ref::<TopKMask>() {
         let body = format!(
@@ -294,7 +294,7 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
 ",
             k = t.k
         );
-        return src("topk", 1, 1, body, Kind::TopK);
+        return src("topk", 1, 1, body, DeviceOp::TopK);
     }
     if let Some(a) = any.downcast_ref::<AdamW>() {
         // outputs p, m, v, acc are inputs 0-3 updated in place; in4 the
@@ -328,17 +328,17 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
             wd = f(a.weight_decay),
             mn = f(a.max_norm)
         );
-        return src("adamw", 4, 9, body, Kind::AdamW);
+        return src("adamw", 4, 9, body, DeviceOp::AdamW);
     }
-    if let Some(r) = any.downcast_ref::<RowFused>() {
+    if let Some(r) = any.downcast_ref::<RowProgram>() {
         let n_in = r.input_row.len();
-        let body = rowfused_body(r);
-        return src("rowfused", r.outputs.len(), n_in, body, Kind::RowFused(Box::new(r.clone())));
+        let body = row_program_body(r);
+        return src("rowfused", r.outputs.len(), n_in, body, DeviceOp::RowProgram(Box::new(r.clone())));
     }
-    if let Some(a) = any.downcast_ref::<Attention>() {
+    if let Some(a) = any.downcast_ref::<ProductChain>() {
         let n_in = 3 + a.program.input_row.len() - 1;
-        let body = attention_body(a);
-        return src("attention", 1, n_in, body, Kind::Attention(Box::new(a.clone())));
+        let body = product_chain_body(a);
+        return src("attention", 1, n_in, body, DeviceOp::ProductChain(Box::new(a.clone())));
     }
     Err(format!("no device kernel for `{}`", k.name()))
 }
@@ -365,7 +365,7 @@ pub fn matmul_naive() -> (String, String) {
 /// recomputed from the inputs in each loop that needs it (rows stay in
 /// registers, never in memory). `row_input(i)` reads input `i` at `j`.
 struct RowCode<'a> {
-    p: &'a RowFused,
+    p: &'a RowProgram,
     row_input: &'a dyn Fn(usize) -> String,
     scalar_input: &'a dyn Fn(usize) -> String,
     /// where the program's constants start in `meta`
@@ -410,7 +410,7 @@ impl RowCode<'_> {
                 RowOp::Unary(op, a) => unary_expr(*op, &self.operand(*a)),
                 RowOp::Binary(op, a, b) => binary_expr(*op, &self.operand(*a), &self.operand(*b)),
                 RowOp::Reduce(..) => unreachable!("a reduction is a scalar"),
-                RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("RowPrograms runs in the CPU pipeline only"),
+                RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("SimplifyRowPrograms runs in the CPU pipeline only"),
             };
             let _ = writeln!(out, "      float r{k} = {e};");
         }
@@ -449,7 +449,7 @@ impl RowCode<'_> {
 
 /// meta: rows, R, outer rank, outer dims (MAXR), one constant per
 /// instruction, then one view per input.
-fn rowfused_body(p: &RowFused) -> String {
+fn row_program_body(p: &RowProgram) -> String {
     let n = p.instrs.len();
     let views = 3 + MAX_RANK + n;
     let mut out = format!(
@@ -498,7 +498,7 @@ fn rowfused_body(p: &RowFused) -> String {
 /// output element. meta: rows, t, kd, hd, outer rank, outer dims (MAXR),
 /// views of q, k, v, the program's constants, then views of the program's
 /// other inputs (in program order).
-fn attention_body(a: &Attention) -> String {
+fn product_chain_body(a: &ProductChain) -> String {
     let p = &a.program;
     let n = p.instrs.len();
     let vq = 5 + MAX_RANK;
@@ -580,7 +580,7 @@ fn f32_word(x: f32) -> i64 {
     x.to_bits() as i32 as i64
 }
 
-fn program_consts(p: &RowFused, dims: &DimValues, meta: &mut Vec<i64>) {
+fn program_consts(p: &RowProgram, dims: &DimValues, meta: &mut Vec<i64>) {
     for ins in &p.instrs {
         meta.push(match &ins.op {
             RowOp::Const(v) => f32_word(*v),
@@ -590,7 +590,7 @@ fn program_consts(p: &RowFused, dims: &DimValues, meta: &mut Vec<i64>) {
     }
 }
 
-impl Kind {
+impl DeviceOp {
     /// The words this step's function reads, and how to launch it, for
     /// inputs seen through `views` and outputs of `out_shapes`. None: nothing
     /// to do (no elements).
@@ -598,22 +598,22 @@ impl Kind {
         let out_len = |o: usize| out_shapes[o].iter().product::<usize>();
         let mut m = vec![];
         let launch = match self {
-            Kind::Unary => {
+            DeviceOp::Unary => {
                 m.push(out_len(0) as i64);
                 elementwise(out_len(0))
             }
-            Kind::Binary => {
+            DeviceOp::Binary => {
                 m.push(out_len(0) as i64);
                 push_view(&mut m, &views[0]);
                 push_view(&mut m, &views[1]);
                 elementwise(out_len(0))
             }
-            Kind::Copy => {
+            DeviceOp::Copy => {
                 m.push(out_len(0) as i64);
                 push_view(&mut m, &views[0]);
                 elementwise(out_len(0))
             }
-            Kind::Constant(c) => {
+            DeviceOp::Constant(c) => {
                 let v = match c {
                     Constant::Float(v) => *v,
                     Constant::Dim(e) => eval(e, dims, &mut vec![]) as f32,
@@ -621,32 +621,32 @@ impl Kind {
                 m.push(f32_word(v));
                 Launch { grid: 1, block: 1, shared: 0 }
             }
-            Kind::Iota(i) => {
+            DeviceOp::Iota(i) => {
                 m.extend([out_len(0) as i64, eval(&i.offset, dims, &mut vec![]) as i64]);
                 elementwise(out_len(0))
             }
-            Kind::Reduce(axis) | Kind::MatMulNaive(axis) => {
+            DeviceOp::Reduce(axis) | DeviceOp::MatMulNaive(axis) => {
                 m.extend([out_len(0) as i64, *axis as i64]);
                 for v in views {
                     push_view(&mut m, v);
                 }
                 elementwise(out_len(0))
             }
-            Kind::Gather => {
+            DeviceOp::Gather => {
                 let d = views[0].shape[1];
                 m.extend([views[1].numel() as i64, d as i64]);
                 push_view(&mut m, &views[0]);
                 push_view(&mut m, &views[1]);
                 elementwise(views[1].numel() * d)
             }
-            Kind::ScatterAdd(_) => {
+            DeviceOp::ScatterAdd(_) => {
                 let d = *out_shapes[0].last().unwrap();
                 m.extend([views[1].numel() as i64, d as i64, out_shapes[0][0] as i64]);
                 push_view(&mut m, &views[0]);
                 push_view(&mut m, &views[1]);
                 elementwise(views[1].numel() * d)
             }
-            Kind::KvWrite(kv) => {
+            DeviceOp::KvWrite(kv) => {
                 // (positions stay on the device: sessions check them before a run)
                 let first = kv.first_row(&views[0], &views[1], dims)?;
                 m.extend([views[1].numel() as i64, kv.axis as i64, first as i64]);
@@ -655,14 +655,14 @@ impl Kind {
                 push_view(&mut m, &views[2]);
                 elementwise(views[1].numel())
             }
-            Kind::TopK => {
+            DeviceOp::TopK => {
                 let e = *views[0].dims().last().unwrap();
                 let rows = views[0].numel() / e.max(1);
                 m.extend([rows as i64, e as i64]);
                 push_view(&mut m, &views[0]);
                 elementwise(rows)
             }
-            Kind::AdamW => {
+            DeviceOp::AdamW => {
                 if !views[4].is_plain() {
                     return Err("AdamW: the gradient must be contiguous".into());
                 }
@@ -672,7 +672,7 @@ impl Kind {
                 }
                 elementwise(views[0].numel())
             }
-            Kind::RowFused(p) => {
+            DeviceOp::RowProgram(p) => {
                 let mut st = vec![];
                 let outer: Vec<usize> = p.outer.iter().map(|e| eval(e, dims, &mut st)).collect();
                 let (rows, r) = (outer.iter().product::<usize>(), eval(&p.row_len, dims, &mut st));
@@ -684,7 +684,7 @@ impl Kind {
                 }
                 per_row(rows, r)
             }
-            Kind::Attention(a) => {
+            DeviceOp::ProductChain(a) => {
                 let (q, v) = (&views[0], &views[2]);
                 if views[..3].iter().any(|v| v.padded) {
                     return Err("fused attention: padded q, k or v".into());
@@ -709,8 +709,8 @@ impl Kind {
             }
         };
         let empty = match self {
-            Kind::Constant(_) => false,
-            Kind::RowFused(_) | Kind::Attention(_) => m[0] == 0,
+            DeviceOp::Constant(_) => false,
+            DeviceOp::RowProgram(_) | DeviceOp::ProductChain(_) => m[0] == 0,
             _ => m[0] == 0 || out_shapes.iter().all(|s| s.iter().product::<usize>() == 0),
         };
         Ok((!empty).then_some((m, launch)))

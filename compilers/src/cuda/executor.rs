@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use luminal::prelude::Graph;
 
-use super::codegen::{lower, matmul_naive, module_source, DeviceKernel, Kind, Launch};
+use super::codegen::{lower, matmul_naive, module_source, DeviceKernel, DeviceOp, Launch};
 use super::device::{BufId, Device, DeviceError, Product};
 use crate::executor::{Outputs, StepStats};
 use crate::kernels::matmul::MatMul;
@@ -27,7 +27,7 @@ struct Buf {
     cap: usize,
 }
 
-enum Op {
+enum Call {
     Launch { entry: String, launch: Launch, meta_at: usize, bufs: Vec<BufId> },
     Zero(BufId, usize),
     Sgemm(super::device::Sgemm, [BufId; 3]),
@@ -36,7 +36,7 @@ enum Op {
 /// A device operation and the step it belongs to.
 struct Cmd {
     step: usize,
-    op: Op,
+    op: Call,
 }
 
 pub struct DeviceExecutor {
@@ -188,9 +188,9 @@ impl DeviceExecutor {
         for c in cmds {
             let t = Instant::now();
             match c.op {
-                Op::Launch { entry, launch, meta_at, bufs } => self.device.launch(&entry, launch, meta_at, &bufs)?,
-                Op::Zero(b, n) => self.device.zero(b, n)?,
-                Op::Sgemm(call, [a, b, c]) => self.device.sgemm(&call, a, b, c)?,
+                Call::Launch { entry, launch, meta_at, bufs } => self.device.launch(&entry, launch, meta_at, &bufs)?,
+                Call::Zero(b, n) => self.device.zero(b, n)?,
+                Call::Sgemm(call, [a, b, c]) => self.device.sgemm(&call, a, b, c)?,
             }
             if let Some(p) = self.profile.as_mut() {
                 // timing a step means waiting for it
@@ -261,11 +261,11 @@ impl DeviceExecutor {
             match &self.kernels[si] {
                 DeviceKernel::Source { entry, kind, .. } => {
                     let m = kind.meta(&views, &out_shapes, dims).map_err(|e| DeviceError(format!("step {}: {e}", step.node.index())))?;
-                    if let Kind::ScatterAdd(_) = kind {
-                        cmds.push(Cmd { step: si, op: Op::Zero(outs[0].id, outs[0].len) });
+                    if let DeviceOp::ScatterAdd(_) = kind {
+                        cmds.push(Cmd { step: si, op: Call::Zero(outs[0].id, outs[0].len) });
                     }
                     if let Some((words, launch)) = m {
-                        cmds.push(Cmd { step: si, op: Op::Launch { entry: entry.clone(), launch, meta_at: meta.len(), bufs } });
+                        cmds.push(Cmd { step: si, op: Call::Launch { entry: entry.clone(), launch, meta_at: meta.len(), bufs } });
                         meta.extend(words);
                     }
                 }
@@ -331,15 +331,15 @@ impl DeviceExecutor {
                         ..product
                     };
                     let call = at.sgemm(batch, strides).expect("same layout as the first batch");
-                    cmds.push(Cmd { step: si, op: Op::Sgemm(call, [bufs[1], bufs[2], bufs[0]]) });
+                    cmds.push(Cmd { step: si, op: Call::Sgemm(call, [bufs[1], bufs[2], bufs[0]]) });
                 }
                 return Ok(());
             }
         }
-        if let Some((words, launch)) = Kind::MatMulNaive(mm.axis).meta(views, out_shapes, dims).map_err(DeviceError)? {
+        if let Some((words, launch)) = DeviceOp::MatMulNaive(mm.axis).meta(views, out_shapes, dims).map_err(DeviceError)? {
             cmds.push(Cmd {
                 step: si,
-                op: Op::Launch { entry: self.naive_matmul.clone(), launch, meta_at: meta.len(), bufs: bufs.to_vec() },
+                op: Call::Launch { entry: self.naive_matmul.clone(), launch, meta_at: meta.len(), bufs: bufs.to_vec() },
             });
             meta.extend(words);
         }

@@ -9,9 +9,10 @@
 //! column dims go to one `gemm` call each; the others are looped over.
 
 use gemm::Parallelism;
+use luminal::prelude::ShapeTracker;
 use rayon::prelude::*;
 
-use super::copy::Copy as CopyKernel;
+use super::contiguous::Contiguous;
 use super::gemv::{gemv, Rows, MAX_ROWS};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
@@ -23,10 +24,45 @@ pub struct MatMul {
     pub axis: usize,
 }
 
+/// What each logical dim of `sum(a * b, axis)` is to a matrix product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Role {
+    Batch,
+    /// broadcast in `b` only: a row of the product
+    M,
+    /// broadcast in `a` only: a column
+    N,
+    /// the reduced axis
+    K,
+    /// broadcast in both
+    Both,
+}
+
+/// The one definition of a matrix product, shared by the `MatMul` pass and
+/// autograd: `sum(a * b, axis)` over operand views `a` and `b` is one when
+/// the reduced axis is real in both and some dim is broadcast in exactly one
+/// operand (rather than a dot product per row). Returns each dim's role.
+pub(crate) fn product_roles(a: &ShapeTracker, b: &ShapeTracker, axis: usize) -> Option<Vec<Role>> {
+    let fake = |st: &ShapeTracker, l: usize| st.fake[st.indexes[l]];
+    if fake(a, axis) || fake(b, axis) {
+        return None;
+    }
+    let roles: Vec<Role> = (0..a.len())
+        .map(|l| match (l == axis, fake(a, l), fake(b, l)) {
+            (true, _, _) => Role::K,
+            (_, false, false) => Role::Batch,
+            (_, false, true) => Role::M,
+            (_, true, false) => Role::N,
+            (_, true, true) => Role::Both,
+        })
+        .collect();
+    roles.iter().any(|r| matches!(r, Role::M | Role::N)).then_some(roles)
+}
+
 /// How one call maps onto gemm: `out[i, j] = sum_k a[i, k] b[k, j]` with
 /// sizes, strides and the loops around it.
 #[derive(Debug)]
-pub(crate) struct Plan {
+pub(crate) struct GemmPlan {
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -41,7 +77,7 @@ pub(crate) struct Plan {
 }
 
 impl MatMul {
-    pub(crate) fn plan(&self, a: &View, b: &View) -> Plan {
+    pub(crate) fn plan(&self, a: &View, b: &View) -> GemmPlan {
         let dims = a.dims();
         let mut out_shape = dims.to_vec();
         out_shape.remove(self.axis);
@@ -79,7 +115,7 @@ impl MatMul {
         }) {
             n *= loops.remove(i).0;
         }
-        Plan {
+        GemmPlan {
             m,
             n,
             k: dims[self.axis],
@@ -118,7 +154,7 @@ impl Kernel for MatMul {
             .map(|x| {
                 if x.view.padded {
                     let mut buf = vec![0.0; x.view.numel()];
-                    CopyKernel.run(&[*x], &mut [&mut buf], dims);
+                    Contiguous.run(&[*x], &mut [&mut buf], dims);
                     let v = View::contiguous(x.view.dims());
                     (buf, v)
                 } else {

@@ -1,21 +1,21 @@
 //! CPU kernels. Each is a small struct implementing [`crate::kernel::Kernel`].
 
 pub mod adamw;
-pub mod attention;
 pub mod binary;
 pub mod causal_attention;
 pub mod constant;
-pub mod copy;
+pub mod contiguous;
 pub mod fastmath;
 pub mod gather;
 pub mod gemv;
 pub mod iota;
 pub mod kv_write;
 pub mod matmul;
+pub mod product_chain;
 pub mod reduce;
 pub mod rope;
 mod rotary;
-pub mod rowfused;
+pub mod row_program;
 pub mod simd;
 pub mod topk;
 pub mod unary;

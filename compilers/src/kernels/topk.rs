@@ -2,7 +2,7 @@
 //! is among the k largest of its row, else 0.0. Ties go to the lower index.
 //! Not differentiable: gradients flow through the probabilities it masks.
 
-use super::rowfused::load_row;
+use super::row_program::load_row;
 use super::walk::unravel;
 use crate::kernel::{Arg, Kernel};
 use crate::view::{DimValues, View};

@@ -27,7 +27,7 @@ use luminal::prelude::{Compiler, Graph, ToIdsMut};
 
 use crate::kernels::binary::BinaryOp;
 use crate::kernels::reduce::ReduceOp;
-use crate::kernels::rowfused::{Guard, RowFused, RowOp, MASKED_AT};
+use crate::kernels::row_program::{Guard, RowOp, RowProgram, MASKED_AT};
 use crate::kernels::unary::UnaryOp;
 
 #[derive(Debug, Default)]
@@ -43,7 +43,7 @@ enum There {
 
 /// Does masking by input `input` make the program's work void on the
 /// masked columns (see the module comment)?
-pub fn guard_holds(p: &RowFused, input: usize) -> bool {
+pub fn guard_holds(p: &RowProgram, input: usize) -> bool {
     let konst = |j: usize| match p.instrs[j].op {
         RowOp::Const(c) => Some(c),
         _ => None,
@@ -83,9 +83,9 @@ pub fn guard_holds(p: &RowFused, input: usize) -> bool {
 
 impl Compiler for MaskedRows {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
-        super::row_programs::rewrite_row_programs(graph, |prog| {
+        super::simplify_row_programs::rewrite_row_programs(graph, |prog| {
             let guard = (0..prog.input_row.len()).filter(|&i| prog.input_row[i]).find(|&i| guard_holds(prog, i));
-            guard.map(|input| RowFused { guard: Some(Guard { input }), ..prog.clone() })
+            guard.map(|input| RowProgram { guard: Some(Guard { input }), ..prog.clone() })
         });
     }
 }
@@ -93,10 +93,10 @@ impl Compiler for MaskedRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rowfused::tests::masked_softmax;
+    use crate::kernels::row_program::tests::masked_softmax;
 
     /// the builder's softmax with its sum reading instruction `sum_of`
-    fn softmax(sum_of: usize) -> RowFused {
+    fn softmax(sum_of: usize) -> RowProgram {
         let mut p = masked_softmax();
         p.instrs[12].op = RowOp::Reduce(ReduceOp::Sum, sum_of);
         p.outputs = vec![11, 13, 14];

@@ -3,22 +3,15 @@
 //! layers, attention scores and values, batched or not).
 
 use luminal::op;
-use luminal::prelude::{move_outgoing_edge, move_references, Compiler, Graph, NodeIndex, ShapeTracker, ToIdsMut};
+use luminal::prelude::{move_outgoing_edge, move_references, Compiler, Graph, NodeIndex, ToIdsMut};
 use petgraph::Direction;
 
 use crate::kernel::KernelOp;
-use crate::kernels::matmul::MatMul;
+use crate::kernels::matmul::{product_roles, MatMul};
 use crate::shape::is_plain;
 
 #[derive(Debug, Default)]
 pub struct MatMulPass;
-
-/// Is there a dim (other than `axis`) broadcast in exactly one operand? That
-/// is what makes `sum(a * b)` a matrix product rather than a dot per row.
-fn is_product(a: &ShapeTracker, b: &ShapeTracker, axis: usize) -> bool {
-    let fake = |st: &ShapeTracker, l: usize| st.fake[st.indexes[l]];
-    !fake(a, axis) && !fake(b, axis) && (0..a.len()).any(|l| l != axis && fake(a, l) != fake(b, l))
-}
 
 impl Compiler for MatMulPass {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
@@ -38,7 +31,7 @@ impl Compiler for MatMulPass {
                 continue;
             }
             let ins = graph.get_sources(mul);
-            if ins.iter().any(|(_, _, st)| st.is_padded()) || !is_product(&ins[0].2, &ins[1].2, axis) {
+            if ins.iter().any(|(_, _, st)| st.is_padded()) || product_roles(&ins[0].2, &ins[1].2, axis).is_none() {
                 continue;
             }
             let new = graph

@@ -4,12 +4,12 @@
 //! a list of named passes; [`compile`] runs them in order and can show the
 //! graph after each one (that is what `lumind inspect` prints).
 
-pub mod attention;
 pub mod lower;
 pub mod masked;
 pub mod matmul;
-pub mod row_programs;
-pub mod rowfusion;
+pub mod product_chain;
+pub mod row_fusion;
+pub mod simplify_row_programs;
 
 use luminal::prelude::*;
 
@@ -104,13 +104,13 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
     }
     p.push(Pass::new("MatMul", matmul::MatMulPass));
     if fusion == Fusion::Full {
-        p.push(Pass::new("RowFusion", rowfusion::RowFusion));
+        p.push(Pass::new("RowFusion", row_fusion::RowFusion));
         p.push(Pass::new("MaskedRows", masked::MaskedRows));
         if backend == Backend::Cpu {
             // (instructions the CUDA code generator has no use for)
-            p.push(Pass::new("RowPrograms", row_programs::RowPrograms));
+            p.push(Pass::new("SimplifyRowPrograms", simplify_row_programs::SimplifyRowPrograms));
         }
-        p.push(Pass::new("AttentionFusion", attention::AttentionFusion { gated_mlp: backend == Backend::Cpu }));
+        p.push(Pass::new("ProductChainFusion", product_chain::ProductChainFusion { gated_mlp: backend == Backend::Cpu }));
     }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));
     p

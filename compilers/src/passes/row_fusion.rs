@@ -1,5 +1,5 @@
 //! Row fusion: groups of elementwise primops and reductions over the last
-//! axis become one [`RowFused`] kernel each.
+//! axis become one [`RowProgram`] kernel each.
 //!
 //! A group has a row shape `[outer..., R]`. Its members are elementwise ops
 //! producing rows (or one value per row) and sum/max reductions over the
@@ -21,59 +21,41 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::kernel::KernelOp;
 use crate::kernels::binary::BinaryOp;
+use crate::kernels::constant::Constant;
 use crate::kernels::reduce::ReduceOp;
-use crate::kernels::rowfused::{Instr, RowFused, RowOp};
+use crate::kernels::row_program::{Instr, RowOp, RowProgram};
 use crate::kernels::unary::UnaryOp;
+use crate::primop::Primop;
 use crate::shape::{is_plain, logical_dims, shapes_eq, without_broadcast, Dim};
 
 #[derive(Debug, Default)]
 pub struct RowFusion;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
+enum RowKind {
     Binary(BinaryOp),
     Unary(UnaryOp),
     Reduce(ReduceOp, usize),
     Contiguous,
 }
 
-fn kind_of(o: &dyn op::Operator) -> Option<Kind> {
-    let a = o.as_any();
-    Some(if a.is::<op::Add>() {
-        Kind::Binary(BinaryOp::Add)
-    } else if a.is::<op::Mul>() {
-        Kind::Binary(BinaryOp::Mul)
-    } else if a.is::<op::Mod>() {
-        Kind::Binary(BinaryOp::Mod)
-    } else if a.is::<op::LessThan>() {
-        Kind::Binary(BinaryOp::LessThan)
-    } else if a.is::<op::Exp2>() {
-        Kind::Unary(UnaryOp::Exp2)
-    } else if a.is::<op::Log2>() {
-        Kind::Unary(UnaryOp::Log2)
-    } else if a.is::<op::Sin>() {
-        Kind::Unary(UnaryOp::Sin)
-    } else if a.is::<op::Sqrt>() {
-        Kind::Unary(UnaryOp::Sqrt)
-    } else if a.is::<op::Recip>() {
-        Kind::Unary(UnaryOp::Recip)
-    } else if let Some(r) = a.downcast_ref::<op::SumReduce>() {
-        Kind::Reduce(ReduceOp::Sum, r.0)
-    } else if let Some(r) = a.downcast_ref::<op::MaxReduce>() {
-        Kind::Reduce(ReduceOp::Max, r.0)
-    } else if a.is::<op::Contiguous>() {
-        Kind::Contiguous
-    } else {
-        return None;
+fn row_kind_of(o: &dyn op::Operator) -> Option<RowKind> {
+    Some(match Primop::of(o)? {
+        Primop::Binary(b) => RowKind::Binary(b),
+        Primop::Unary(u) => RowKind::Unary(u),
+        Primop::Reduce(r, axis) => RowKind::Reduce(r, axis),
+        Primop::Contiguous => RowKind::Contiguous,
+        Primop::Input | Primop::Constant(_) => return None,
     })
 }
 
 /// A scalar constant that can be copied into any group.
 fn constant_of(o: &dyn op::Operator) -> Option<RowOp> {
-    o.as_any().downcast_ref::<op::Constant>().map(|c| match &c.0 {
-        op::ConstantValue::Float(v) => RowOp::Const(*v),
-        op::ConstantValue::Expression(e) => RowOp::Dim(e.clone().into()),
-    })
+    match Primop::of(o)? {
+        Primop::Constant(Constant::Float(v)) => Some(RowOp::Const(v)),
+        Primop::Constant(Constant::Dim(e)) => Some(RowOp::Dim(e)),
+        _ => None,
+    }
 }
 
 struct Group {
@@ -95,8 +77,8 @@ fn without_broadcast_last(st: &ShapeTracker) -> Option<ShapeTracker> {
     Some(s)
 }
 
-struct Node {
-    kind: Kind,
+struct Candidate {
+    kind: RowKind,
     /// (source, tracker) per input, in order
     inputs: Vec<(NodeIndex, ShapeTracker)>,
     /// logical dims of the output
@@ -108,9 +90,9 @@ impl Compiler for RowFusion {
         let pinned: FxHashSet<NodeIndex> = remap.to_ids_mut().into_iter().map(|x| *x).collect();
         let order = petgraph::algo::toposort(&graph.graph, None).expect("graph has a cycle");
         // describe candidate nodes
-        let mut nodes: FxHashMap<NodeIndex, Node> = FxHashMap::default();
+        let mut nodes: FxHashMap<NodeIndex, Candidate> = FxHashMap::default();
         for &n in &order {
-            let Some(kind) = kind_of(graph.graph.node_weight(n).unwrap().as_ref()) else {
+            let Some(kind) = row_kind_of(graph.graph.node_weight(n).unwrap().as_ref()) else {
                 continue;
             };
             if pinned.contains(&n) || graph.no_delete.contains(&n) || graph.to_retrieve.contains(&n) {
@@ -119,7 +101,7 @@ impl Compiler for RowFusion {
             let inputs: Vec<(NodeIndex, ShapeTracker)> = graph.get_sources(n).into_iter().map(|(s, _, st)| (s, st)).collect();
             let in_dims = logical_dims(&inputs[0].1);
             let dims = match kind {
-                Kind::Reduce(_, ax) => {
+                RowKind::Reduce(_, ax) => {
                     if ax + 1 != in_dims.len() {
                         continue; // only reductions over the last axis are row reductions
                     }
@@ -128,7 +110,7 @@ impl Compiler for RowFusion {
                 // luminal's unary ops map their input's buffer and pass the view
                 // on to their readers: the node is the buffer's shape, so only
                 // broadcasts may sit on its input edge
-                Kind::Unary(_) => {
+                RowKind::Unary(_) => {
                     let real = without_broadcast(&inputs[0].1);
                     if !is_plain(&real) {
                         continue;
@@ -137,10 +119,10 @@ impl Compiler for RowFusion {
                 }
                 _ => in_dims,
             };
-            if dims.is_empty() && !matches!(kind, Kind::Reduce(..)) {
+            if dims.is_empty() && !matches!(kind, RowKind::Reduce(..)) {
                 continue;
             }
-            nodes.insert(n, Node { kind, inputs, dims });
+            nodes.insert(n, Candidate { kind, inputs, dims });
         }
         // assign groups in topological order
         let mut groups: Vec<Group> = vec![];
@@ -170,7 +152,7 @@ impl Compiler for RowFusion {
                 let (g, row) = joined.unwrap_or_else(|| {
                     let g = groups.len();
                     let (outer, r, row) = match node.kind {
-                        Kind::Reduce(..) => {
+                        RowKind::Reduce(..) => {
                             let in_dims = logical_dims(&node.inputs[0].1);
                             (node.dims.clone(), in_dims[in_dims.len() - 1], false)
                         }
@@ -229,15 +211,15 @@ fn depends_on(graph: &Graph, n: NodeIndex, g: usize, group_of: &FxHashMap<NodeIn
 
 /// Can `node` join group `g` through an edge (tracker `st`) from a member that
 /// produces rows (`p_row`)? Returns whether the node then produces rows.
-fn fits(node: &Node, p_row: bool, st: &ShapeTracker, g: &Group) -> Option<bool> {
+fn fits(node: &Candidate, p_row: bool, st: &ShapeTracker, g: &Group) -> Option<bool> {
     let row_dims: Vec<Dim> = g.outer.iter().copied().chain(std::iter::once(g.r)).collect();
     match node.kind {
-        Kind::Reduce(..) => (p_row && is_plain(st) && shapes_eq(&logical_dims(st), &row_dims)).then_some(false),
-        Kind::Contiguous => None,
+        RowKind::Reduce(..) => (p_row && is_plain(st) && shapes_eq(&logical_dims(st), &row_dims)).then_some(false),
+        RowKind::Contiguous => None,
         // (its input edge holds no more than broadcasts: checked when described)
-        Kind::Unary(_) if shapes_eq(&node.dims, &row_dims) => p_row.then_some(true),
-        Kind::Unary(_) if shapes_eq(&node.dims, &g.outer) => (!p_row).then_some(false),
-        Kind::Unary(_) => None,
+        RowKind::Unary(_) if shapes_eq(&node.dims, &row_dims) => p_row.then_some(true),
+        RowKind::Unary(_) if shapes_eq(&node.dims, &g.outer) => (!p_row).then_some(false),
+        RowKind::Unary(_) => None,
         _ if shapes_eq(&node.dims, &row_dims) => {
             let ok = if p_row { is_plain(st) } else { without_broadcast_last(st).is_some_and(|s| is_plain(&s)) };
             ok.then_some(true)
@@ -251,7 +233,7 @@ fn is_const(graph: &Graph, n: NodeIndex) -> bool {
     constant_of(graph.graph.node_weight(n).unwrap().as_ref()).is_some()
 }
 
-fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
+fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Candidate>) {
     let members: FxHashSet<NodeIndex> = g.members.iter().copied().collect();
     let mut instrs: Vec<Instr> = vec![];
     let mut instr_of: FxHashMap<NodeIndex, usize> = FxHashMap::default();
@@ -265,7 +247,7 @@ fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
         let row = g.row[&m];
         from.push(format!("{:?}", graph.graph.node_weight(m).unwrap()));
         let srcs = graph.get_sources(m);
-        let unary = matches!(node.kind, Kind::Unary(_));
+        let unary = matches!(node.kind, RowKind::Unary(_));
         let mut operand = |i: usize, want_row: bool, instrs: &mut Vec<Instr>| -> usize {
             let (src, out, st) = srcs[i];
             // a unary op maps its input's buffer: read it without the broadcasts
@@ -294,14 +276,14 @@ fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
             })
         };
         let op = match node.kind {
-            Kind::Binary(b) => {
+            RowKind::Binary(b) => {
                 let a = operand(0, row, &mut instrs);
                 let c = operand(1, row, &mut instrs);
                 RowOp::Binary(b, a, c)
             }
-            Kind::Unary(u) => RowOp::Unary(u, operand(0, row, &mut instrs)),
-            Kind::Reduce(r, _) => RowOp::Reduce(r, operand(0, true, &mut instrs)),
-            Kind::Contiguous => {
+            RowKind::Unary(u) => RowOp::Unary(u, operand(0, row, &mut instrs)),
+            RowKind::Reduce(r, _) => RowOp::Reduce(r, operand(0, true, &mut instrs)),
+            RowKind::Contiguous => {
                 // the copy is the read of its input through its view
                 let i = operand(0, row, &mut instrs);
                 instr_of.insert(m, i);
@@ -326,7 +308,7 @@ fn emit(graph: &mut Graph, g: &Group, nodes: &FxHashMap<NodeIndex, Node>) {
             outs.push((m, ext));
         }
     }
-    let kernel = RowFused {
+    let kernel = RowProgram {
         instrs,
         input_row: leaves.iter().map(|l| l.3).collect(),
         outputs: outs.iter().map(|(m, _)| instr_of[m]).collect(),

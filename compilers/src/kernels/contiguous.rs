@@ -1,15 +1,15 @@
 //! `Contiguous`: materialise a view (permute, expand, slice, pad) into a
 //! row-major buffer.
 
-use super::rowfused::load_row;
+use super::row_program::load_row;
 use super::walk::{for_row_blocks, unravel, Walk};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Copy;
+pub struct Contiguous;
 
-impl Kernel for Copy {
+impl Kernel for Contiguous {
     fn name(&self) -> String {
         "Contiguous".into()
     }

@@ -16,15 +16,15 @@ use rayon::prelude::*;
 
 use super::gemv::{gemv, Rows, MAX_ROWS};
 use super::matmul::sgemm;
-use super::rowfused::{RowFused, RowOp, Scratch};
+use super::row_program::{RowOp, RowProgram, Scratch};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Attention {
+pub struct ProductChain {
     /// the row program applied to each scores row
-    pub program: RowFused,
+    pub program: RowProgram,
     /// which program input is the scores row
     pub scores_input: usize,
 }
@@ -32,7 +32,7 @@ pub struct Attention {
 /// Query rows per block.
 const BLOCK: usize = 64;
 
-impl Kernel for Attention {
+impl Kernel for ProductChain {
     fn name(&self) -> String {
         // the same shape also matches a gated MLP: x Wg -> silu * up -> Wd
         if self.program.has_softmax() { "Attention" } else { "GatedMLP" }.into()
@@ -184,12 +184,12 @@ impl Kernel for Attention {
     }
 }
 
-/// Rows per step of [`Attention::run_split_columns`]: its hidden block
+/// Rows per step of [`ProductChain::run_split_columns`]: its hidden block
 /// (`rows x t`) stays in the last-level cache between the two products
 /// (256 and 1024 rows measured alike at pp1024).
 const SPLIT_ROWS: usize = 256;
 
-impl Attention {
+impl ProductChain {
     /// Does the program work column by column (a gated MLP's `silu * up`:
     /// no reduction, no mask), so that any range of columns can be
     /// computed on its own?

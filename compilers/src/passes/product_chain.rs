@@ -1,6 +1,6 @@
-//! Attention fusion: `MatMul -> RowFused -> MatMul`, where the first product
+//! Attention fusion: `MatMul -> RowProgram -> MatMul`, where the first product
 //! makes the rows the row program reads and the second contracts the
-//! program's output over that same row axis, becomes one [`Attention`]
+//! program's output over that same row axis, becomes one [`ProductChain`]
 //! kernel (`q k^T`, mask and softmax, `p v`) that never writes the scores.
 //! Runs after row fusion.
 
@@ -8,13 +8,13 @@ use luminal::prelude::{move_outgoing_edge, move_references, Compiler, Graph, Nod
 use petgraph::Direction;
 
 use crate::kernel::{kernel_of, KernelOp};
-use crate::kernels::attention::Attention;
 use crate::kernels::matmul::MatMul;
-use crate::kernels::rowfused::RowFused;
+use crate::kernels::product_chain::ProductChain;
+use crate::kernels::row_program::RowProgram;
 use crate::shape::{is_plain, logical_dims, shapes_eq};
 
 #[derive(Debug)]
-pub struct AttentionFusion {
+pub struct ProductChainFusion {
     /// also fuse `x Wg -> silu * up -> Wd` (the same shape without a
     /// softmax): a win on the CPU, where it keeps the hidden row in cache; on
     /// a GPU one block per token would stream the weights through one SM,
@@ -43,7 +43,7 @@ fn is_row_product(g: &Graph, n: NodeIndex) -> Option<[(NodeIndex, u8, ShapeTrack
     Some([ins[0], ins[1]])
 }
 
-impl Compiler for AttentionFusion {
+impl Compiler for ProductChainFusion {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
         let candidates: Vec<NodeIndex> = graph.graph.node_indices().collect();
         for m2 in candidates {
@@ -55,7 +55,7 @@ impl Compiler for AttentionFusion {
             };
             // the probabilities: the single output of a row program, read only here
             let rf = p_edge.0;
-            let Some(prog) = graph.graph.node_weight(rf).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()).cloned()
+            let Some(prog) = graph.graph.node_weight(rf).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowProgram>()).cloned()
             else {
                 continue;
             };
@@ -86,7 +86,7 @@ impl Compiler for AttentionFusion {
             if q_edge.2.len() != r || !shapes_eq(&scores, &p_dims) || [m1, rf, m2].iter().any(|n| graph.no_delete.contains(n)) {
                 continue;
             }
-            let kernel = Attention { program: prog, scores_input };
+            let kernel = ProductChain { program: prog, scores_input };
             let mut new = graph.add_op(KernelOp::new(kernel));
             for (src, out, st) in [q_edge, k_edge, v_edge] {
                 new = new.input(src, out, st);

@@ -31,11 +31,11 @@ pub enum RowOp {
     Reduce(ReduceOp, usize),
     /// `exp2((x - max x) * c) / sum(...)` over a row: a softmax when `c` is
     /// log2 e (one routine for the builder's seven-instruction chain; set by
-    /// `passes::row_programs`, CPU only)
+    /// `passes::simplify_row_programs`, CPU only)
     Softmax(usize, f32),
     /// `x * recip(exp2((x * a) * b) + 1)` over a row: SiLU when `a * b` is
     /// -log2 e (one routine for the builder's six-instruction chain; set by
-    /// `passes::row_programs`, CPU only)
+    /// `passes::simplify_row_programs`, CPU only)
     Silu(usize, f32, f32),
 }
 
@@ -47,7 +47,7 @@ pub struct Instr {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct RowFused {
+pub struct RowProgram {
     pub instrs: Vec<Instr>,
     /// for each kernel input: read as rows (`[outer.., R]`) or scalars (`[outer..]`)
     pub input_row: Vec<bool>,
@@ -82,7 +82,7 @@ struct OutPtr(*mut f32, usize);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-impl RowFused {
+impl RowProgram {
     /// Does the program normalise its rows with a softmax (attention)?
     pub fn has_softmax(&self) -> bool {
         self.instrs.iter().any(|i| matches!(i.op, RowOp::Reduce(ReduceOp::Max, _) | RowOp::Softmax(..)))
@@ -126,9 +126,9 @@ pub struct Scratch {
     guard: Vec<f32>,
 }
 
-impl Kernel for RowFused {
+impl Kernel for RowProgram {
     fn name(&self) -> String {
-        "RowFused".into()
+        "RowProgram".into()
     }
     fn output_shapes(&self, _: &[View], dims: &DimValues) -> Vec<Vec<usize>> {
         let (outer, r) = self.dims(dims);
@@ -187,7 +187,7 @@ impl Kernel for RowFused {
     }
 }
 
-impl RowFused {
+impl RowProgram {
     /// Working memory for rows of length `r`, constants filled in.
     pub fn scratch(&self, r: usize, dims: &DimValues) -> Scratch {
         let scalars = self
@@ -432,8 +432,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// A program over one row of 8 with two row inputs.
-    pub fn program(instrs: &[(RowOp, bool)], outputs: &[usize]) -> RowFused {
-        RowFused {
+    pub fn program(instrs: &[(RowOp, bool)], outputs: &[usize]) -> RowProgram {
+        RowProgram {
             instrs: instrs.iter().map(|(op, row)| Instr { op: op.clone(), row: *row }).collect(),
             input_row: vec![true, true],
             outputs: outputs.to_vec(),
@@ -446,7 +446,7 @@ pub(crate) mod tests {
 
     /// softmax(scores * 0.25 + mask) as the builder's graph fuses it (the
     /// exponentials are instruction 11)
-    pub fn masked_softmax() -> RowFused {
+    pub fn masked_softmax() -> RowProgram {
         use BinaryOp::*;
         use RowOp::*;
         program(
@@ -473,7 +473,7 @@ pub(crate) mod tests {
 
     /// `silu(x) * up` as the builder's graph fuses it (the gated MLP's
     /// program: `x * -1`, `* log2 e`, `exp2`, `+ 1`, `recip`, `x *`)
-    pub fn silu_times_up() -> RowFused {
+    pub fn silu_times_up() -> RowProgram {
         use BinaryOp::*;
         use RowOp::*;
         program(

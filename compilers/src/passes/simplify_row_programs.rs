@@ -1,4 +1,4 @@
-//! Row programs: rewrites inside each [`RowFused`] program that make its
+//! Row programs: rewrites inside each [`RowProgram`] program that make its
 //! interpreter run fewer passes over a row (CPU only).
 //!
 //! The interpreter runs one loop over the row per row instruction, so a
@@ -22,24 +22,24 @@ use luminal::prelude::{Compiler, Graph, ToIdsMut};
 use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::binary::BinaryOp;
 use crate::kernels::reduce::ReduceOp;
-use crate::kernels::rowfused::{Instr, RowFused, RowOp};
+use crate::kernels::row_program::{Instr, RowOp, RowProgram};
 use crate::kernels::unary::UnaryOp;
 
 #[derive(Debug, Default)]
-pub struct RowPrograms;
+pub struct SimplifyRowPrograms;
 
-impl Compiler for RowPrograms {
+impl Compiler for SimplifyRowPrograms {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
         rewrite_row_programs(graph, |prog| Some(simplify(prog)).filter(|better| better != prog));
     }
 }
 
 /// Replace each row-program kernel by what `f` makes of it, where it makes
-/// something (the walk `MaskedRows` and `RowPrograms` share).
-pub(super) fn rewrite_row_programs(graph: &mut Graph, f: impl Fn(&RowFused) -> Option<RowFused>) {
+/// something (the walk `MaskedRows` and `SimplifyRowPrograms` share).
+pub(super) fn rewrite_row_programs(graph: &mut Graph, f: impl Fn(&RowProgram) -> Option<RowProgram>) {
     let nodes: Vec<_> = graph.graph.node_indices().collect();
     for n in nodes {
-        let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowFused>()) else {
+        let Some(prog) = graph.graph.node_weight(n).and_then(|w| kernel_of(w.as_ref())).and_then(|k| k.get::<RowProgram>()) else {
             continue;
         };
         if let Some(new) = f(prog) {
@@ -49,7 +49,7 @@ pub(super) fn rewrite_row_programs(graph: &mut Graph, f: impl Fn(&RowFused) -> O
 }
 
 /// The program with the rewrites applied and unused instructions dropped.
-pub fn simplify(p: &RowFused) -> RowFused {
+pub fn simplify(p: &RowProgram) -> RowProgram {
     let mut p = p.clone();
     demote_scalars(&mut p);
     fuse_softmax(&mut p);
@@ -69,7 +69,7 @@ fn operands(op: &RowOp) -> Vec<usize> {
 
 /// Row instructions whose operands are all scalars become scalars, unless
 /// an output, a reduction, a softmax or a silu reads them as rows.
-fn demote_scalars(p: &mut RowFused) {
+fn demote_scalars(p: &mut RowProgram) {
     let mut needs_row: Vec<bool> = vec![false; p.instrs.len()];
     for &o in &p.outputs {
         needs_row[o] = true;
@@ -88,7 +88,7 @@ fn demote_scalars(p: &mut RowFused) {
 }
 
 /// How many instructions (and outputs) read each instruction.
-fn uses(p: &RowFused) -> Vec<usize> {
+fn uses(p: &RowProgram) -> Vec<usize> {
     let mut uses = vec![0usize; p.instrs.len()];
     for ins in &p.instrs {
         for a in operands(&ins.op) {
@@ -101,7 +101,7 @@ fn uses(p: &RowFused) -> Vec<usize> {
     uses
 }
 
-fn konst(p: &RowFused, k: usize) -> Option<f32> {
+fn konst(p: &RowProgram, k: usize) -> Option<f32> {
     match p.instrs[k].op {
         RowOp::Const(c) => Some(c),
         _ => None,
@@ -122,7 +122,7 @@ fn split(a: usize, b: usize, test: impl Fn(usize) -> bool) -> Option<(usize, usi
 
 /// `exp2((x + max(x) * -1) * c) * recip(sum(...))` -> `Softmax(x, c)`, when
 /// the chain's values are read nowhere else.
-fn fuse_softmax(p: &mut RowFused) {
+fn fuse_softmax(p: &mut RowProgram) {
     let n = p.instrs.len();
     let uses = uses(p);
     let op = |k: usize| p.instrs[k].op.clone();
@@ -166,7 +166,7 @@ fn fuse_softmax(p: &mut RowFused) {
 
 /// `x * recip(exp2((x * a) * b) + 1)` -> `Silu(x, a, b)`, when the chain's
 /// values are read nowhere else.
-fn fuse_silu(p: &mut RowFused) {
+fn fuse_silu(p: &mut RowProgram) {
     let uses = uses(p);
     let op = |k: usize| p.instrs[k].op.clone();
     let is_const = |k: usize| konst(p, k).is_some();
@@ -194,7 +194,7 @@ fn fuse_silu(p: &mut RowFused) {
 }
 
 /// Drop instructions no output depends on (renumbering the rest).
-fn drop_unused(p: &mut RowFused) {
+fn drop_unused(p: &mut RowProgram) {
     let n = p.instrs.len();
     let mut live = vec![false; n];
     for &o in &p.outputs {
@@ -234,8 +234,8 @@ fn drop_unused(p: &mut RowFused) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rowfused::tests::{arg, masked_softmax, program, silu_times_up};
-    use crate::kernels::rowfused::Scratch;
+    use crate::kernels::row_program::tests::{arg, masked_softmax, program, silu_times_up};
+    use crate::kernels::row_program::Scratch;
 
     #[test]
     fn the_builders_softmax_becomes_one_instruction() {
@@ -301,8 +301,8 @@ mod tests {
             let x: Vec<f32> = (0..8).map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0).collect();
             // (the mask doubles as silu's `up`)
             let mask: Vec<f32> = (0..8).map(|i| if i < 5 { 0.0 } else { -1e30 }).collect();
-            let run = |p: &RowFused| {
-                let inputs = [crate::kernels::rowfused::tests::arg(&x), crate::kernels::rowfused::tests::arg(&mask)];
+            let run = |p: &RowProgram| {
+                let inputs = [crate::kernels::row_program::tests::arg(&x), crate::kernels::row_program::tests::arg(&mask)];
                 let mut sc: Scratch = p.scratch(8, &Default::default());
                 p.eval_row(&[], 8, &inputs, None, &mut sc);
                 p.output_row(0, 8, &sc).to_vec()
