@@ -220,3 +220,11 @@ fn absurd_model_sizes_are_errors_not_aborts() {
     assert!(!out.exists());
     assert!(ok(&["info", "--model", &big]).contains("1000 layers"));
 }
+
+#[test]
+fn profile_refuses_the_stage_jobs_it_cannot_build() {
+    for job in ["sft", "lora", "dpo"] {
+        let err = fails(&["profile", "--model", "models/tiny.toml", "--job", job, "--tokens", "8", "--runs", "1"]);
+        assert!(err.contains(&format!("`profile --job {job}` is not supported")), "{err}");
+    }
+}

@@ -4,7 +4,7 @@ use super::args::CompileArgs;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use lumind_compilers::executor::StepStats;
 use lumind_compilers::inspect::op_name;
 use lumind_compilers::Fusion;
@@ -82,7 +82,12 @@ pub fn run(a: Args) -> Result<()> {
             }
             (s.exec.profile().unwrap().to_vec(), names(&s.exec), b)
         }
-        Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
+        Job::Sft | Job::Lora | Job::Dpo => bail!(
+            "`profile --job {}` is not supported: profile runs forward, prefill, decode or train (an SFT step costs what a train step does; \
+             LoRA and DPO need a training config, which profile does not read)",
+            a.job
+        ),
+        Job::Train => {
             use crate::train::graph::Update;
             use crate::train::{Batch, TrainSession};
             let mut s = TrainSession::on(
