@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use luminal::prelude::{Graph, NodeIndex};
 
 use crate::kernel::{Arg, Cost};
-use crate::plan::{ExecError, InputSlot, Plan};
+pub use crate::plan::Outputs;
+use crate::plan::{pool_fits, ExecError, Plan};
 use crate::shape::fmt_dims;
 use crate::tensor::{BuiltGraph, InputKind};
-use crate::view::{eval, DimValues, View};
+use crate::view::{DimValues, View};
 
 /// Time and work per step, accumulated over runs.
 #[derive(Clone, Debug, Default)]
@@ -55,20 +56,16 @@ impl Executor {
     }
 
     pub fn input_names(&self, kind: InputKind) -> Vec<String> {
-        self.plan.inputs.iter().filter(|i| i.kind == kind).map(|i| i.name.clone()).collect()
+        self.plan.input_names(kind)
     }
 
     pub fn has_input(&self, name: &str) -> bool {
-        self.plan.inputs.iter().any(|i| i.name == name)
-    }
-
-    fn input(&self, name: &str) -> Result<&InputSlot, ExecError> {
-        self.plan.inputs.iter().find(|i| i.name == name).ok_or_else(|| ExecError::UnknownInput(name.into()))
+        self.plan.has_input(name)
     }
 
     /// Set a param, buffer or state (kept between runs).
     pub fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), ExecError> {
-        let i = self.input(name)?;
+        let i = &self.plan.inputs[self.plan.input_index(name)?];
         if let Some(n) = i.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
             if n != data.len() {
                 return Err(ExecError::InputSize { name: name.into(), shape: fmt_dims(&i.dims), got: data.len(), want: n });
@@ -196,19 +193,10 @@ impl Executor {
             }
         }
         self.plan.steps = steps;
-        let mut out = Outputs::default();
-        for (i, (name, slot, odims)) in self.plan.outputs.iter().enumerate() {
-            let shape: Vec<usize> = odims.iter().map(|d| eval(d, dims, &mut self.stack)).collect();
-            // two names may share a node: the later one gets a copy
-            let earlier = self.plan.outputs[..i].iter().position(|o| o.1 == *slot);
-            let data = match (earlier, self.temps[*slot].take()) {
-                (Some(j), _) => out.0[j].2.clone(),
-                (None, Some(b)) => b,
-                (None, None) => self.store[*slot].clone().expect("output was not computed"),
-            };
-            debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "output {name}");
-            out.0.push((name.clone(), shape, data));
-        }
+        let (temps, store) = (&mut self.temps, &self.store);
+        let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| {
+            Ok::<_, ExecError>(temps[slot].take().unwrap_or_else(|| store[slot].clone().expect("output was not computed")))
+        })?;
         // data inputs are per run
         for i in &self.plan.inputs {
             if i.kind == InputKind::Data {
@@ -226,24 +214,8 @@ impl Executor {
     }
 }
 
-/// Named outputs of a run: (name, shape, data).
-#[derive(Debug, Default)]
-pub struct Outputs(pub Vec<(String, Vec<usize>, Vec<f32>)>);
-
-impl Outputs {
-    pub fn get(&self, name: &str) -> Option<(&[usize], &[f32])> {
-        self.0.iter().find(|o| o.0 == name).map(|o| (o.1.as_slice(), o.2.as_slice()))
-    }
-    pub fn take(&mut self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
-        let i = self.0.iter().position(|o| o.0 == name)?;
-        let (_, s, d) = self.0.swap_remove(i);
-        Some((s, d))
-    }
-}
-
-/// Free buffers kept for reuse. A buffer serves any request up to its
-/// capacity (and not far below it), so runs of varying length reuse memory
-/// instead of faulting in fresh pages every time.
+/// Free buffers kept for reuse (by [`pool_fits`]), so runs of varying length
+/// reuse memory instead of faulting in fresh pages every time.
 #[derive(Default)]
 struct Pool {
     free: Vec<Vec<f32>>,
@@ -251,13 +223,8 @@ struct Pool {
 
 impl Pool {
     fn take(&mut self, len: usize) -> Vec<f32> {
-        let best = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 4 * len + 1024)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
+        let best =
+            self.free.iter().enumerate().filter(|(_, b)| pool_fits(b.capacity(), len)).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
         match best {
             Some(i) => {
                 let mut b = self.free.swap_remove(i);

@@ -82,6 +82,29 @@ fn symbols_of(st: &ShapeTracker) -> Vec<char> {
     v
 }
 
+/// Named outputs of a run: (name, shape, data).
+#[derive(Debug, Default)]
+pub struct Outputs(pub Vec<(String, Vec<usize>, Vec<f32>)>);
+
+impl Outputs {
+    pub fn get(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        self.0.iter().find(|o| o.0 == name).map(|o| (o.1.as_slice(), o.2.as_slice()))
+    }
+    pub fn take(&mut self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+        let i = self.0.iter().position(|o| o.0 == name)?;
+        let (_, s, d) = self.0.swap_remove(i);
+        Some((s, d))
+    }
+}
+
+/// Whether a pooled buffer of capacity `cap` may serve a request for `len`
+/// values: any request up to its capacity, and not far below it, so runs of
+/// varying length reuse memory without one small request holding a large
+/// buffer. Both executors' pools follow it.
+pub fn pool_fits(cap: usize, len: usize) -> bool {
+    cap >= len && cap <= 4 * len + 1024
+}
+
 pub(crate) struct Plan {
     pub steps: Vec<Step>,
     pub inputs: Vec<InputSlot>,
@@ -93,6 +116,41 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    pub fn input_names(&self, kind: InputKind) -> Vec<String> {
+        self.inputs.iter().filter(|i| i.kind == kind).map(|i| i.name.clone()).collect()
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.iter().any(|i| i.name == name)
+    }
+
+    /// The index of the input called `name`.
+    pub fn input_index(&self, name: &str) -> Result<usize, ExecError> {
+        self.inputs.iter().position(|i| i.name == name).ok_or_else(|| ExecError::UnknownInput(name.into()))
+    }
+
+    /// The named outputs of a run, with each slot's
+    /// data from `fetch`. Two names may share a node: the later one gets a
+    /// copy, so `fetch` sees each slot once.
+    pub fn gather_outputs<E>(
+        &self,
+        dims: &DimValues,
+        stack: &mut Vec<i32>,
+        mut fetch: impl FnMut(usize) -> Result<Vec<f32>, E>,
+    ) -> Result<Outputs, E> {
+        let mut out = Outputs::default();
+        for (i, (name, slot, odims)) in self.outputs.iter().enumerate() {
+            let shape: Vec<usize> = odims.iter().map(|d| eval(d, dims, stack)).collect();
+            let data = match self.outputs[..i].iter().position(|o| o.1 == *slot) {
+                Some(j) => out.0[j].2.clone(),
+                None => fetch(*slot)?,
+            };
+            debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "output {name}");
+            out.0.push((name.clone(), shape, data));
+        }
+        Ok(out)
+    }
+
     /// Check a run's dimension values and data inputs; the element count of
     /// every input, in input order.
     pub fn check_run(&self, data: &[(&str, &[f32])], dims: &DimValues, stack: &mut Vec<i32>) -> Result<Vec<usize>, ExecError> {

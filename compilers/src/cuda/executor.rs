@@ -13,11 +13,10 @@ use super::codegen::{lower, matmul_naive, module_source, DeviceKernel, DeviceOp,
 use super::device::{BufId, Device, DeviceError, Product};
 use crate::executor::{Outputs, StepStats};
 use crate::kernels::matmul::MatMul;
-use crate::plan::ExecError;
-use crate::plan::Plan;
+use crate::plan::{pool_fits, Plan};
 use crate::run_error::RunError;
 use crate::tensor::{BuiltGraph, InputKind};
-use crate::view::{eval, DimValues, View};
+use crate::view::{DimValues, View};
 
 /// A device buffer and how many values it holds.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +30,11 @@ enum Call {
     Launch { entry: String, launch: Launch, meta_at: usize, bufs: Vec<BufId> },
     Zero(BufId, usize),
     Sgemm(super::device::Sgemm, [BufId; 3]),
+}
+
+/// The buffer of a slot: stored (params, buffers, state) or of this run.
+fn buffer_of(store: &[Option<Buf>], temps: &[Option<Buf>], slot: usize) -> Buf {
+    store[slot].or(temps[slot]).expect("a step's input has no buffer")
 }
 
 /// A device operation and the step it belongs to.
@@ -91,19 +95,15 @@ impl DeviceExecutor {
     }
 
     pub fn input_names(&self, kind: InputKind) -> Vec<String> {
-        self.plan.inputs.iter().filter(|i| i.kind == kind).map(|i| i.name.clone()).collect()
+        self.plan.input_names(kind)
     }
 
     pub fn has_input(&self, name: &str) -> bool {
-        self.plan.inputs.iter().any(|i| i.name == name)
-    }
-
-    fn input_index(&self, name: &str) -> Result<usize, ExecError> {
-        self.plan.inputs.iter().position(|i| i.name == name).ok_or_else(|| ExecError::UnknownInput(name.into()))
+        self.plan.has_input(name)
     }
 
     fn take(&mut self, len: usize) -> Result<Buf, DeviceError> {
-        let best = self.pool.iter().enumerate().filter(|(_, b)| b.cap >= len && b.cap <= 4 * len + 1024).min_by_key(|(_, b)| b.cap);
+        let best = self.pool.iter().enumerate().filter(|(_, b)| pool_fits(b.cap, len)).min_by_key(|(_, b)| b.cap);
         match best.map(|(i, _)| i) {
             Some(i) => {
                 let mut b = self.pool.swap_remove(i);
@@ -116,7 +116,7 @@ impl DeviceExecutor {
 
     /// Set a param, buffer or state (kept on the device between runs).
     pub fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), RunError> {
-        let i = self.input_index(name)?;
+        let i = self.plan.input_index(name)?;
         let inp = &self.plan.inputs[i];
         if let Some(n) = inp.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
             self.plan.check_stored(i, Some(data.len()), n)?;
@@ -150,7 +150,7 @@ impl DeviceExecutor {
     }
 
     fn data_of(&self, slot: usize) -> Buf {
-        self.store[slot].or(self.temps[slot]).expect("a step's input has no buffer")
+        buffer_of(&self.store, &self.temps, slot)
     }
 
     /// Run once, as [`crate::Executor::run`].
@@ -201,19 +201,11 @@ impl DeviceExecutor {
                 last_step = c.step;
             }
         }
-        let mut out = Outputs::default();
-        for (i, (name, slot, odims)) in self.plan.outputs.iter().enumerate() {
-            let shape: Vec<usize> = odims.iter().map(|d| eval(d, dims, &mut self.stack)).collect();
-            let earlier = self.plan.outputs[..i].iter().position(|o| o.1 == *slot);
-            let values = match earlier {
-                Some(j) => out.0[j].2.clone(),
-                None => {
-                    let b = self.data_of(*slot);
-                    self.device.download(b.id, b.len)?
-                }
-            };
-            out.0.push((name.clone(), shape, values));
-        }
+        let (device, store, temps) = (&self.device, &self.store, &self.temps);
+        let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| {
+            let b = buffer_of(store, temps, slot);
+            device.download(b.id, b.len)
+        })?;
         for slot in 0..self.temps.len() {
             if let Some(b) = self.temps[slot].take() {
                 self.pool.push(b);
