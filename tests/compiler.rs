@@ -43,6 +43,29 @@ fn full_fusion_fuses_attention_mlp_and_norms() {
     }
 }
 
+/// The builder writes the rotary embedding as plain primops; the
+/// `RopeFusion` pass (CPU, full fusion) makes each one `Rope` kernel, and
+/// the other strategies leave it to the generic kernels.
+#[test]
+fn the_rotary_embedding_is_fused_by_a_pass_not_by_the_builder() {
+    let def = ModelDef::load(root().join("models/tiny-llama.toml")).unwrap();
+    let opts = ForwardOptions { fused_attention: true, ..ForwardOptions::generation(64) };
+    let build = || {
+        let b = GraphBuilder::new();
+        let inputs = declare_inputs(&b, &def);
+        b.output("logits", &forward(&b, &def, &inputs, &opts).logits);
+        b.finish().unwrap()
+    };
+    let before = Snapshot::take("built", &build().graph, None).op_counts();
+    assert!(!before.contains_key("Rope"), "the builder emitted a fused kernel: {before:?}");
+    for (fusion, want) in [(Fusion::Full, Some(2 * def.num_hidden_layers)), (Fusion::Generic, None), (Fusion::None, None)] {
+        let mut g = build();
+        compile(&mut g, &pipeline(fusion), |_, _| {});
+        let ops = Snapshot::take("final", &g.graph, None).op_counts();
+        assert_eq!(ops.get("Rope").copied(), want, "{fusion}: q and k of every layer: {ops:?}");
+    }
+}
+
 fn lumind(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_lumind")).args(args).current_dir(root()).output().unwrap();
     assert!(out.status.success(), "lumind {args:?}: {}", String::from_utf8_lossy(&out.stderr));

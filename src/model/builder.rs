@@ -17,7 +17,6 @@ use std::collections::HashMap;
 
 use lumind_compilers::kernels::causal_attention::CausalAttention;
 use lumind_compilers::kernels::kv_write::KvWrite;
-use lumind_compilers::kernels::rope::Rope;
 use lumind_compilers::shape::{add, d, sub, sym, Dim};
 use lumind_compilers::tensor::dim_constant;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
@@ -45,13 +44,12 @@ pub struct ForwardOptions {
     pub last_only: bool,
     /// Also compute the MoE auxiliary (load-balancing) loss (training).
     pub aux_loss: bool,
-    /// Build attention from lumind's own CPU kernels instead of primops:
-    /// without a KV cache, causal attention as one kernel with its own
-    /// backward rule (`CausalAttention`), so a training step never holds the
-    /// `s x s` probabilities; with one, the rotary embedding as one kernel
-    /// (`Rope`; the passes fuse the rest). For the CPU's full fusion only
+    /// Without a KV cache, build causal attention as one kernel with its
+    /// own backward rule (`CausalAttention`), so a training step never holds
+    /// the `s x s` probabilities. For the CPU's full fusion only
     /// (`passes::fused_attention`): other strategies and backends see
-    /// primops. Sessions set it from their strategy and backend.
+    /// primops, and with a KV cache the passes fuse attention (the rotary
+    /// embedding included). Sessions set it from their strategy and backend.
     pub fused_attention: bool,
 }
 
@@ -210,9 +208,6 @@ impl Forward<'_> {
 
     /// Rotary embedding on `[b, heads, s, head_dim]`: `x cos + rotate_half(x) sin`.
     fn rope(&self, x: &Tensor) -> Tensor {
-        if self.opts.fused_attention {
-            return self.b.kernel(Rope, &[x, &self.cos, &self.sin], &x.dims());
-        }
         let dims = x.dims();
         let half = d(self.def.head_dim / 2);
         let full = d(self.def.head_dim);

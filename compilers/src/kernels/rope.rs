@@ -5,9 +5,9 @@
 //! products and a sum) become three kernels whose rows are `D` values long
 //! (32 in minimind), where the per-row cost of a row program outweighs its
 //! arithmetic: ~0.3 ms per tensor at 256 tokens, 8% of a prefill. The
-//! builder emits this kernel for generation (with a KV cache) on the CPU
-//! under full fusion; causal attention without a cache rotates q and k as
-//! it reads them ([`super::causal_attention`]), with these same tables.
+//! `RopeFusion` pass makes them this kernel on the CPU under full fusion;
+//! causal attention without a cache rotates q and k as it reads them
+//! ([`super::causal_attention`]), with these same tables.
 //!
 //! inputs: `x [b, heads, s, D]` (any strides, no padding), then `cos` and
 //! `sin`: `[s, D]` shared by the batch, or `[b, s, D]`, one table per

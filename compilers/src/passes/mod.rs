@@ -8,6 +8,7 @@ pub mod lower;
 pub mod masked;
 pub mod matmul;
 pub mod product_chain;
+pub mod rope;
 pub mod row_fusion;
 pub mod simplify_row_programs;
 
@@ -83,11 +84,11 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
     pipeline_for(fusion, Backend::Cpu)
 }
 
-/// Whether graphs build attention from lumind's own CPU kernels rather than
-/// primops (causal attention as one kernel with its own backward rule,
-/// `CausalAttention`; with a KV cache, the rotary embedding as `Rope`): the
-/// CPU's full fusion only; the other strategies and the CUDA backend see
-/// primops.
+/// Whether the builder writes causal attention without a KV cache as one
+/// kernel with its own backward rule (`CausalAttention`) rather than
+/// primops: the CPU's full fusion only; the other strategies and the CUDA
+/// backend see primops. (It is emitted before autograd runs, so it cannot
+/// yet be a pass like `RopeFusion`.)
 pub fn fused_attention(fusion: Fusion, backend: Backend) -> bool {
     fusion == Fusion::Full && backend == Backend::Cpu
 }
@@ -101,6 +102,9 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
         p.push(Pass::new("UnarySequentialElimination", UnarySequentialElimination));
         p.push(Pass::new("CSE", CSE));
         p.push(Pass::new("RemoveUnusedNodes", RemoveUnusedNodes));
+    }
+    if fusion == Fusion::Full && backend == Backend::Cpu {
+        p.push(Pass::new("RopeFusion", rope::RopeFusion));
     }
     p.push(Pass::new("MatMul", matmul::MatMulPass));
     if fusion == Fusion::Full {
