@@ -22,13 +22,13 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::kernel::kernel_of;
+use crate::kernel::{kernel_of, GradRule};
 use crate::kernels::binary::BinaryOp;
-use crate::kernels::causal_attention::{CausalAttention, CausalAttentionGrad};
+use crate::kernels::causal_attention::CausalAttentionGrad;
+use crate::kernels::gather::ScatterAdd;
 use crate::kernels::matmul::{product_roles, Role};
 use crate::kernels::reduce::ReduceOp;
 use crate::kernels::unary::UnaryOp;
-use crate::kernels::{gather::Gather, gather::ScatterAdd, iota::Iota, topk::TopKMask};
 use crate::primop::Primop;
 use crate::shape::{self, is_unbounded, product, sub, without_broadcast, Dim};
 use crate::tensor::{GraphBuilder, Tensor};
@@ -49,8 +49,11 @@ enum GradOp {
     Recip,
     Contiguous,
     Gather,
-    /// [`CausalAttention`]: its gradient is one kernel too
-    Attention,
+    /// causal attention: its gradient is one kernel too
+    Attention {
+        groups: usize,
+        scale: f32,
+    },
 }
 
 struct GradNode {
@@ -77,18 +80,12 @@ fn classify(o: &dyn op::Operator) -> Result<GradOp, String> {
             Primop::Contiguous => GradOp::Contiguous,
         });
     }
-    Ok(if let Some(k) = kernel_of(o) {
-        if k.get::<Gather>().is_some() {
-            GradOp::Gather
-        } else if k.get::<CausalAttention>().is_some() {
-            GradOp::Attention
-        } else if k.get::<TopKMask>().is_some() || k.get::<Iota>().is_some() {
-            GradOp::NoGrad
-        } else {
-            return Err(format!("no backward rule for kernel {}", k.0.name()));
-        }
-    } else {
-        return Err(format!("no backward rule for {o:?}"));
+    let k = kernel_of(o).ok_or_else(|| format!("no backward rule for {o:?}"))?;
+    Ok(match k.0.grad_rule() {
+        GradRule::None => return Err(format!("no backward rule for kernel {}", k.0.name())),
+        GradRule::Zero => GradOp::NoGrad,
+        GradRule::Gather => GradOp::Gather,
+        GradRule::CausalAttention { groups, scale } => GradOp::Attention { groups, scale },
     })
 }
 
@@ -332,18 +329,13 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                 let (src, st) = node.inputs[0];
                 add(&mut grads, src, cx.undo_view(g, &st, src));
             }
-            GradOp::Attention => {
-                let Some(att) = b.with_graph(|gr| {
-                    kernel_of(gr.graph.node_weight(n).unwrap().as_ref()).and_then(|k| k.get::<CausalAttention>().cloned())
-                }) else {
-                    unreachable!("classified as attention")
-                };
+            GradOp::Attention { groups, scale } => {
                 // one buffer [b, H + 2 KV, s, D]: dq, dk, dv along the heads
                 let (q, k, v) = (view(0), view(1), view(2));
                 let (heads, kv) = (q.dim(1), k.dim(1));
                 let dims = [q.dim(0), shape::add(heads, shape::mul(kv, shape::d(2))), q.dim(2), q.dim(3)];
                 let (cos, sin) = (view(3), view(4));
-                let packed = b.kernel(CausalAttentionGrad { groups: att.groups, scale: att.scale }, &[&q, &k, &v, &cos, &sin, &g], &dims);
+                let packed = b.kernel(CausalAttentionGrad { groups, scale }, &[&q, &k, &v, &cos, &sin, &g], &dims);
                 let kv_end = shape::add(heads, kv);
                 let parts = [(shape::d(0), heads), (heads, kv_end), (kv_end, dims[1])];
                 for (i, (start, end)) in parts.into_iter().enumerate() {

@@ -51,6 +51,25 @@ pub trait Kernel: Debug + Send + Sync + KernelEq + 'static {
     fn fused_from(&self) -> Vec<String> {
         vec![]
     }
+    /// How autograd differentiates this kernel, for the kernels that enter
+    /// a graph before autograd runs.
+    fn grad_rule(&self) -> GradRule {
+        GradRule::None
+    }
+}
+
+/// The backward rule a kernel declares as its own ([`Kernel::grad_rule`]);
+/// `autograd` implements each.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GradRule {
+    /// none: differentiating through the kernel is an error
+    None,
+    /// piecewise constant (indices, masks): no gradient flows through it
+    Zero,
+    /// a row lookup: the table's gradient scatter-adds the output's
+    Gather,
+    /// causal attention: its gradient is one `CausalAttentionGrad` kernel
+    CausalAttention { groups: usize, scale: f32 },
 }
 
 /// Equality between kernel trait objects, so luminal's CSE can merge equal nodes.

@@ -25,7 +25,7 @@ use super::fastmath::exp2;
 use super::matmul::sgemm_into;
 use super::rotary::{head, pack, Tables};
 use super::Ptr;
-use crate::kernel::{Arg, Cost, Kernel};
+use crate::kernel::{Arg, Cost, GradRule, Kernel};
 use crate::view::{DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +116,10 @@ fn causal_pairs(dm: Dims) -> f64 {
 impl Kernel for CausalAttention {
     fn name(&self) -> String {
         "CausalAttention".into()
+    }
+    /// its gradient: [`CausalAttentionGrad`]
+    fn grad_rule(&self) -> GradRule {
+        GradRule::CausalAttention { groups: self.groups, scale: self.scale }
     }
     fn fused_from(&self) -> Vec<String> {
         vec!["RoPE (q, k)".into(), "MatMul (q k^T)".into(), "causal softmax".into(), "MatMul (p v)".into()]

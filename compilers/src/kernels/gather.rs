@@ -2,7 +2,7 @@
 //! every luminal tensor is f32; exact for vocabularies below 2^24).
 
 use super::walk::for_each_index;
-use crate::kernel::{Arg, Cost, Kernel};
+use crate::kernel::{Arg, Cost, GradRule, Kernel};
 use crate::view::{DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -11,6 +11,10 @@ pub struct Gather;
 impl Kernel for Gather {
     fn name(&self) -> String {
         "Gather".into()
+    }
+    /// the table's gradient: [`ScatterAdd`]
+    fn grad_rule(&self) -> GradRule {
+        GradRule::Gather
     }
     /// inputs: table [V, D], ids [...]; output [..., D]
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {

@@ -2,7 +2,7 @@
 
 use luminal::prelude::symbolic::Expression;
 
-use crate::kernel::{Arg, Kernel};
+use crate::kernel::{Arg, GradRule, Kernel};
 use crate::view::{eval, DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +14,9 @@ pub struct Iota {
 impl Kernel for Iota {
     fn name(&self) -> String {
         format!("Iota({:?}+{:?})", self.len, self.offset)
+    }
+    fn grad_rule(&self) -> GradRule {
+        GradRule::Zero
     }
     fn output_shapes(&self, _: &[View], dims: &DimValues) -> Vec<Vec<usize>> {
         vec![vec![eval(&self.len, dims, &mut vec![])]]

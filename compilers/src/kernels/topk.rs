@@ -4,7 +4,7 @@
 
 use super::row_program::load_row;
 use super::walk::unravel;
-use crate::kernel::{Arg, Kernel};
+use crate::kernel::{Arg, GradRule, Kernel};
 use crate::view::{DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +15,10 @@ pub struct TopKMask {
 impl Kernel for TopKMask {
     fn name(&self) -> String {
         format!("TopKMask({})", self.k)
+    }
+    /// a selection mask: no gradient flows through it
+    fn grad_rule(&self) -> GradRule {
+        GradRule::Zero
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         vec![inputs[0].dims().to_vec()]
