@@ -10,26 +10,19 @@
 //! Params, buffers and state live in the executor between runs; state is
 //! updated in place by kernels such as `KvWrite`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use luminal::prelude::{Graph, NodeIndex};
+use luminal::prelude::Graph;
 
-use crate::kernel::{Arg, Cost};
+use crate::kernel::Arg;
 pub use crate::plan::Outputs;
 use crate::plan::{pool_fits, ExecError, Plan};
+use crate::run::Run;
+pub use crate::run::StepStats;
+use crate::run_error::RunError;
 use crate::shape::fmt_dims;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{DimValues, View};
-
-/// Time and work per step, accumulated over runs.
-#[derive(Clone, Debug, Default)]
-pub struct StepStats {
-    pub node: NodeIndex,
-    pub kernel: String,
-    pub calls: u64,
-    pub time: Duration,
-    pub cost: Cost,
-}
 
 pub struct Executor {
     plan: Plan,
@@ -50,25 +43,35 @@ impl Executor {
         Executor { plan, store: vec![None; n], temps: vec![None; n], pool: Pool::default(), stack: vec![], profile: None }
     }
 
+    fn take_buffer(&mut self, len: usize) -> Vec<f32> {
+        self.pool.take(len)
+    }
+}
+
+impl Run for Executor {
+    fn backend_name(&self) -> String {
+        "cpu".into()
+    }
+
     /// The compiled graph.
-    pub fn graph(&self) -> &Graph {
+    fn graph(&self) -> &Graph {
         &self.plan.graph
     }
 
-    pub fn input_names(&self, kind: InputKind) -> Vec<String> {
+    fn input_names(&self, kind: InputKind) -> Vec<String> {
         self.plan.input_names(kind)
     }
 
-    pub fn has_input(&self, name: &str) -> bool {
+    fn has_input(&self, name: &str) -> bool {
         self.plan.has_input(name)
     }
 
     /// Set a param, buffer or state (kept between runs).
-    pub fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), ExecError> {
+    fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), RunError> {
         let i = &self.plan.inputs[self.plan.input_index(name)?];
         if let Some(n) = i.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
             if n != data.len() {
-                return Err(ExecError::InputSize { name: name.into(), shape: fmt_dims(&i.dims), got: data.len(), want: n });
+                return Err(ExecError::InputSize { name: name.into(), shape: fmt_dims(&i.dims), got: data.len(), want: n }.into());
             }
         }
         let slot = i.slot;
@@ -77,13 +80,13 @@ impl Executor {
     }
 
     /// Read a param, buffer or state.
-    pub fn get(&self, name: &str) -> Option<&[f32]> {
+    fn get(&self, name: &str) -> Option<Vec<f32>> {
         let i = self.plan.inputs.iter().find(|i| i.name == name)?;
-        self.store[i.slot].as_deref()
+        self.store[i.slot].clone()
     }
 
     /// Drop all state (KV caches) so the next run allocates it afresh.
-    pub fn reset_state(&mut self) {
+    fn reset_state(&mut self) {
         for i in &self.plan.inputs {
             if i.kind == InputKind::State {
                 self.store[i.slot] = None;
@@ -91,18 +94,14 @@ impl Executor {
         }
     }
 
-    pub fn enable_profile(&mut self) {
+    fn enable_profile(&mut self) {
         self.profile =
             Some(self.plan.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect());
     }
 
-    fn take_buffer(&mut self, len: usize) -> Vec<f32> {
-        self.pool.take(len)
-    }
-
     /// Run once. `data` gives every `Data` input; `dims` every symbol the
     /// graph uses. Returns the named outputs with their shapes.
-    pub fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, ExecError> {
+    fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, RunError> {
         let sizes = self.plan.check_run(data, dims, &mut self.stack)?;
         for (idx, &want) in sizes.iter().enumerate() {
             let (slot, kind) = (self.plan.inputs[idx].slot, self.plan.inputs[idx].kind);
@@ -195,7 +194,7 @@ impl Executor {
         self.plan.steps = steps;
         let (temps, store) = (&mut self.temps, &self.store);
         let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| {
-            Ok::<_, ExecError>(temps[slot].take().unwrap_or_else(|| store[slot].clone().expect("output was not computed")))
+            Ok::<_, RunError>(temps[slot].take().unwrap_or_else(|| store[slot].clone().expect("output was not computed")))
         })?;
         // data inputs are per run
         for i in &self.plan.inputs {
@@ -209,8 +208,12 @@ impl Executor {
     }
 
     /// Give a buffer back to the pool (e.g. an output the caller is done with).
-    pub fn recycle(&mut self, buf: Vec<f32>) {
+    fn recycle(&mut self, buf: Vec<f32>) {
         self.pool.give(buf);
+    }
+
+    fn profile(&self) -> Option<&[StepStats]> {
+        self.profile.as_deref()
     }
 }
 
