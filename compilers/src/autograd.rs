@@ -42,11 +42,8 @@ enum GradOp {
     NoGrad,
     Sum(usize),
     Max(usize),
-    Exp2,
-    Log2,
-    Sin,
-    Sqrt,
-    Recip,
+    /// [`unary_grad`]
+    Unary(UnaryOp),
     Contiguous,
     Gather,
     /// causal attention: its gradient is one kernel too
@@ -72,11 +69,7 @@ fn classify(o: &dyn op::Operator) -> Result<GradOp, String> {
             Primop::Binary(BinaryOp::LessThan | BinaryOp::Mod) => GradOp::NoGrad,
             Primop::Reduce(ReduceOp::Sum, axis) => GradOp::Sum(axis),
             Primop::Reduce(ReduceOp::Max, axis) => GradOp::Max(axis),
-            Primop::Unary(UnaryOp::Exp2) => GradOp::Exp2,
-            Primop::Unary(UnaryOp::Log2) => GradOp::Log2,
-            Primop::Unary(UnaryOp::Sin) => GradOp::Sin,
-            Primop::Unary(UnaryOp::Sqrt) => GradOp::Sqrt,
-            Primop::Unary(UnaryOp::Recip) => GradOp::Recip,
+            Primop::Unary(op) => GradOp::Unary(op),
             Primop::Contiguous => GradOp::Contiguous,
         });
     }
@@ -87,6 +80,18 @@ fn classify(o: &dyn op::Operator) -> Result<GradOp, String> {
         GradRule::Gather => GradOp::Gather,
         GradRule::CausalAttention { groups, scale } => GradOp::Attention { groups, scale },
     })
+}
+
+/// The gradient through `y = op(x)` from the output's gradient `g`.
+fn unary_grad(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
+    use std::f32::consts::{FRAC_PI_2, LN_2};
+    match op {
+        UnaryOp::Exp2 => g.mul(y).scale(LN_2),
+        UnaryOp::Log2 => g.mul(&x.recip()).scale(1.0 / LN_2),
+        UnaryOp::Sin => g.mul(&x.add_scalar(FRAC_PI_2).sin()),
+        UnaryOp::Sqrt => g.mul(&y.recip()).scale(0.5),
+        UnaryOp::Recip => g.mul(&y.square()).scale(-1.0),
+    }
 }
 
 fn is_fake(st: &ShapeTracker, l: usize) -> bool {
@@ -311,19 +316,12 @@ pub fn backward(loss: &Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>, St
                 let eq = x.lt(&m).add(&m.lt(&x)).scale(-1.0).add_scalar(1.0);
                 add(&mut grads, src, cx.undo_view(g.expand(axis, size).mul(&eq), &st, src));
             }
-            GradOp::Exp2 | GradOp::Log2 | GradOp::Sin | GradOp::Sqrt | GradOp::Recip => {
+            GradOp::Unary(op) => {
                 let src = node.inputs[0].0;
                 let dims = b.buf_dims(n);
                 let x = b.view(src, ShapeTracker::new(&dims));
                 let y = b.buffer(n);
-                let local = match node.op {
-                    GradOp::Exp2 => g.mul(&y).scale(std::f32::consts::LN_2),
-                    GradOp::Log2 => g.mul(&x.recip()).scale(1.0 / std::f32::consts::LN_2),
-                    GradOp::Sin => g.mul(&x.add_scalar(std::f32::consts::FRAC_PI_2).sin()),
-                    GradOp::Sqrt => g.mul(&y.recip()).scale(0.5),
-                    _ => g.mul(&y.square()).scale(-1.0),
-                };
-                add(&mut grads, src, local.reshape(&b.buf_dims(src)));
+                add(&mut grads, src, unary_grad(op, &g, &x, &y).reshape(&b.buf_dims(src)));
             }
             GradOp::Contiguous => {
                 let (src, st) = node.inputs[0];

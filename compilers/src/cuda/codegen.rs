@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::kernel::Kernel;
 use crate::kernels::adamw::AdamW;
-use crate::kernels::binary::{Binary, BinaryOp};
+use crate::kernels::binary::Binary;
 use crate::kernels::constant::Constant;
 use crate::kernels::contiguous::Contiguous;
 use crate::kernels::gather::{Gather, ScatterAdd};
@@ -29,7 +29,7 @@ use crate::kernels::product_chain::ProductChain;
 use crate::kernels::reduce::{Reduce, ReduceOp};
 use crate::kernels::row_program::{RowOp, RowProgram};
 use crate::kernels::topk::TopKMask;
-use crate::kernels::unary::{Unary, UnaryOp};
+use crate::kernels::unary::Unary;
 use crate::view::{eval, DimValues, View, MAX_RANK};
 
 /// Threads per block.
@@ -151,25 +151,6 @@ fn per_row(rows: usize, row_len: usize) -> Launch {
 /// and probabilities of one row: 2 x 4 bytes each, under 48 KiB).
 pub const MAX_ATTENTION_KEYS: usize = 5_888;
 
-fn unary_expr(op: UnaryOp, x: &str) -> String {
-    match op {
-        UnaryOp::Log2 => format!("log2f({x})"),
-        UnaryOp::Exp2 => format!("exp2f({x})"),
-        UnaryOp::Sin => format!("sinf({x})"),
-        UnaryOp::Sqrt => format!("sqrtf({x})"),
-        UnaryOp::Recip => format!("(1.0f / {x})"),
-    }
-}
-
-fn binary_expr(op: BinaryOp, a: &str, b: &str) -> String {
-    match op {
-        BinaryOp::Add => format!("({a} + {b})"),
-        BinaryOp::Mul => format!("({a} * {b})"),
-        BinaryOp::Mod => format!("fmodf({a}, {b})"),
-        BinaryOp::LessThan => format!("({a} < {b} ? 1.0f : 0.0f)"),
-    }
-}
-
 fn hash_of(s: &str) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
     s.hash(&mut h);
@@ -197,11 +178,11 @@ pub fn lower(k: &Arc<dyn Kernel>) -> Result<DeviceKernel, String> {
         Ok(DeviceKernel::Source { entry, source, kind })
     };
     if let Some(u) = any.downcast_ref::<Unary>() {
-        let body = format!("  GRID_STRIDE(i, meta[0]) out0[i] = {};\n", unary_expr(u.0, "in0[i]"));
+        let body = format!("  GRID_STRIDE(i, meta[0]) out0[i] = {};\n", u.0.cuda("in0[i]"));
         return src("unary", 1, 1, body, DeviceOp::Unary);
     }
     if let Some(b) = any.downcast_ref::<Binary>() {
-        let e = binary_expr(b.0, "ld(in0, VIEW(meta, 1), i)", &format!("ld(in1, VIEW(meta, {}), i)", 1 + VIEW_WORDS));
+        let e = b.0.cuda("ld(in0, VIEW(meta, 1), i)", &format!("ld(in1, VIEW(meta, {}), i)", 1 + VIEW_WORDS));
         return src("binary", 1, 2, format!("  GRID_STRIDE(i, meta[0]) out0[i] = {e};\n"), DeviceOp::Binary);
     }
     if any.downcast_ref::<Contiguous>().is_some() {
@@ -407,8 +388,8 @@ impl RowCode<'_> {
             let e = match &ins.op {
                 RowOp::Input(i) => (self.row_input)(*i),
                 RowOp::Const(_) | RowOp::Dim(_) => format!("f32_of({}[{k}])", self.consts),
-                RowOp::Unary(op, a) => unary_expr(*op, &self.operand(*a)),
-                RowOp::Binary(op, a, b) => binary_expr(*op, &self.operand(*a), &self.operand(*b)),
+                RowOp::Unary(op, a) => op.cuda(&self.operand(*a)),
+                RowOp::Binary(op, a, b) => op.cuda(&self.operand(*a), &self.operand(*b)),
                 RowOp::Reduce(..) => unreachable!("a reduction is a scalar"),
                 RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("SimplifyRowPrograms runs in the CPU pipeline only"),
             };
@@ -425,8 +406,8 @@ impl RowCode<'_> {
             let e = match &ins.op {
                 RowOp::Input(i) => (self.scalar_input)(*i),
                 RowOp::Const(_) | RowOp::Dim(_) => format!("f32_of({}[{k}])", self.consts),
-                RowOp::Unary(op, a) => unary_expr(*op, &self.operand(*a)),
-                RowOp::Binary(op, a, b) => binary_expr(*op, &self.operand(*a), &self.operand(*b)),
+                RowOp::Unary(op, a) => op.cuda(&self.operand(*a)),
+                RowOp::Binary(op, a, b) => op.cuda(&self.operand(*a), &self.operand(*b)),
                 RowOp::Softmax(..) | RowOp::Silu(..) => unreachable!("a softmax or silu is a row"),
                 RowOp::Reduce(op, a) => {
                     let (init, step, is_max) = match op {

@@ -1,5 +1,6 @@
 //! Binary primops (Add, Mul, Mod, LessThan) over two strided views of the
-//! same logical shape, writing a contiguous output.
+//! same logical shape, writing a contiguous output. [`BinaryOp`] holds how
+//! each computes on the CPU and as CUDA C.
 
 use super::walk::{at, for_each_index, Walk};
 use crate::kernel::{Arg, Cost, Kernel};
@@ -21,6 +22,16 @@ impl BinaryOp {
             BinaryOp::Mul => a * b,
             BinaryOp::Mod => a % b,
             BinaryOp::LessThan => (a < b) as u8 as f32,
+        }
+    }
+
+    /// CUDA C for the op applied to the expressions `a` and `b`.
+    pub fn cuda(self, a: &str, b: &str) -> String {
+        match self {
+            BinaryOp::Add => format!("({a} + {b})"),
+            BinaryOp::Mul => format!("({a} * {b})"),
+            BinaryOp::Mod => format!("fmodf({a}, {b})"),
+            BinaryOp::LessThan => format!("({a} < {b} ? 1.0f : 0.0f)"),
         }
     }
 }

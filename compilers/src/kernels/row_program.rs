@@ -293,7 +293,7 @@ impl RowProgram {
                     RowOp::Input(i) => load_row(&inputs[*i], idx, dst),
                     RowOp::Const(_) | RowOp::Dim(_) => dst.fill(s.scalars[k]),
                     RowOp::Unary(op, a) => match src(*a) {
-                        Operand::Row(x) => unary_row(*op, x, dst),
+                        Operand::Row(x) => op.apply_row(x, dst),
                         Operand::Scalar(x) => dst.fill(op.apply(x)),
                     },
                     RowOp::Binary(op, a, b) => binary_row(*op, src(*a), src(*b), dst),
@@ -378,16 +378,6 @@ pub(crate) fn load_row(a: &Arg, idx: &[usize], dst: &mut [f32]) {
                 _ => part.iter_mut().enumerate().for_each(|(j, o)| *o = a.data[(start + j as isize * stride) as usize]),
             }
         }
-    }
-}
-
-#[inline(always)]
-fn unary_row(op: UnaryOp, x: &[f32], dst: &mut [f32]) {
-    match op {
-        UnaryOp::Exp2 => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = super::fastmath::exp2(v)),
-        UnaryOp::Recip => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = 1.0 / v),
-        UnaryOp::Sqrt => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = v.sqrt()),
-        _ => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v)),
     }
 }
 

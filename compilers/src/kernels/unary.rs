@@ -1,4 +1,7 @@
-//! Unary primops (Log2, Exp2, Sin, Sqrt, Recip).
+//! Unary primops (Log2, Exp2, Sin, Sqrt, Recip). [`UnaryOp`] holds how each
+//! computes: on the CPU (alone and inside a row program) and as CUDA C.
+//! `primop.rs` maps luminal's ops onto it; autograd's table holds its
+//! gradient.
 //!
 //! Luminal's semantics: a unary op maps its input buffer element by element
 //! and the input's view passes through to its consumers (the output tensor
@@ -26,6 +29,29 @@ impl UnaryOp {
             UnaryOp::Sin => x.sin(),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Recip => 1.0 / x,
+        }
+    }
+
+    /// `dst = op(x)` over a row, as row programs compute it: `exp2` through
+    /// the vectorising [`super::fastmath::exp2`], the others as [`Self::apply`].
+    #[inline(always)]
+    pub fn apply_row(self, x: &[f32], dst: &mut [f32]) {
+        match self {
+            UnaryOp::Exp2 => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = super::fastmath::exp2(v)),
+            UnaryOp::Recip => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = 1.0 / v),
+            UnaryOp::Sqrt => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = v.sqrt()),
+            _ => dst.iter_mut().zip(x).for_each(|(o, &v)| *o = self.apply(v)),
+        }
+    }
+
+    /// CUDA C for the op applied to the expression `x`.
+    pub fn cuda(self, x: &str) -> String {
+        match self {
+            UnaryOp::Log2 => format!("log2f({x})"),
+            UnaryOp::Exp2 => format!("exp2f({x})"),
+            UnaryOp::Sin => format!("sinf({x})"),
+            UnaryOp::Sqrt => format!("sqrtf({x})"),
+            UnaryOp::Recip => format!("(1.0f / {x})"),
         }
     }
 }
