@@ -4,11 +4,13 @@
 //! sum instead. The base weight is untouched (train only `A` and `B` by
 //! differentiating with respect to them alone).
 
-use luminal::op;
 use luminal::prelude::NodeIndex;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
+use crate::kernels::binary::BinaryOp;
+use crate::kernels::reduce::ReduceOp;
+use crate::primop::Primop;
 use crate::shape::without_broadcast;
 use crate::tensor::Tensor;
 
@@ -23,12 +25,14 @@ pub fn inject(weight: &Tensor, a: &Tensor, b: &Tensor, scale: f32) -> usize {
             .edges_directed(weight.id, Direction::Outgoing)
             .filter_map(|e| {
                 let mul = e.target();
-                if !g.graph.node_weight(mul)?.as_any().is::<op::Mul>() {
+                if Primop::at(g, mul)? != Primop::Binary(BinaryOp::Mul) {
                     return None;
                 }
                 let dests: Vec<NodeIndex> = g.graph.edges_directed(mul, Direction::Outgoing).map(|e| e.target()).collect();
                 let [sum] = dests.as_slice() else { return None };
-                g.graph.node_weight(*sum)?.as_any().downcast_ref::<op::SumReduce>()?;
+                if !matches!(Primop::at(g, *sum)?, Primop::Reduce(ReduceOp::Sum, _)) {
+                    return None;
+                }
                 let (x, _, st) = g.get_sources(mul).into_iter().find(|(s, _, _)| *s != weight.id)?;
                 Some((mul, *sum, x, st))
             })

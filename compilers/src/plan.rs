@@ -18,13 +18,13 @@ pub enum ExecError {
     MissingDim(char),
 }
 
-use luminal::op::Function;
 use luminal::prelude::{Graph, NodeIndex, ShapeTracker};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use rustc_hash::FxHashMap;
 
 use crate::kernel::{kernel_of, Kernel};
+use crate::primop::Primop;
 use crate::shape::{fmt_dims, Dim};
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{eval, DimValues, View};
@@ -214,7 +214,7 @@ impl Plan {
         let mut symbols = vec![];
         for node in order {
             let op = graph.graph.node_weight(node).unwrap();
-            if op.as_any().is::<Function>() {
+            if Primop::of(op.as_ref()) == Some(Primop::Input) {
                 assert!(slot_of.contains_key(&(node, 0)), "graph input {op:?} was not declared");
                 continue;
             }

@@ -1,11 +1,13 @@
-//! The one table of luminal's primops. [`Primop::of`] is the only place that
-//! asks which luminal operator a node is; lowering, row fusion and autograd
-//! match on the answer. Each primop maps onto the operation enums of our
+//! The one table of luminal's primops. [`Primop::of`] is where the compiler
+//! asks which luminal operator a node is (only `inspect` also reads an
+//! input's name off luminal's `Function`); lowering, the passes, LoRA
+//! injection and autograd match on the answer. Each primop maps onto the operation enums of our
 //! kernels (`BinaryOp`, `UnaryOp`, `ReduceOp`), which the per-primop
 //! kernels, the row programs and the CUDA generator all share, so adding an
 //! op means a variant there and a line here.
 
 use luminal::op;
+use luminal::prelude::{Graph, NodeIndex};
 
 use crate::kernel::KernelOp;
 use crate::kernels::binary::{Binary, BinaryOp};
@@ -67,6 +69,11 @@ impl Primop {
         } else {
             None
         }
+    }
+
+    /// Which primop node `n` of `g` is.
+    pub fn at(g: &Graph, n: NodeIndex) -> Option<Primop> {
+        Primop::of(g.graph.node_weight(n)?.as_ref())
     }
 
     /// The CPU kernel that runs this primop on its own; `None` for inputs.

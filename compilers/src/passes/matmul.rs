@@ -2,12 +2,14 @@
 //! becomes one [`MatMul`] kernel, for every rank the models use (linear
 //! layers, attention scores and values, batched or not).
 
-use luminal::op;
 use luminal::prelude::{move_outgoing_edge, move_references, Compiler, Graph, NodeIndex, ToIdsMut};
 use petgraph::Direction;
 
 use crate::kernel::KernelOp;
+use crate::kernels::binary::BinaryOp;
 use crate::kernels::matmul::{product_roles, MatMul};
+use crate::kernels::reduce::ReduceOp;
+use crate::primop::Primop;
 use crate::shape::is_plain;
 
 #[derive(Debug, Default)]
@@ -18,12 +20,15 @@ impl Compiler for MatMulPass {
         let reduces: Vec<(NodeIndex, usize)> = graph
             .graph
             .node_indices()
-            .filter_map(|n| graph.graph.node_weight(n).unwrap().as_any().downcast_ref::<op::SumReduce>().map(|r| (n, r.0)))
+            .filter_map(|n| match Primop::at(graph, n) {
+                Some(Primop::Reduce(ReduceOp::Sum, axis)) => Some((n, axis)),
+                _ => None,
+            })
             .collect();
         for (sum, axis) in reduces {
             let srcs = graph.get_sources(sum);
             let (mul, _, edge) = srcs[0];
-            if !graph.graph.node_weight(mul).unwrap().as_any().is::<op::Mul>()
+            if Primop::at(graph, mul) != Some(Primop::Binary(BinaryOp::Mul))
                 || graph.no_delete.contains(&mul)
                 || graph.graph.edges_directed(mul, Direction::Outgoing).count() != 1
                 || !is_plain(&edge)

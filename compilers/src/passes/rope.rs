@@ -13,12 +13,12 @@
 //! inner node read once, views checked), so anything else is left alone.
 //! Runs before row fusion.
 
-use luminal::op;
 use luminal::prelude::{move_outgoing_edge, move_references, Compiler, Graph, NodeIndex, ShapeTracker, ToIdsMut};
 use petgraph::Direction;
 
 use crate::kernel::KernelOp;
 use crate::kernels::binary::BinaryOp;
+use crate::kernels::constant::Constant;
 use crate::kernels::rope::Rope;
 use crate::primop::Primop;
 use crate::shape::is_plain;
@@ -105,11 +105,7 @@ fn match_rope(g: &Graph, out: NodeIndex) -> Option<Match> {
     let d = v.dims[v.indexes[v.len() - 1]].to_usize()?;
     let p = v.indexes[v.len() - 1];
     let whole = v.slices[p].0.to_usize() == Some(0) && v.slices[p].1.to_usize().is_none_or(|e| e >= d);
-    let negated = g
-        .graph
-        .node_weight(minus_one.0)
-        .and_then(|w| w.as_any().downcast_ref::<op::Constant>())
-        .is_some_and(|c| matches!(c.0, op::ConstantValue::Float(f) if f == -1.0));
+    let negated = g.graph.node_weight(minus_one.0).and_then(|w| Primop::of(w.as_ref())) == Some(Primop::Constant(Constant::Float(-1.0)));
     let same_x = x_hi.0 == x.0 && x_lo.0 == x.0 && x_hi.1 == x.1 && x_lo.1 == x.1;
     let half = d / 2;
     if v.len() != 4 || d % 2 != 0 || v.is_padded() || !whole || !negated || !same_x {
