@@ -4,7 +4,7 @@
 //! `use` or a qualified path. Module declarations and re-exports are followed
 //! to the file that defines the item, so `pub use` in a `mod.rs` or `lib.rs`
 //! adds no edge of its own. The test parses the sources with `syn` and fails
-//! with every cycle it finds, each as a chain of files.
+//! with every cycle it finds, each as the file-to-file edges that form it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
