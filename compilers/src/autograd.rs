@@ -30,7 +30,7 @@ use crate::kernels::matmul::{product_roles, Role};
 use crate::kernels::reduce::ReduceOp;
 use crate::kernels::unary::UnaryOp;
 use crate::primop::Primop;
-use crate::shape::{self, is_unbounded, product, sub, without_broadcast, Dim};
+use crate::shape::{self, is_broadcast, is_unbounded, product, sub, without_broadcast, Dim};
 use crate::tensor::{GraphBuilder, Tensor};
 
 /// What a node computes, as far as differentiation cares.
@@ -94,10 +94,6 @@ fn unary_grad(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
     }
 }
 
-fn is_fake(st: &ShapeTracker, l: usize) -> bool {
-    st.fake[st.indexes[l]]
-}
-
 struct Grad<'a> {
     b: &'a GraphBuilder,
 }
@@ -159,7 +155,7 @@ impl Grad<'_> {
         let operand = |x: &(NodeIndex, ShapeTracker), rows: &[usize]| {
             let real = without_broadcast(&x.1);
             // real dims keep D's order; find each D axis's position among them
-            let pos = |l: usize| (0..l).filter(|&j| !is_fake(&x.1, j)).count();
+            let pos = |l: usize| (0..l).filter(|&j| !is_broadcast(&x.1, j)).count();
             let order: Vec<usize> = batch.iter().chain(rows).chain(std::iter::once(&axis)).map(|&l| pos(l)).collect();
             self.b.view(x.0, real).permute(&order).reshape(&[bt, size(rows), k])
         };

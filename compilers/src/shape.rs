@@ -118,11 +118,16 @@ pub fn logical_dims(st: &ShapeTracker) -> Vec<Dim> {
         .collect()
 }
 
+/// Is logical dim `l` of the tracker broadcast (fake), read with stride 0?
+pub fn is_broadcast(st: &ShapeTracker, l: usize) -> bool {
+    st.fake[st.indexes[l]]
+}
+
 /// The tracker without its broadcast (fake) dims: the buffer as it is stored.
 pub fn without_broadcast(st: &ShapeTracker) -> ShapeTracker {
     let mut s = *st;
     for l in (0..s.len()).rev() {
-        if s.fake[s.indexes[l]] {
+        if is_broadcast(&s, l) {
             s.remove_dim(l);
         }
     }

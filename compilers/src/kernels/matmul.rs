@@ -16,6 +16,7 @@ use super::contiguous::Contiguous;
 use super::gemv::{gemv, Rows, MAX_ROWS};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
+use crate::shape::is_broadcast;
 use crate::view::{contiguous_strides, DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,12 +44,11 @@ pub(crate) enum Role {
 /// the reduced axis is real in both and some dim is broadcast in exactly one
 /// operand (rather than a dot product per row). Returns each dim's role.
 pub(crate) fn product_roles(a: &ShapeTracker, b: &ShapeTracker, axis: usize) -> Option<Vec<Role>> {
-    let fake = |st: &ShapeTracker, l: usize| st.fake[st.indexes[l]];
-    if fake(a, axis) || fake(b, axis) {
+    if is_broadcast(a, axis) || is_broadcast(b, axis) {
         return None;
     }
     let roles: Vec<Role> = (0..a.len())
-        .map(|l| match (l == axis, fake(a, l), fake(b, l)) {
+        .map(|l| match (l == axis, is_broadcast(a, l), is_broadcast(b, l)) {
             (true, _, _) => Role::K,
             (_, false, false) => Role::Batch,
             (_, false, true) => Role::M,

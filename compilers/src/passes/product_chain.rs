@@ -11,7 +11,7 @@ use crate::kernel::{kernel_of, KernelOp};
 use crate::kernels::matmul::MatMul;
 use crate::kernels::product_chain::ProductChain;
 use crate::kernels::row_program::RowProgram;
-use crate::shape::{is_plain, logical_dims, shapes_eq};
+use crate::shape::{is_broadcast, is_plain, logical_dims, shapes_eq};
 
 #[derive(Debug)]
 pub struct ProductChainFusion {
@@ -20,10 +20,6 @@ pub struct ProductChainFusion {
     /// a GPU one block per token would stream the weights through one SM,
     /// so there cuBLAS takes those products
     pub gated_mlp: bool,
-}
-
-fn fake(st: &ShapeTracker, l: usize) -> bool {
-    st.fake[st.indexes[l]]
 }
 
 fn consumers(g: &Graph, n: NodeIndex) -> usize {
@@ -37,7 +33,13 @@ fn is_row_product(g: &Graph, n: NodeIndex) -> Option<[(NodeIndex, u8, ShapeTrack
     let mm = k.get::<MatMul>()?;
     let ins = g.get_sources(n);
     let r = ins[0].2.len();
-    if mm.axis != r - 1 || r < 3 || !fake(&ins[0].2, r - 2) || fake(&ins[1].2, r - 2) || fake(&ins[0].2, r - 1) || fake(&ins[1].2, r - 1) {
+    if mm.axis != r - 1
+        || r < 3
+        || !is_broadcast(&ins[0].2, r - 2)
+        || is_broadcast(&ins[1].2, r - 2)
+        || is_broadcast(&ins[0].2, r - 1)
+        || is_broadcast(&ins[1].2, r - 1)
+    {
         return None;
     }
     Some([ins[0], ins[1]])

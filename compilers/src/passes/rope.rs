@@ -21,7 +21,7 @@ use crate::kernels::binary::BinaryOp;
 use crate::kernels::constant::Constant;
 use crate::kernels::rope::Rope;
 use crate::primop::Primop;
-use crate::shape::is_plain;
+use crate::shape::{is_broadcast, is_plain};
 
 #[derive(Debug, Default)]
 pub struct RopeFusion;
@@ -58,12 +58,11 @@ fn padded(s: &ShapeTracker, (lo, hi): (usize, usize)) -> bool {
 /// the table's own view.
 fn table(t: &Source) -> Option<Source> {
     let (n, o, mut st) = *t;
-    let fake = |st: &ShapeTracker, l: usize| st.fake[st.indexes[l]];
-    if st.len() != 4 || !fake(&st, 1) || fake(&st, 2) || fake(&st, 3) {
+    if st.len() != 4 || !is_broadcast(&st, 1) || is_broadcast(&st, 2) || is_broadcast(&st, 3) {
         return None;
     }
     st.remove_dim(1);
-    if fake(&st, 0) {
+    if is_broadcast(&st, 0) {
         st.remove_dim(0);
     }
     Some((n, o, st))

@@ -26,7 +26,7 @@ use crate::kernels::reduce::ReduceOp;
 use crate::kernels::row_program::{Instr, RowOp, RowProgram};
 use crate::kernels::unary::UnaryOp;
 use crate::primop::Primop;
-use crate::shape::{is_plain, logical_dims, shapes_eq, without_broadcast, Dim};
+use crate::shape::{is_broadcast, is_plain, logical_dims, shapes_eq, without_broadcast, Dim};
 
 #[derive(Debug, Default)]
 pub struct RowFusion;
@@ -69,7 +69,7 @@ struct Group {
 /// The tracker minus a broadcast last dim, if it has one.
 fn without_broadcast_last(st: &ShapeTracker) -> Option<ShapeTracker> {
     let n = st.len();
-    if n == 0 || !st.fake[st.indexes[n - 1]] {
+    if n == 0 || !is_broadcast(st, n - 1) {
         return None;
     }
     let mut s = *st;
