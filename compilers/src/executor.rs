@@ -81,8 +81,8 @@ impl Run for Executor {
 
     /// Read a param, buffer or state.
     fn get(&self, name: &str) -> Option<Vec<f32>> {
-        let i = self.plan.inputs.iter().find(|i| i.name == name)?;
-        self.store[i.slot].clone()
+        let i = self.plan.input_index(name).ok()?;
+        self.store[self.plan.inputs[i].slot].clone()
     }
 
     /// Drop all state (KV caches) so the next run allocates it afresh.
@@ -95,8 +95,7 @@ impl Run for Executor {
     }
 
     fn enable_profile(&mut self) {
-        self.profile =
-            Some(self.plan.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect());
+        self.profile = Some(StepStats::zeroed(&self.plan));
     }
 
     /// Run once. `data` gives every `Data` input; `dims` every symbol the

@@ -5,6 +5,17 @@
 
 use std::sync::Arc;
 
+use luminal::prelude::{Graph, NodeIndex, ShapeTracker};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use rustc_hash::FxHashMap;
+
+use crate::kernel::{kernel_of, Kernel};
+use crate::primop::Primop;
+use crate::shape::{fmt_dims, Dim};
+use crate::tensor::{BuiltGraph, InputKind};
+use crate::view::{eval, DimValues, View};
+
 /// Inputs that do not fit the plan: what a run refuses before it starts.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -17,17 +28,6 @@ pub enum ExecError {
     #[error("dimension `{0}` has no value for this run")]
     MissingDim(char),
 }
-
-use luminal::prelude::{Graph, NodeIndex, ShapeTracker};
-use petgraph::visit::EdgeRef;
-use petgraph::Direction;
-use rustc_hash::FxHashMap;
-
-use crate::kernel::{kernel_of, Kernel};
-use crate::primop::Primop;
-use crate::shape::{fmt_dims, Dim};
-use crate::tensor::{BuiltGraph, InputKind};
-use crate::view::{eval, DimValues, View};
 
 pub(crate) struct InputSlot {
     pub name: String,

@@ -8,7 +8,7 @@ use luminal::prelude::{Graph, NodeIndex};
 
 use crate::cuda::DeviceError;
 use crate::kernel::Cost;
-use crate::plan::Outputs;
+use crate::plan::{Outputs, Plan};
 use crate::run_error::RunError;
 use crate::tensor::InputKind;
 use crate::view::DimValues;
@@ -21,6 +21,13 @@ pub struct StepStats {
     pub calls: u64,
     pub time: Duration,
     pub cost: Cost,
+}
+
+impl StepStats {
+    /// One empty record per step of `plan`, where profiling starts.
+    pub(crate) fn zeroed(plan: &Plan) -> Vec<StepStats> {
+        plan.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect()
+    }
 }
 
 /// A compiled graph on one backend, as sessions use it: what the CPU

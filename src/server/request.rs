@@ -122,12 +122,9 @@ impl ChatRequest {
         for (i, m) in msgs.iter().enumerate() {
             let p = format!("messages[{i}]");
             let role = match m.get("role") {
-                Some(Value::String(r)) => match r.parse::<Role>() {
-                    Ok(role) => role,
-                    Err(_) => {
-                        return Err(ApiError::invalid(&format!("{p}.role"), format!("`{p}.role` is `{r}`; expected {}", Role::expected())))
-                    }
-                },
+                Some(Value::String(r)) => r
+                    .parse::<Role>()
+                    .map_err(|_| ApiError::invalid(&format!("{p}.role"), format!("`{p}.role` is `{r}`; expected {}", Role::expected())))?,
                 _ => return Err(ApiError::invalid(&format!("{p}.role"), format!("`{p}.role` must be a string"))),
             };
             let content = match m.get("content") {

@@ -32,134 +32,6 @@ enum Call {
     Sgemm(super::device::Sgemm, [BufId; 3]),
 }
 
-impl Run for DeviceExecutor {
-    fn backend_name(&self) -> String {
-        self.device.name()
-    }
-
-    fn input_names(&self, kind: InputKind) -> Vec<String> {
-        self.plan.input_names(kind)
-    }
-
-    fn has_input(&self, name: &str) -> bool {
-        self.plan.has_input(name)
-    }
-
-    /// Set a param, buffer or state (kept on the device between runs).
-    fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), RunError> {
-        let i = self.plan.input_index(name)?;
-        let inp = &self.plan.inputs[i];
-        if let Some(n) = inp.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
-            self.plan.check_stored(i, Some(data.len()), n)?;
-        }
-        let slot = inp.slot;
-        if let Some(old) = self.store[slot].take() {
-            self.device.free(old.id);
-        }
-        let id = self.device.alloc(data.len().max(1))?;
-        self.device.upload(id, &data)?;
-        self.store[slot] = Some(Buf { id, len: data.len(), cap: data.len().max(1) });
-        Ok(())
-    }
-
-    /// Read a param, buffer or state back from the device.
-    fn get(&self, name: &str) -> Option<Vec<f32>> {
-        let slot = self.plan.inputs.iter().find(|i| i.name == name)?.slot;
-        let b = self.store[slot]?;
-        self.device.download(b.id, b.len).ok()
-    }
-
-    /// Drop all state (KV caches) so the next run starts from zeros.
-    fn reset_state(&mut self) {
-        for i in 0..self.plan.inputs.len() {
-            if self.plan.inputs[i].kind == InputKind::State {
-                if let Some(b) = self.store[self.plan.inputs[i].slot].take() {
-                    self.device.free(b.id);
-                }
-            }
-        }
-    }
-
-    /// Run once, as [`crate::Executor::run`].
-    fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, RunError> {
-        let sizes = self.plan.check_run(data, dims, &mut self.stack)?;
-        for (i, &want) in sizes.iter().enumerate() {
-            let (slot, kind) = (self.plan.inputs[i].slot, self.plan.inputs[i].kind);
-            match kind {
-                InputKind::Data => {
-                    let v = data.iter().find(|(n, _)| *n == self.plan.inputs[i].name).expect("checked").1;
-                    let b = self.take(want)?;
-                    self.device.upload(b.id, v)?;
-                    self.temps[slot] = Some(b);
-                }
-                InputKind::State => {
-                    if self.store[slot].map(|b| b.len) != Some(want) {
-                        if let Some(old) = self.store[slot].take() {
-                            self.device.free(old.id);
-                        }
-                        let id = self.device.alloc(want.max(1))?;
-                        self.store[slot] = Some(Buf { id, len: want, cap: want.max(1) });
-                    }
-                }
-                InputKind::Param | InputKind::Buffer => self.plan.check_stored(i, self.store[slot].map(|b| b.len), want)?,
-            }
-        }
-        let mut meta: Vec<i64> = vec![];
-        let mut cmds = vec![];
-        let mut steps = std::mem::take(&mut self.plan.steps);
-        let result = self.queue(&mut steps, dims, &mut meta, &mut cmds);
-        self.plan.steps = steps;
-        result?;
-        self.device.set_meta(&meta)?;
-        let mut last_step = usize::MAX;
-        for c in cmds {
-            let t = Instant::now();
-            match c.op {
-                Call::Launch { entry, launch, meta_at, bufs } => self.device.launch(&entry, launch, meta_at, &bufs)?,
-                Call::Zero(b, n) => self.device.zero(b, n)?,
-                Call::Sgemm(call, [a, b, c]) => self.device.sgemm(&call, a, b, c)?,
-            }
-            if let Some(p) = self.profile.as_mut() {
-                // timing a step means waiting for it
-                self.device.sync()?;
-                let s = &mut p[c.step];
-                s.time += t.elapsed();
-                s.calls += (c.step != last_step) as u64;
-                last_step = c.step;
-            }
-        }
-        let (device, store, temps) = (&self.device, &self.store, &self.temps);
-        let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| {
-            let b = buffer_of(store, temps, slot);
-            device.download(b.id, b.len)
-        })?;
-        for slot in 0..self.temps.len() {
-            if let Some(b) = self.temps[slot].take() {
-                self.pool.push(b);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Time every step from now on (each waits for the device: slower).
-    fn enable_profile(&mut self) {
-        self.profile =
-            Some(self.plan.steps.iter().map(|s| StepStats { node: s.node, kernel: s.kernel.name(), ..Default::default() }).collect());
-    }
-
-    fn graph(&self) -> &Graph {
-        &self.plan.graph
-    }
-
-    fn sync(&mut self) -> Result<(), DeviceError> {
-        self.device.sync()
-    }
-
-    fn profile(&self) -> Option<&[StepStats]> {
-        self.profile.as_deref()
-    }
-}
-
 /// The buffer of a slot: stored (params, buffers, state) or of this run.
 fn buffer_of(store: &[Option<Buf>], temps: &[Option<Buf>], slot: usize) -> Buf {
     store[slot].or(temps[slot]).expect("a step's input has no buffer")
@@ -372,5 +244,132 @@ impl DeviceExecutor {
                 (name, s.kernel.clone())
             })
             .collect()
+    }
+}
+
+impl Run for DeviceExecutor {
+    fn backend_name(&self) -> String {
+        self.device.name()
+    }
+
+    fn input_names(&self, kind: InputKind) -> Vec<String> {
+        self.plan.input_names(kind)
+    }
+
+    fn has_input(&self, name: &str) -> bool {
+        self.plan.has_input(name)
+    }
+
+    /// Set a param, buffer or state (kept on the device between runs).
+    fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), RunError> {
+        let i = self.plan.input_index(name)?;
+        let inp = &self.plan.inputs[i];
+        if let Some(n) = inp.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
+            self.plan.check_stored(i, Some(data.len()), n)?;
+        }
+        let slot = inp.slot;
+        if let Some(old) = self.store[slot].take() {
+            self.device.free(old.id);
+        }
+        let id = self.device.alloc(data.len().max(1))?;
+        self.device.upload(id, &data)?;
+        self.store[slot] = Some(Buf { id, len: data.len(), cap: data.len().max(1) });
+        Ok(())
+    }
+
+    /// Read a param, buffer or state back from the device.
+    fn get(&self, name: &str) -> Option<Vec<f32>> {
+        let i = self.plan.input_index(name).ok()?;
+        let b = self.store[self.plan.inputs[i].slot]?;
+        self.device.download(b.id, b.len).ok()
+    }
+
+    /// Drop all state (KV caches) so the next run starts from zeros.
+    fn reset_state(&mut self) {
+        for i in 0..self.plan.inputs.len() {
+            if self.plan.inputs[i].kind == InputKind::State {
+                if let Some(b) = self.store[self.plan.inputs[i].slot].take() {
+                    self.device.free(b.id);
+                }
+            }
+        }
+    }
+
+    /// Run once, as [`crate::Executor::run`].
+    fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, RunError> {
+        let sizes = self.plan.check_run(data, dims, &mut self.stack)?;
+        for (i, &want) in sizes.iter().enumerate() {
+            let (slot, kind) = (self.plan.inputs[i].slot, self.plan.inputs[i].kind);
+            match kind {
+                InputKind::Data => {
+                    let v = data.iter().find(|(n, _)| *n == self.plan.inputs[i].name).expect("checked").1;
+                    let b = self.take(want)?;
+                    self.device.upload(b.id, v)?;
+                    self.temps[slot] = Some(b);
+                }
+                InputKind::State => {
+                    if self.store[slot].map(|b| b.len) != Some(want) {
+                        if let Some(old) = self.store[slot].take() {
+                            self.device.free(old.id);
+                        }
+                        let id = self.device.alloc(want.max(1))?;
+                        self.store[slot] = Some(Buf { id, len: want, cap: want.max(1) });
+                    }
+                }
+                InputKind::Param | InputKind::Buffer => self.plan.check_stored(i, self.store[slot].map(|b| b.len), want)?,
+            }
+        }
+        let mut meta: Vec<i64> = vec![];
+        let mut cmds = vec![];
+        let mut steps = std::mem::take(&mut self.plan.steps);
+        let result = self.queue(&mut steps, dims, &mut meta, &mut cmds);
+        self.plan.steps = steps;
+        result?;
+        self.device.set_meta(&meta)?;
+        let mut last_step = usize::MAX;
+        for c in cmds {
+            let t = Instant::now();
+            match c.op {
+                Call::Launch { entry, launch, meta_at, bufs } => self.device.launch(&entry, launch, meta_at, &bufs)?,
+                Call::Zero(b, n) => self.device.zero(b, n)?,
+                Call::Sgemm(call, [a, b, c]) => self.device.sgemm(&call, a, b, c)?,
+            }
+            if let Some(p) = self.profile.as_mut() {
+                // timing a step means waiting for it
+                self.device.sync()?;
+                let s = &mut p[c.step];
+                s.time += t.elapsed();
+                s.calls += (c.step != last_step) as u64;
+                last_step = c.step;
+            }
+        }
+        let (device, store, temps) = (&self.device, &self.store, &self.temps);
+        let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| {
+            let b = buffer_of(store, temps, slot);
+            device.download(b.id, b.len)
+        })?;
+        for slot in 0..self.temps.len() {
+            if let Some(b) = self.temps[slot].take() {
+                self.pool.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Time every step from now on (each waits for the device: slower).
+    fn enable_profile(&mut self) {
+        self.profile = Some(StepStats::zeroed(&self.plan));
+    }
+
+    fn graph(&self) -> &Graph {
+        &self.plan.graph
+    }
+
+    fn sync(&mut self) -> Result<(), DeviceError> {
+        self.device.sync()
+    }
+
+    fn profile(&self) -> Option<&[StepStats]> {
+        self.profile.as_deref()
     }
 }
