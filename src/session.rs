@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lumind_compilers::passes::pipeline_for;
 use lumind_compilers::passes::Pass;
-use lumind_compilers::passes::{fused_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner};
 
 use crate::graph_io::{buffer, dim, input, output};
@@ -75,7 +75,6 @@ impl Session {
         let run = if opts.kv_cache && opts.last_only { PREFILL_CHUNK.max(opts.slots).min(opts.max_positions) } else { opts.max_positions };
         let need = memory::weight_bytes(def) + kv + memory::forward_bytes(def, 1, run);
         memory::check_fits(&format!("model `{}` with {} positions x {} sequences", def.name, opts.max_positions, opts.slots), need)?;
-        let opts = ForwardOptions { fused_attention: fused_attention(fusion, backend), ..opts };
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, def);
         let out = forward(&b, def, &inputs, &opts);

@@ -9,6 +9,7 @@ use lumind::compilers::inspect::Snapshot;
 use lumind::compilers::{compile, pipeline, Fusion, GraphBuilder};
 use lumind::model::builder::{declare_inputs, forward, ForwardOptions};
 use lumind::model::ModelDef;
+use lumind::train::graph::{build, Stage, Update};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +29,10 @@ fn final_ops(model: &str, fusion: Fusion, opts: ForwardOptions) -> std::collecti
 fn full_fusion_fuses_attention_mlp_and_norms() {
     for opts in [ForwardOptions::full(64), ForwardOptions::generation(64)] {
         let ops = final_ops("tiny-llama", Fusion::Full, opts.clone());
-        assert_eq!(ops.get("Attention"), Some(&2), "one attention kernel per layer: {ops:?}");
+        // (over a whole sequence it is the causal kernel, with a KV cache the
+        // product chain over the cache)
+        let attention = if opts.kv_cache { "Attention" } else { "CausalAttention" };
+        assert_eq!(ops.get(attention), Some(&2), "one attention kernel per layer: {ops:?}");
         assert_eq!(ops.get("GatedMLP"), Some(&2), "one gated MLP kernel per layer: {ops:?}");
         assert!(ops.get("RowProgram").is_some_and(|&n| n >= 4), "{ops:?}");
         for primop in ["Exp2", "MaxReduce", "SumReduce", "Sqrt"] {
@@ -49,7 +53,7 @@ fn full_fusion_fuses_attention_mlp_and_norms() {
 #[test]
 fn the_rotary_embedding_is_fused_by_a_pass_not_by_the_builder() {
     let def = ModelDef::load(root().join("models/tiny-llama.toml")).unwrap();
-    let opts = ForwardOptions { fused_attention: true, ..ForwardOptions::generation(64) };
+    let opts = ForwardOptions::generation(64);
     let build = || {
         let b = GraphBuilder::new();
         let inputs = declare_inputs(&b, &def);
@@ -63,6 +67,46 @@ fn the_rotary_embedding_is_fused_by_a_pass_not_by_the_builder() {
         compile(&mut g, &pipeline(fusion), |_, _| {});
         let ops = Snapshot::take("final", &g.graph, None).op_counts();
         assert_eq!(ops.get("Rope").copied(), want, "{fusion}: q and k of every layer: {ops:?}");
+    }
+}
+
+/// The builder writes attention over a whole sequence as plain primops;
+/// `CausalAttentionFusion` (CPU, full fusion) makes each layer's one
+/// `CausalAttention` kernel: in the pipeline for inference, and before
+/// autograd for training, whose backward is then that kernel's own rule.
+/// The other strategies keep the primops.
+#[test]
+fn causal_attention_is_fused_by_a_pass_not_by_the_builder() {
+    for model in ["tiny-llama", "tiny-qwen3", "tiny-moe"] {
+        let def = ModelDef::load(root().join(format!("models/{model}.toml"))).unwrap();
+        let layers = def.num_hidden_layers;
+        let b = GraphBuilder::new();
+        let inputs = declare_inputs(&b, &def);
+        b.output("logits", &forward(&b, &def, &inputs, &ForwardOptions::full(64)).logits);
+        let built = Snapshot::take("built", &b.finish().unwrap().graph, None).op_counts();
+        assert!(!built.contains_key("CausalAttention"), "{model}: the builder emitted a fused kernel: {built:?}");
+        for (fusion, want) in [(Fusion::Full, Some(layers)), (Fusion::Generic, None), (Fusion::None, None)] {
+            let ops = final_ops(model, fusion, ForwardOptions::full(64));
+            assert_eq!(ops.get("CausalAttention").copied(), want, "{model} {fusion}: {ops:?}");
+            if fusion == Fusion::Full {
+                // the pattern's softmax and products are gone, the mask too
+                for gone in ["Exp2", "MaxReduce", "LessThan", "Iota"] {
+                    assert!(!ops.contains_key(gone), "{model}: {gone} left: {ops:?}");
+                }
+            }
+        }
+        // a kv cache's attention reads other keys: not this pattern
+        let ops = final_ops(model, Fusion::Full, ForwardOptions::generation(64));
+        assert!(!ops.contains_key("CausalAttention"), "{model} generation: {ops:?}");
+
+        for fuse in [true, false] {
+            let g = build(&def, 64, &Stage::LanguageModel, &Update::OutputGrads, fuse).unwrap();
+            assert_eq!(g.fused_attention, if fuse { layers } else { 0 }, "{model}");
+            let ops = Snapshot::take("built", &g.graph.graph, None).op_counts();
+            let want = fuse.then_some(layers);
+            assert_eq!(ops.get("CausalAttention").copied(), want, "{model} training graph: {ops:?}");
+            assert_eq!(ops.get("CausalAttentionGrad").copied(), want, "{model} training graph: {ops:?}");
+        }
     }
 }
 

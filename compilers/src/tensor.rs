@@ -60,6 +60,14 @@ pub struct BuiltGraph {
     pub scopes: FxHashMap<NodeIndex, String>,
 }
 
+/// A node a graph rewrite added in place of another ([`GraphBuilder::rewrite`]).
+pub struct Replacement {
+    pub old: NodeIndex,
+    pub new: NodeIndex,
+    /// the new node's output dims, row-major
+    pub dims: Vec<Dim>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShapeError(pub String);
 
@@ -194,6 +202,33 @@ impl GraphBuilder {
             cx.graph.to_retrieve.insert(to);
             cx.graph.no_delete.insert(to);
         }
+    }
+
+    /// Rewrite the graph being built (a fusion whose kernel autograd must
+    /// see). `f` gets the graph and its output nodes to remap, adds every new
+    /// node before it removes any (so no new node takes a removed one's
+    /// index), and names each new node with the one it replaces and its
+    /// output dims; the builder's records of removed nodes go, and new
+    /// nodes take the replaced node's scope.
+    pub fn rewrite(&self, f: impl FnOnce(&mut Graph, &mut Vec<NodeIndex>) -> Vec<Replacement>) -> usize {
+        let mut cx = self.cx.borrow_mut();
+        let mut outputs: Vec<NodeIndex> = cx.outputs.iter().map(|o| o.node).collect();
+        let replaced = f(&mut cx.graph, &mut outputs);
+        let cx = &mut *cx;
+        for (o, n) in cx.outputs.iter_mut().zip(outputs) {
+            o.node = n;
+        }
+        for r in &replaced {
+            if let Some(scope) = cx.scopes.get(&r.old).cloned() {
+                cx.scopes.insert(r.new, scope);
+            }
+            cx.buf_dims.insert(r.new, r.dims.clone());
+        }
+        let graph = &cx.graph.graph;
+        cx.scopes.retain(|n, _| graph.contains_node(*n));
+        cx.buf_dims.retain(|n, _| graph.contains_node(*n));
+        cx.stop_grad.retain(|n| graph.contains_node(*n));
+        replaced.len()
     }
 
     /// Keep a node that nothing reads (an in-place update) through compilation.

@@ -1,13 +1,17 @@
 //! The causal attention kernels (forward and their backward rule) against the
 //! same attention written in primops, as the model builder writes it (rotary
 //! embedding included): outputs and the gradients of q, k and v, over
-//! several query blocks (one of them partial) and grouped-query heads. And
-//! the rotary embedding kernel of generation against its primops.
+//! several query blocks (one of them partial) and grouped-query heads; the
+//! fusion pass that puts the kernels in place of those primops, and leaves
+//! masks that are not causal alone; and the rotary embedding kernel of
+//! generation against its primops.
 
 use lumind_compilers::autograd::backward;
+use lumind_compilers::inspect::Snapshot;
 use lumind_compilers::kernels::causal_attention::CausalAttention;
 use lumind_compilers::kernels::rope::Rope;
 use lumind_compilers::losses::sum_all;
+use lumind_compilers::passes::causal_attention::fuse_before_autograd;
 use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Run, Tensor};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -22,23 +26,43 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x.mul(&cos.expand_to(&dims)) + rotated.mul(&sin.expand_to(&dims))
 }
 
-/// `softmax(rope(q) rope(k)^T * scale + causal mask) v` in primops, GQA by
-/// expanding k, v.
-fn primops(b: &GraphBuilder, [q, k, v, cos, sin]: [&Tensor; 5], groups: usize, scale: f32) -> Tensor {
+/// The mask of [`primops`]: `(i + offset < j) * value`.
+#[derive(Clone, Copy, Debug)]
+struct Mask {
+    offset: usize,
+    value: f32,
+}
+
+const CAUSAL: Mask = Mask { offset: 0, value: -1e30 };
+
+/// `softmax(rope(q) rope(k)^T * scale + mask) v` in primops, as the model
+/// builder writes it; GQA by expanding k, v.
+fn primops(b: &GraphBuilder, [q, k, v, cos, sin]: [&Tensor; 5], groups: usize, scale: f32, m: Mask) -> Tensor {
     let (q, k) = (rope(q, cos, sin), rope(k, cos, sin));
     let [bs, h, s, hd] = [q.dim(0), q.dim(1), q.dim(2), q.dim(3)];
     let kv = k.dim(1);
     let q5 = q.reshape(&[bs, kv, d(groups), s, hd]);
     let (k5, v5) = (k.expand(2, d(groups)), v.expand(2, d(groups)));
     let scores = q5.matmul(&k5.transpose(3, 4)).scale(scale);
-    let mask = b.iota(s, d(0)).expand(1, s).lt(&b.iota(s, d(0)).expand(0, s)).scale(-1e30);
+    let mask = b.iota(s, d(m.offset)).expand(1, s).lt(&b.iota(s, d(0)).expand(0, s)).scale(m.value);
     let probs = (scores.clone() + mask.expand_to(&scores.dims())).softmax(4);
     probs.matmul(&v5).reshape(&[bs, h, s, hd])
 }
 
+/// How [`run`] builds attention.
+#[derive(Clone, Copy, Debug)]
+enum Build {
+    /// the `CausalAttention` kernel, by hand
+    Kernel,
+    /// primops with this mask
+    Primops(Mask),
+    /// primops, then `CausalAttentionFusion` before autograd, as training does
+    FusedBeforeAutograd(Mask),
+}
+
 /// (output, dq, dk, dv) of `sum(attention(q, k, v) * w)`; `vals` holds q,
-/// k, v, w, cos, sin.
-fn run(fused: bool, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 6]) -> Vec<Vec<f32>> {
+/// k, v, w, cos, sin. Also the kernels of the compiled graph.
+fn run(how: Build, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 6]) -> (Vec<Vec<f32>>, std::collections::BTreeMap<String, usize>) {
     let [bs, kv, groups, s, hd] = shape;
     let scale = 1.0 / (hd as f32).sqrt();
     let b = GraphBuilder::new();
@@ -49,26 +73,41 @@ fn run(fused: bool, fusion: Fusion, shape: [usize; 5], vals: &[Vec<f32>; 6]) -> 
     let sin = b.input("sin", &[d(s), d(hd)], InputKind::Data);
     // the builder hands the kernel permuted views: do the same with q
     let qt = q.permute(&[0, 2, 1, 3]).contiguous().permute(&[0, 2, 1, 3]);
-    let out = if fused {
-        b.kernel(CausalAttention { groups, scale }, &[&qt, &k, &v, &cos, &sin], &qt.dims())
-    } else {
-        primops(&b, [&qt, &k, &v, &cos, &sin], groups, scale)
+    let out = match how {
+        Build::Kernel => b.kernel(CausalAttention { groups, scale }, &[&qt, &k, &v, &cos, &sin], &qt.dims()),
+        Build::Primops(m) | Build::FusedBeforeAutograd(m) => primops(&b, [&qt, &k, &v, &cos, &sin], groups, scale, m),
     };
     let loss = sum_all(&out.mul(&w));
-    let grads = backward(&loss, &[q.clone(), k.clone(), v.clone()]).unwrap();
     b.output("out", &out);
+    if let Build::FusedBeforeAutograd(_) = how {
+        // (`out` names a replaced node from here on: only the graph's output follows it)
+        fuse_before_autograd(&b);
+    }
+    let grads = backward(&loss, &[q.clone(), k.clone(), v.clone()]).unwrap();
     for (name, g) in ["dq", "dk", "dv"].iter().zip(&grads) {
         b.output(name, g.as_ref().unwrap());
     }
     let mut g = b.finish().unwrap();
     compile(&mut g, &pipeline(fusion), |_, _| {});
+    let kernels = Snapshot::take("final", &g.graph, None).op_counts();
     let mut ex = Executor::new(g);
     for (name, v) in ["q", "k", "v"].iter().zip(vals) {
         ex.set(name, v.clone()).unwrap();
     }
     let data = [("w", vals[3].as_slice()), ("cos", vals[4].as_slice()), ("sin", vals[5].as_slice())];
     let mut res = ex.run(&data, &DimValues::default()).unwrap();
-    ["out", "dq", "dk", "dv"].iter().map(|n| res.take(n).unwrap().1).collect()
+    (["out", "dq", "dk", "dv"].iter().map(|n| res.take(n).unwrap().1).collect(), kernels)
+}
+
+/// Largest difference between two result sets, relative to `want`'s scale.
+fn check(label: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+    for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(want)) {
+        assert_eq!(g.len(), w.len(), "{name}");
+        let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // same math in another order: f32 rounding only
+        assert!(worst <= 1e-5 * scale.max(1.0), "{label} {name}: max diff {worst} (scale {scale})");
+    }
 }
 
 #[test]
@@ -83,15 +122,40 @@ fn causal_attention_kernels_match_primops() {
     // arbitrary tables (not real rotations), so no symmetry of theirs hides a mistake
     let (cos, sin) = (data(s * hd, 5), data(s * hd, 6));
     let vals = [q, k, v, w, cos, sin];
-    let want = run(false, Fusion::None, shape, &vals);
+    let (want, kernels) = run(Build::Primops(CAUSAL), Fusion::None, shape, &vals);
+    assert!(!kernels.contains_key("CausalAttention"), "{kernels:?}");
     for &fusion in Fusion::all() {
-        let got = run(true, fusion, shape, &vals);
-        for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
-            assert_eq!(g.len(), w.len(), "{name}");
-            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            // same math in another order: f32 rounding only
-            assert!(worst <= 1e-5 * scale.max(1.0), "{fusion:?} {name}: max diff {worst} (scale {scale})");
+        let (got, _) = run(Build::Kernel, fusion, shape, &vals);
+        check(&format!("{fusion:?}"), &got, &want);
+    }
+}
+
+/// `CausalAttentionFusion`, run before autograd as training runs it, turns
+/// the primops into the kernel and its backward rule with the same results;
+/// a mask that is not exactly causal is left to the primops.
+#[test]
+fn the_attention_fusion_pass_replaces_exactly_causal_attention() {
+    let shape = [2, 2, 2, 70, 8];
+    let [bs, kv, groups, s, hd] = shape;
+    let vals = [
+        data(bs * kv * groups * s * hd, 11),
+        data(bs * kv * s * hd, 12),
+        data(bs * kv * s * hd, 13),
+        data(bs * kv * groups * s * hd, 14),
+        data(s * hd, 15),
+        data(s * hd, 16),
+    ];
+    let (want, _) = run(Build::Primops(CAUSAL), Fusion::None, shape, &vals);
+    let (got, kernels) = run(Build::FusedBeforeAutograd(CAUSAL), Fusion::Full, shape, &vals);
+    assert_eq!((kernels.get("CausalAttention"), kernels.get("CausalAttentionGrad")), (Some(&1), Some(&1)), "{kernels:?}");
+    check("fused before autograd", &got, &want);
+    // a query that sees one key ahead, and a soft mask: not causal attention
+    for mask in [Mask { offset: 1, value: -1e30 }, Mask { value: -1.0, ..CAUSAL }] {
+        let (want, _) = run(Build::Primops(mask), Fusion::None, shape, &vals);
+        for how in [Build::FusedBeforeAutograd(mask), Build::Primops(mask)] {
+            let (got, kernels) = run(how, Fusion::Full, shape, &vals);
+            assert!(!kernels.contains_key("CausalAttention"), "{how:?}: {kernels:?}");
+            check(&format!("{how:?}"), &got, &want);
         }
     }
 }

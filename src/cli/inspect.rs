@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use lumind_compilers::cuda::graph_source;
 use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
-use lumind_compilers::passes::{fused_attention, pipeline_for};
+use lumind_compilers::passes::{fuses_attention, pipeline_for};
 use lumind_compilers::{compile, Backend};
 
 use super::job::{build_job_graph, Job};
@@ -51,7 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     {
         anyhow::bail!("--job {} needs --config with that stage", a.job);
     }
-    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fused_attention(a.compile.fusion, a.compile.device()))?;
+    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fuses_attention(a.compile.fusion, a.compile.device()))?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
     compile(&mut built, &pipeline_for(a.compile.fusion, a.compile.device()), |pass, g| {
         let s = Snapshot::take(pass, g, snaps.last());

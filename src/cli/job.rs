@@ -35,18 +35,21 @@ pub fn options(job: Job, positions: usize) -> ForwardOptions {
 
 /// The uncompiled graph of a job (training stages take their settings from
 /// `stage`), with a description of what it trains and keeps frozen;
-/// `fused_attention` per `lumind_compilers::passes::fused_attention`.
-pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fused_attention: bool) -> Result<(BuiltGraph, String)> {
+/// `fuse_attention` per `lumind_compilers::passes::fuses_attention`.
+pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fuse_attention: bool) -> Result<(BuiltGraph, String)> {
     match job {
         Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
             let stage = stage.unwrap_or(Stage::LanguageModel);
-            let g = build(def, POSITIONS, &stage, &Update::AdamW(AdamWConfig::default()), fused_attention)?;
+            let g = build(def, POSITIONS, &stage, &Update::AdamW(AdamWConfig::default()), fuse_attention)?;
             let mut d = format!("stage {stage:?}\ntrained: {} tensors", g.trainable.len());
             for (n, s) in g.trainable.iter().take(12) {
                 d += &format!("\n  {n} {s:?}");
             }
             if g.trainable.len() > 12 {
                 d += &format!("\n  ... and {} more", g.trainable.len() - 12);
+            }
+            if g.fused_attention > 0 {
+                d += &format!("\nbefore autograd: CausalAttentionFusion made {} CausalAttention kernels", g.fused_attention);
             }
             d += &format!("\nfrozen (graph buffers, no gradient, no optimizer state): {} tensors", g.frozen.len());
             for (_, input) in g.frozen.iter().take(4) {
@@ -61,7 +64,7 @@ pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fused_att
         _ => {
             let b = GraphBuilder::new();
             let inputs = declare_inputs(&b, def);
-            let out = forward(&b, def, &inputs, &ForwardOptions { fused_attention, ..options(job, POSITIONS) });
+            let out = forward(&b, def, &inputs, &options(job, POSITIONS));
             b.output(output::LOGITS, &out.logits);
             Ok((b.finish()?, String::new()))
         }

@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 
-use lumind_compilers::kernels::causal_attention::CausalAttention;
 use lumind_compilers::kernels::kv_write::KvWrite;
 use lumind_compilers::shape::{add, d, sub, sym, Dim};
 use lumind_compilers::tensor::dim_constant;
@@ -44,19 +43,12 @@ pub struct ForwardOptions {
     pub last_only: bool,
     /// Also compute the MoE auxiliary (load-balancing) loss (training).
     pub aux_loss: bool,
-    /// Without a KV cache, build causal attention as one kernel with its
-    /// own backward rule (`CausalAttention`), so a training step never holds
-    /// the `s x s` probabilities. For the CPU's full fusion only
-    /// (`passes::fused_attention`): other strategies and backends see
-    /// primops, and with a KV cache the passes fuse attention (the rotary
-    /// embedding included). Sessions set it from their strategy and backend.
-    pub fused_attention: bool,
 }
 
 impl ForwardOptions {
     /// Whole sequences, no cache: scoring and training.
     pub fn full(max_positions: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: false, slots: 1, last_only: false, aux_loss: false, fused_attention: false }
+        ForwardOptions { max_positions, kv_cache: false, slots: 1, last_only: false, aux_loss: false }
     }
     /// Incremental decoding with a KV cache of `max_positions`.
     pub fn generation(max_positions: usize) -> ForwardOptions {
@@ -64,7 +56,7 @@ impl ForwardOptions {
     }
     /// Incremental decoding of up to `slots` sequences at once.
     pub fn batched(max_positions: usize, slots: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: true, slots, last_only: true, aux_loss: false, fused_attention: false }
+        ForwardOptions { max_positions, kv_cache: true, slots, last_only: true, aux_loss: false }
     }
 }
 
@@ -232,12 +224,6 @@ impl Forward<'_> {
         // [b, heads, s, hd]
         let (q, k, v) = (q.permute(&[0, 2, 1, 3]), k.permute(&[0, 2, 1, 3]), v.permute(&[0, 2, 1, 3]));
         let scale = 1.0 / (hd as f32).sqrt();
-        if self.opts.fused_attention && !self.opts.kv_cache {
-            // one kernel: rotary embedding, scores, causal softmax, p v
-            let out = self.b.kernel(CausalAttention { groups, scale }, &[&q, &k, &v, &self.cos, &self.sin], &q.dims()); // [b, h, s, hd]
-            let out = out.permute(&[0, 2, 1, 3]).reshape(&[bsz, s, d(nh * hd)]);
-            return out.linear(self.w(&names.o_proj));
-        }
         let (q, k) = (self.rope(&q), self.rope(&k));
         let (k, v) = match &self.positions {
             Some(positions) => {

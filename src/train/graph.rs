@@ -16,6 +16,7 @@ use lumind_compilers::autograd::backward;
 use lumind_compilers::lora::inject;
 use lumind_compilers::losses::{cross_entropy, dpo_loss, target_log_probs};
 use lumind_compilers::optim::{adamw, AdamWConfig};
+use lumind_compilers::passes::causal_attention::fuse_before_autograd;
 use lumind_compilers::shape::{d, sym};
 use lumind_compilers::tensor::BuiltGraph;
 use lumind_compilers::{GraphBuilder, InputKind, Tensor};
@@ -54,6 +55,8 @@ pub struct TrainGraph {
     pub trainable: Vec<(String, Vec<usize>)>,
     /// names of frozen model weights the graph reads (LoRA base, DPO reference)
     pub frozen: Vec<(String, String)>,
+    /// attention blocks fused before autograd (`CausalAttentionFusion`)
+    pub fused_attention: usize,
 }
 
 /// Declare the token input and a parameter set under `prefix` of kind `kind`.
@@ -68,8 +71,8 @@ fn declare(b: &GraphBuilder, def: &ModelDef, tokens: &Tensor, prefix: &str, kind
     ModelInputs { tokens: tokens.clone(), params }
 }
 
-fn lm_forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, positions: usize, fused_attention: bool) -> (Tensor, Option<Tensor>) {
-    let opts = ForwardOptions { aux_loss: true, fused_attention, ..ForwardOptions::full(positions) };
+fn lm_forward(b: &GraphBuilder, def: &ModelDef, inputs: &ModelInputs, positions: usize) -> (Tensor, Option<Tensor>) {
+    let opts = ForwardOptions { aux_loss: true, ..ForwardOptions::full(positions) };
     let out = forward(b, def, inputs, &opts);
     (out.logits, out.aux_loss)
 }
@@ -82,10 +85,11 @@ fn plus_aux(x: Tensor, aux: &Option<Tensor>) -> Tensor {
 }
 
 /// Build the training graph of a stage. Outputs `loss`, `ce`, `aux` (and
-/// for DPO `dpo_logits`), then gradients or `grad_norm`. `fused_attention`
-/// builds attention as one kernel with its own backward rule (see
-/// `lumind_compilers::passes::fused_attention`).
-pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, fused_attention: bool) -> anyhow::Result<TrainGraph> {
+/// for DPO `dpo_logits`), then gradients or `grad_norm`. With
+/// `fuse_attention` (`lumind_compilers::passes::fuses_attention`), the
+/// attention of the forward becomes kernels before autograd runs, so the
+/// backward pass is their own rule.
+pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, fuse_attention: bool) -> anyhow::Result<TrainGraph> {
     let b = GraphBuilder::new();
     let rows = [sym(dim::BATCH), sym(dim::SEQ)];
     let tokens = b.input(input::TOKENS, &rows, InputKind::Data);
@@ -94,7 +98,7 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
     let (total, ce, aux, wrt, trainable, frozen) = match stage {
         Stage::LanguageModel => {
             let inputs = declare(&b, def, &tokens, "", InputKind::Param);
-            let (logits, aux) = lm_forward(&b, def, &inputs, positions, fused_attention);
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
             let ce = cross_entropy(&logits, &targets);
             let wrt: Vec<Tensor> = specs.iter().map(|s| inputs.params[&s.name].clone()).collect();
             let trainable = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
@@ -102,7 +106,7 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
         }
         Stage::Lora(cfg) => {
             let inputs = declare(&b, def, &tokens, "", InputKind::Buffer);
-            let (logits, aux) = lm_forward(&b, def, &inputs, positions, fused_attention);
+            let (logits, aux) = lm_forward(&b, def, &inputs, positions);
             // the transform: a low-rank branch beside every targeted product
             let (mut wrt, mut trainable) = (vec![], vec![]);
             let _g = b.scope("lora");
@@ -129,10 +133,10 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
         Stage::Dpo { beta } => {
             let policy = declare(&b, def, &tokens, "", InputKind::Param);
             let reference = declare(&b, def, &tokens, "ref.", InputKind::Buffer);
-            let (pl, aux) = lm_forward(&b, def, &policy, positions, fused_attention);
+            let (pl, aux) = lm_forward(&b, def, &policy, positions);
             let rl = {
                 let _g = b.scope("reference");
-                lm_forward(&b, def, &reference, positions, fused_attention).0
+                lm_forward(&b, def, &reference, positions).0
             };
             let pairs = b.input(input::PAIRS, &[sym(dim::PAIRS), sym(dim::BATCH)], InputKind::Data);
             let seq = |logits: &Tensor| target_log_probs(logits, &targets).sum(1);
@@ -151,6 +155,7 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
         Update::OutputGrads => total,
         Update::AdamW(_) => total.mul(&b.input(input::LOSS_SCALE, &[], InputKind::Data)),
     };
+    let fused_attention = if fuse_attention { fuse_before_autograd(&b) } else { 0 };
     let grads = backward(&scaled, &wrt).map_err(anyhow::Error::msg)?;
     let with_grads: Vec<(String, Tensor, Tensor)> = trainable
         .iter()
@@ -169,5 +174,5 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
         }
     }
     let graph = b.finish().map_err(|e| anyhow::anyhow!("building the training graph of `{}`: {e}", def.name))?;
-    Ok(TrainGraph { graph, trainable, frozen })
+    Ok(TrainGraph { graph, trainable, frozen, fused_attention })
 }

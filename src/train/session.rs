@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::{input_values, state_names};
-use lumind_compilers::passes::{fused_attention, pipeline_for};
+use lumind_compilers::passes::{fuses_attention, pipeline_for};
 use lumind_compilers::{compile, Backend, DimValues, Fusion, Runner};
 
 use super::graph::{build, Stage, Update};
@@ -106,7 +106,7 @@ impl TrainSession {
         update: Update,
         fusion: Fusion,
     ) -> Result<TrainSession> {
-        let mut g = build(def, positions, &stage, &update, fused_attention(fusion, backend))?;
+        let mut g = build(def, positions, &stage, &update, fuses_attention(fusion, backend))?;
         compile(&mut g.graph, &pipeline_for(fusion, backend), |_, _| {});
         let mut exec = Runner::new(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
         let w = weights.into_map();

@@ -1,6 +1,7 @@
 //! Causal attention for training, as two kernels that exist before autograd
-//! runs (like `Gather`), so a training step never holds the `s x s` scores
-//! or probabilities: [`CausalAttention`] computes
+//! runs (`passes::causal_attention` puts the first in place of the
+//! primops), so a training step never holds the `s x s` scores or
+//! probabilities: [`CausalAttention`] computes
 //! `softmax(rope(q) rope(k)^T * scale + causal mask) v` one block of query
 //! rows at a time, and [`CausalAttentionGrad`], its backward rule,
 //! recomputes each block's probabilities and writes `dq`, `dk` and `dv`. A

@@ -4,6 +4,7 @@
 //! a list of named passes; [`compile`] runs them in order and can show the
 //! graph after each one (that is what `lumind inspect` prints).
 
+pub mod causal_attention;
 pub mod lower;
 pub mod masked;
 pub mod matmul;
@@ -84,18 +85,24 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
     pipeline_for(fusion, Backend::Cpu)
 }
 
-/// Whether the builder writes causal attention without a KV cache as one
-/// kernel with its own backward rule (`CausalAttention`) rather than
-/// primops: the CPU's full fusion only; the other strategies and the CUDA
-/// backend see primops. (It is emitted before autograd runs, so it cannot
-/// yet be a pass like `RopeFusion`.)
-pub fn fused_attention(fusion: Fusion, backend: Backend) -> bool {
+/// Whether a strategy fuses attention over a whole sequence
+/// ([`causal_attention::CausalAttentionFusion`]) and the rotary embedding
+/// ([`rope::RopeFusion`]): the CPU's full fusion only; the CUDA backend
+/// leaves both to its generic kernels. The attention kernel has its own
+/// backward rule, so a training graph is fused before autograd runs
+/// ([`causal_attention::fuse_before_autograd`]); the pipeline's pass then
+/// finds nothing left to fuse.
+pub fn fuses_attention(fusion: Fusion, backend: Backend) -> bool {
     fusion == Fusion::Full && backend == Backend::Cpu
 }
 
 /// The passes of a fusion strategy for a backend, in order.
 pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
     let mut p = vec![];
+    if fuses_attention(fusion, backend) {
+        // first, as in a training graph, where it runs before autograd
+        p.push(Pass::new("CausalAttentionFusion", causal_attention::CausalAttentionFusion));
+    }
     if fusion != Fusion::None {
         p.push(Pass::new("RemoveSingleReductions", RemoveSingleReductions));
         p.push(Pass::new("ArithmeticElimination", ArithmeticElimination));
@@ -103,7 +110,7 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
         p.push(Pass::new("CSE", CSE));
         p.push(Pass::new("RemoveUnusedNodes", RemoveUnusedNodes));
     }
-    if fusion == Fusion::Full && backend == Backend::Cpu {
+    if fuses_attention(fusion, backend) {
         p.push(Pass::new("RopeFusion", rope::RopeFusion));
     }
     p.push(Pass::new("MatMul", matmul::MatMulPass));

@@ -26,7 +26,7 @@ use crate::shape::{is_broadcast, is_plain};
 #[derive(Debug, Default)]
 pub struct RopeFusion;
 
-type Source = (NodeIndex, u8, ShapeTracker);
+pub(crate) type Source = (NodeIndex, u8, ShapeTracker);
 
 fn is(g: &Graph, n: NodeIndex, want: BinaryOp) -> bool {
     g.graph.node_weight(n).and_then(|w| Primop::of(w.as_ref())) == Some(Primop::Binary(want))
@@ -69,17 +69,18 @@ fn table(t: &Source) -> Option<Source> {
 }
 
 /// The nodes of one rotary embedding ending in the `Add` node `out`.
-struct Match {
-    x: Source,
-    cos: Source,
-    sin: Source,
+pub(crate) struct Match {
+    pub x: Source,
+    /// the tables as `[s, D]` or `[b, s, D]` views
+    pub cos: Source,
+    pub sin: Source,
     /// every node the kernel replaces (`out` first)
-    nodes: Vec<NodeIndex>,
+    pub nodes: Vec<NodeIndex>,
     /// the constant -1
-    minus_one: NodeIndex,
+    pub minus_one: NodeIndex,
 }
 
-fn match_rope(g: &Graph, out: NodeIndex) -> Option<Match> {
+pub(crate) fn match_rope(g: &Graph, out: NodeIndex) -> Option<Match> {
     let binary = |n: NodeIndex, want: BinaryOp| -> Option<[Source; 2]> {
         if !is(g, n, want) {
             return None;
