@@ -2,7 +2,7 @@
 //! strategy (criterion reports each; `none` is the per-primop baseline).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lumind::compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Run, Tensor};
+use lumind::compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
 
 fn data(n: usize) -> Vec<f32> {
     (0..n).map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5).collect()

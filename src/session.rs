@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lumind_compilers::passes::pipeline_for;
 use lumind_compilers::passes::Pass;
-use lumind_compilers::{compile, Backend, DimValues, Fusion, GraphBuilder, Runner};
+use lumind_compilers::{compile, Backend, DimValues, Executor, Fusion, GraphBuilder};
 
 use crate::graph_io::{buffer, dim, input, output};
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
@@ -24,7 +24,7 @@ pub struct Session {
     pub def: ModelDef,
     pub opts: ForwardOptions,
     pub fusion: Fusion,
-    pub exec: Runner,
+    pub exec: Executor,
     /// Time spent building and compiling the graph.
     pub compile_time: Duration,
 }
@@ -81,7 +81,7 @@ impl Session {
         b.output(output::LOGITS, &out.logits);
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
         compile(&mut built, passes, |_, _| {});
-        let mut exec = Runner::new(built, backend).with_context(|| format!("running model `{}` on {backend}", def.name))?;
+        let mut exec = Executor::on(built, backend).with_context(|| format!("running model `{}` on {backend}", def.name))?;
         let compile_time = t.elapsed();
         for (name, (_, data)) in weights.into_map() {
             exec.set(&name, data)?;

@@ -1,251 +1,268 @@
-//! Runs a compiled graph.
+//! Runs a compiled graph, on any [`Target`]: the CPU, or a CUDA device (real
+//! or emulated).
 //!
-//! Built once per compiled graph: a schedule (topological order) of kernel
-//! steps, one buffer slot per node output, and for every temporary slot the
-//! step after which it is free. Per run: views are resolved (each edge keeps
-//! its last resolution and reuses it while its symbols keep their values),
-//! outputs come from a pool of buffers, and only the named outputs are
-//! returned, by value, so nothing from one run leaks into the next.
+//! Built once per compiled graph: the plan (a schedule of kernel steps, one
+//! buffer slot per node output, and for every temporary slot the step after
+//! which it is free). Per run: data inputs are copied in, views are resolved
+//! (each edge keeps its last resolution and reuses it while its symbols keep
+//! their values), outputs come from a pool of buffers, the target runs or
+//! queues each step, and only the named outputs come back, by value, so
+//! nothing from one run leaks into the next.
 //!
-//! Params, buffers and state live in the executor between runs; state is
+//! Params, buffers and state live in the target between runs; state is
 //! updated in place by kernels such as `KvWrite`.
-
-use std::time::Instant;
 
 use luminal::prelude::Graph;
 
-use crate::kernel::Arg;
+use crate::backend::{open_device, Backend};
+use crate::cpu_target::CpuTarget;
+use crate::cuda::target::DeviceTarget;
+use crate::cuda::DeviceError;
 pub use crate::plan::Outputs;
-use crate::plan::{pool_fits, ExecError, Plan};
-use crate::run::Run;
-pub use crate::run::StepStats;
+use crate::plan::{pool_fits, ExecError, Plan, Step};
 use crate::run_error::RunError;
-use crate::shape::fmt_dims;
+pub use crate::step_stats::StepStats;
+use crate::target::{Buf, DType, StepCall, Target};
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{DimValues, View};
 
 pub struct Executor {
     plan: Plan,
-    /// persistent data of params, buffers and state, by slot
-    store: Vec<Option<Vec<f32>>>,
-    /// per-run buffers (data inputs and kernel outputs), by slot
-    temps: Vec<Option<Vec<f32>>>,
-    pool: Pool,
+    target: Box<dyn Target>,
+    /// params, buffers and state, by slot
+    store: Vec<Option<Buf>>,
+    /// this run's buffers (data inputs and kernel outputs), by slot
+    temps: Vec<Option<Buf>>,
+    /// free buffers kept for reuse (by [`pool_fits`]), so runs of varying
+    /// length reuse memory instead of allocating every time
+    pool: Vec<Buf>,
     stack: Vec<i32>,
-    pub profile: Option<Vec<StepStats>>,
+    profile: Option<Vec<StepStats>>,
 }
 
 impl Executor {
-    /// Plan a compiled graph (every node an input `Function` or a kernel).
+    /// Plan a compiled graph (every node an input `Function` or a kernel)
+    /// to run on the CPU.
     pub fn new(built: BuiltGraph) -> Executor {
         let plan = Plan::new(built);
+        Executor::with_target(plan, Box::new(CpuTarget::default()))
+    }
+
+    /// Plan a compiled graph to run on `backend` (a device backend
+    /// generates and loads its kernels now).
+    pub fn on(built: BuiltGraph, backend: Backend) -> Result<Executor, DeviceError> {
+        if backend == Backend::Cpu {
+            return Ok(Executor::new(built));
+        }
+        let plan = Plan::new(built);
+        let target = DeviceTarget::new(&plan, open_device(backend)?)?;
+        Ok(Executor::with_target(plan, Box::new(target)))
+    }
+
+    fn with_target(plan: Plan, target: Box<dyn Target>) -> Executor {
         let n = plan.n_slots;
-        Executor { plan, store: vec![None; n], temps: vec![None; n], pool: Pool::default(), stack: vec![], profile: None }
+        Executor { plan, target, store: vec![None; n], temps: vec![None; n], pool: vec![], stack: vec![], profile: None }
     }
 
-    fn take_buffer(&mut self, len: usize) -> Vec<f32> {
-        self.pool.take(len)
-    }
-}
-
-impl Run for Executor {
-    fn backend_name(&self) -> String {
-        "cpu".into()
+    /// `cpu`, or the device's name
+    pub fn backend_name(&self) -> String {
+        self.target.name()
     }
 
     /// The compiled graph.
-    fn graph(&self) -> &Graph {
+    pub fn graph(&self) -> &Graph {
         &self.plan.graph
     }
 
-    fn input_names(&self, kind: InputKind) -> Vec<String> {
+    pub fn input_names(&self, kind: InputKind) -> Vec<String> {
         self.plan.input_names(kind)
     }
 
-    fn has_input(&self, name: &str) -> bool {
+    pub fn has_input(&self, name: &str) -> bool {
         self.plan.has_input(name)
     }
 
     /// Set a param, buffer or state (kept between runs).
-    fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), RunError> {
-        let i = &self.plan.inputs[self.plan.input_index(name)?];
-        if let Some(n) = i.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
-            if n != data.len() {
-                return Err(ExecError::InputSize { name: name.into(), shape: fmt_dims(&i.dims), got: data.len(), want: n }.into());
-            }
+    pub fn set(&mut self, name: &str, data: Vec<f32>) -> Result<(), RunError> {
+        let i = self.plan.input_index(name)?;
+        let inp = &self.plan.inputs[i];
+        if let Some(n) = inp.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>() {
+            self.plan.check_stored(i, Some(data.len()), n)?;
         }
-        let slot = i.slot;
-        self.store[slot] = Some(data);
+        let slot = inp.slot;
+        if let Some(old) = self.store[slot].take() {
+            self.target.free(old);
+        }
+        self.store[slot] = Some(self.target.adopt(data)?);
         Ok(())
     }
 
-    /// Read a param, buffer or state.
-    fn get(&self, name: &str) -> Option<Vec<f32>> {
+    /// A copy of a param, buffer or state.
+    pub fn get(&self, name: &str) -> Option<Vec<f32>> {
         let i = self.plan.input_index(name).ok()?;
-        self.store[self.plan.inputs[i].slot].clone()
+        self.target.download(self.store[self.plan.inputs[i].slot]?).ok()
     }
 
-    /// Drop all state (KV caches) so the next run allocates it afresh.
-    fn reset_state(&mut self) {
+    /// Drop all state (KV caches) so the next run starts from zeros.
+    pub fn reset_state(&mut self) {
         for i in &self.plan.inputs {
             if i.kind == InputKind::State {
-                self.store[i.slot] = None;
+                if let Some(b) = self.store[i.slot].take() {
+                    self.target.free(b);
+                }
             }
         }
     }
 
-    fn enable_profile(&mut self) {
+    /// Time every step from now on (on a device each step waits for the
+    /// one before: slower).
+    pub fn enable_profile(&mut self) {
         self.profile = Some(StepStats::zeroed(&self.plan));
+    }
+
+    /// Time and work per step so far, if profiling.
+    pub fn profile(&self) -> Option<&[StepStats]> {
+        self.profile.as_deref()
+    }
+
+    /// Wait for queued device work (timing).
+    pub fn sync(&mut self) -> Result<(), DeviceError> {
+        self.target.sync()
+    }
+
+    /// Give an output buffer back for reuse (the CPU reuses it; a device
+    /// has no use for host memory).
+    pub fn recycle(&mut self, data: Vec<f32>) {
+        if let Some(b) = self.target.reuse(data) {
+            self.pool.push(b);
+        }
+    }
+
+    /// A buffer of `len` values from the pool, or a new one.
+    fn pooled(&mut self, len: usize) -> Result<Buf, DeviceError> {
+        let best = self.pool.iter().enumerate().filter(|(_, b)| pool_fits(b.cap, len)).min_by_key(|(_, b)| b.cap).map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut b = self.pool.swap_remove(i);
+                b.len = len;
+                Ok(b)
+            }
+            None => self.target.alloc(len, DType::F32),
+        }
+    }
+
+    /// Every temporary of the run back to the pool.
+    fn release_temps(&mut self) {
+        for t in &mut self.temps {
+            if let Some(b) = t.take() {
+                self.pool.push(b);
+            }
+        }
     }
 
     /// Run once. `data` gives every `Data` input; `dims` every symbol the
     /// graph uses. Returns the named outputs with their shapes.
-    fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, RunError> {
+    pub fn run(&mut self, data: &[(&str, &[f32])], dims: &DimValues) -> Result<Outputs, RunError> {
         let sizes = self.plan.check_run(data, dims, &mut self.stack)?;
-        for (idx, &want) in sizes.iter().enumerate() {
-            let (slot, kind) = (self.plan.inputs[idx].slot, self.plan.inputs[idx].kind);
+        let mut steps = std::mem::take(&mut self.plan.steps);
+        let result = self.bind_inputs(data, &sizes).and_then(|_| self.run_steps(&mut steps, dims));
+        self.plan.steps = steps;
+        let result = result.and_then(|_| Ok(self.target.flush(self.profile.as_deref_mut())?));
+        if let Err(e) = result {
+            self.release_temps();
+            return Err(e);
+        }
+        let (target, temps, store, pool) = (&mut self.target, &mut self.temps, &self.store, &mut self.pool);
+        let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| match temps[slot].take() {
+            Some(b) => {
+                let (values, kept) = target.take(b)?;
+                pool.extend(kept);
+                Ok::<_, RunError>(values)
+            }
+            None => Ok(target.download(store[slot].expect("output was not computed"))?),
+        });
+        self.release_temps();
+        out
+    }
+
+    /// Copy the data inputs in; make room for state; check params and buffers.
+    fn bind_inputs(&mut self, data: &[(&str, &[f32])], sizes: &[usize]) -> Result<(), RunError> {
+        for (i, &want) in sizes.iter().enumerate() {
+            let (slot, kind) = (self.plan.inputs[i].slot, self.plan.inputs[i].kind);
             match kind {
                 InputKind::Data => {
-                    let v = data.iter().find(|(n, _)| *n == self.plan.inputs[idx].name).expect("checked").1;
-                    let mut b = self.take_buffer(want);
-                    b.copy_from_slice(v);
+                    let v = data.iter().find(|(n, _)| *n == self.plan.inputs[i].name).expect("checked").1;
+                    let b = self.pooled(want)?;
                     self.temps[slot] = Some(b);
+                    self.target.upload(b, v)?;
                 }
                 InputKind::State => {
-                    if self.store[slot].as_ref().map(|b| b.len()) != Some(want) {
-                        self.store[slot] = Some(vec![0.0; want]);
+                    if self.store[slot].map(|b| b.len) != Some(want) {
+                        if let Some(old) = self.store[slot].take() {
+                            self.target.free(old);
+                        }
+                        self.store[slot] = Some(self.target.alloc(want, DType::F32)?);
                     }
                 }
-                InputKind::Param | InputKind::Buffer => self.plan.check_stored(idx, self.store[slot].as_ref().map(|b| b.len()), want)?,
+                InputKind::Param | InputKind::Buffer => self.plan.check_stored(i, self.store[slot].map(|b| b.len), want)?,
             }
         }
-        let mut steps = std::mem::take(&mut self.plan.steps);
+        Ok(())
+    }
+
+    fn run_steps(&mut self, steps: &mut [Step], dims: &DimValues) -> Result<(), RunError> {
         for (si, step) in steps.iter_mut().enumerate() {
             // resolve views, reusing the last resolution while symbols hold
             let views: Vec<View> = step.inputs.iter_mut().map(|e| e.view(dims, &mut self.stack)).collect();
             let out_shapes = step.kernel.output_shapes(&views, dims);
+            let ins: Vec<Buf> =
+                step.inputs.iter().map(|e| self.store[e.slot].or(self.temps[e.slot]).expect("a step's input has no buffer")).collect();
+            for (i, (v, b)) in views.iter().zip(&ins).enumerate() {
+                if let Some(e) = v.out_of_bounds(b.len) {
+                    return Err(ExecError::OutOfBounds(format!("{} (step {si}), input {i}: {e}", step.kernel.name())).into());
+                }
+            }
             // outputs: fresh buffers, or the in-place input's buffer
-            // (buffer, whether it goes back to the persistent store)
-            let mut outs: Vec<(Vec<f32>, bool)> = Vec::with_capacity(out_shapes.len());
+            let mut outs = Vec::with_capacity(out_shapes.len());
             for (o, s) in out_shapes.iter().enumerate() {
                 let len: usize = s.iter().product();
-                let buf = match step.inplace.iter().find(|x| x.0 == o) {
+                let b = match step.inplace.iter().find(|x| x.0 == o) {
                     Some(&(_, i)) => {
-                        let slot = step.inputs[i].slot;
-                        let (b, stored) = match self.store[slot].take() {
-                            Some(b) => (b, true),
-                            None => (self.temps[slot].take().expect("in-place input missing"), false),
-                        };
-                        assert_eq!(b.len(), len, "{}: in-place buffer of {} for an output of {len}", step.kernel.name(), b.len());
-                        (b, stored)
+                        assert_eq!(ins[i].len, len, "{}: in-place buffer of {} for an output of {len}", step.kernel.name(), ins[i].len);
+                        ins[i]
                     }
-                    None => (self.take_buffer(len), false),
+                    None => {
+                        let b = self.pooled(len)?;
+                        self.temps[step.outputs[o]] = Some(b);
+                        b
+                    }
                 };
-                outs.push(buf);
+                outs.push(b);
             }
-            {
-                let empty: &[f32] = &[];
-                let args: Vec<Arg> = step
-                    .inputs
-                    .iter()
-                    .zip(&views)
-                    .enumerate()
-                    .map(|(i, (e, v))| {
-                        let data = if step.inplace.iter().any(|x| x.1 == i) {
-                            empty
-                        } else {
-                            let d = self.store[e.slot]
-                                .as_deref()
-                                .or(self.temps[e.slot].as_deref())
-                                .unwrap_or_else(|| panic!("{}: input {i} (slot {}) has no data", step.kernel.name(), e.slot));
-                            v.check_bounds(d.len(), &step.kernel.name());
-                            d
-                        };
-                        Arg { data, view: *v }
-                    })
-                    .collect();
-                let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|b| b.0.as_mut_slice()).collect();
-                let t = self.profile.as_ref().map(|_| Instant::now());
-                step.kernel.run(&args, &mut refs, dims);
-                if let (Some(t), Some(p)) = (t, self.profile.as_mut()) {
-                    let st = &mut p[si];
-                    st.calls += 1;
-                    st.time += t.elapsed();
-                    let c = step.kernel.cost(&views, &out_shapes);
-                    st.cost.flops += c.flops;
-                    st.cost.bytes += c.bytes;
-                }
+            let mut stats = self.profile.as_mut().map(|p| &mut p[si]);
+            if let Some(s) = stats.as_deref_mut() {
+                let c = step.kernel.cost(&views, &out_shapes);
+                s.calls += 1;
+                s.cost.flops += c.flops;
+                s.cost.bytes += c.bytes;
             }
-            for (o, (buf, stored)) in outs.into_iter().enumerate() {
-                let slot = step.outputs[o];
-                if stored {
-                    self.store[slot] = Some(buf);
-                } else {
-                    self.temps[slot] = Some(buf);
-                }
-            }
+            let call = StepCall {
+                index: si,
+                kernel: step.kernel.as_ref(),
+                views: &views,
+                out_shapes: &out_shapes,
+                ins: &ins,
+                outs: &outs,
+                inplace: &step.inplace,
+                dims,
+            };
+            self.target.step(&call, stats)?;
             for &slot in &step.release {
                 if let Some(b) = self.temps[slot].take() {
-                    self.pool.give(b);
+                    self.pool.push(b);
                 }
             }
         }
-        self.plan.steps = steps;
-        let (temps, store) = (&mut self.temps, &self.store);
-        let out = self.plan.gather_outputs(dims, &mut self.stack, |slot| {
-            Ok::<_, RunError>(temps[slot].take().unwrap_or_else(|| store[slot].clone().expect("output was not computed")))
-        })?;
-        // data inputs are per run
-        for i in &self.plan.inputs {
-            if i.kind == InputKind::Data {
-                if let Some(b) = self.temps[i.slot].take() {
-                    self.pool.give(b);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Give a buffer back to the pool (e.g. an output the caller is done with).
-    fn recycle(&mut self, buf: Vec<f32>) {
-        self.pool.give(buf);
-    }
-
-    fn profile(&self) -> Option<&[StepStats]> {
-        self.profile.as_deref()
-    }
-}
-
-/// Free buffers kept for reuse (by [`pool_fits`]), so runs of varying length
-/// reuse memory instead of faulting in fresh pages every time.
-#[derive(Default)]
-struct Pool {
-    free: Vec<Vec<f32>>,
-}
-
-impl Pool {
-    fn take(&mut self, len: usize) -> Vec<f32> {
-        let best =
-            self.free.iter().enumerate().filter(|(_, b)| pool_fits(b.capacity(), len)).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
-        match best {
-            Some(i) => {
-                let mut b = self.free.swap_remove(i);
-                // Every buffer was created zero-filled to its full capacity
-                // and only ever shrunk or regrown within it, so these
-                // elements are initialised; kernels overwrite them anyway.
-                unsafe { b.set_len(len) };
-                b
-            }
-            None => vec![0.0; len],
-        }
-    }
-
-    fn give(&mut self, mut b: Vec<f32>) {
-        if b.capacity() > b.len() {
-            // keep the invariant: initialised up to capacity
-            let cap = b.capacity();
-            b.resize(cap, 0.0);
-        }
-        self.free.push(b);
+        Ok(())
     }
 }

@@ -1,9 +1,11 @@
 //! lumind's graph layer, below the models: a runtime-shaped tensor API over
 //! luminal's `Graph`, compiler passes (each a `luminal::Compiler`), CPU
 //! kernels (each behind a luminal `Operator`) and the executor that runs a
-//! compiled graph. It knows nothing of models, files or the command line.
+//! compiled graph on a target (the CPU, or a CUDA device). It knows nothing of models, files or the command line.
 
 pub mod autograd;
+pub mod backend;
+pub mod cpu_target;
 pub mod cuda;
 pub mod executor;
 pub mod inspect;
@@ -15,19 +17,18 @@ pub mod optim;
 pub mod passes;
 mod plan;
 pub mod primop;
-pub mod run;
 mod run_error;
-pub mod runner;
 pub mod shape;
+pub mod step_stats;
+pub mod target;
 pub mod tensor;
 pub mod view;
 
+pub use backend::Backend;
 pub use executor::{Executor, Outputs};
 pub use passes::{compile, pipeline, Fusion};
 pub use plan::ExecError;
-pub use run::Run;
 pub use run_error::RunError;
-pub use runner::{Backend, Runner};
 pub use shape::{d, sym, Dim};
 pub use tensor::{BuiltGraph, GraphBuilder, InputKind, Tensor};
 pub use view::DimValues;

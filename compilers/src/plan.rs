@@ -1,4 +1,4 @@
-//! The schedule of a compiled graph, shared by every executor: a topological
+//! The schedule of a compiled graph, as the executor runs it on any target: a topological
 //! order of kernel steps, one buffer slot per node output (an in-place output
 //! shares its input's slot), and for every temporary slot the step after
 //! which it is free.
@@ -27,6 +27,9 @@ pub enum ExecError {
     InputSize { name: String, shape: String, got: usize, want: usize },
     #[error("dimension `{0}` has no value for this run")]
     MissingDim(char),
+    /// (a compiler bug, caught before a kernel reads past a buffer)
+    #[error("{0}")]
+    OutOfBounds(String),
 }
 
 pub(crate) struct InputSlot {

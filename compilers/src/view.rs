@@ -173,18 +173,18 @@ impl View {
         Some((min, max))
     }
 
-    /// Panics with a clear message if reading this view from a buffer of
-    /// `len` elements would go out of bounds; kernels rely on this check.
-    pub fn check_bounds(&self, len: usize, what: &str) {
-        if let Some((lo, hi)) = self.touched() {
-            assert!(
-                lo >= 0 && (hi as usize) < len,
-                "{what}: view {:?} (strides {:?}, offset {}) reads [{lo}, {hi}] of a buffer of {len}",
+    /// Why reading this view from a buffer of `len` elements would go out
+    /// of bounds, if it would; kernels rely on the executor checking this.
+    pub fn out_of_bounds(&self, len: usize) -> Option<String> {
+        let (lo, hi) = self.touched()?;
+        (lo < 0 || hi as usize >= len).then(|| {
+            format!(
+                "view {:?} (strides {:?}, offset {}) reads [{lo}, {hi}] of a buffer of {len}",
                 self.dims(),
                 &self.strides[..self.rank],
                 self.offset
-            );
-        }
+            )
+        })
     }
 
     /// Drop dimension `axis` (used by kernels that iterate it themselves).

@@ -12,7 +12,7 @@ use lumind_compilers::kernels::causal_attention::CausalAttention;
 use lumind_compilers::kernels::rope::Rope;
 use lumind_compilers::losses::sum_all;
 use lumind_compilers::passes::causal_attention::fuse_before_autograd;
-use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Run, Tensor};
+use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(97)) % 2000) as f32 / 1000.0 - 1.0) * 1.5).collect()

@@ -4,7 +4,7 @@
 
 use lumind_compilers::autograd::backward;
 use lumind_compilers::losses::{cross_entropy, sum_all};
-use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Run, Tensor};
+use lumind_compilers::{compile, d, pipeline, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(97)) % 2000) as f32 / 1000.0 - 1.0) * 0.8).collect()

@@ -1,7 +1,7 @@
 //! Every op of the tensor API, run through every fusion strategy, against a
 //! plain loop.
 
-use lumind_compilers::{compile, d, pipeline, sym, DimValues, Executor, Fusion, GraphBuilder, InputKind, Run, Tensor};
+use lumind_compilers::{compile, d, pipeline, sym, DimValues, Executor, Fusion, GraphBuilder, InputKind, Tensor};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()

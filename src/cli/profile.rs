@@ -119,7 +119,7 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn names(exec: &lumind_compilers::Runner) -> BTreeMap<usize, String> {
+fn names(exec: &lumind_compilers::Executor) -> BTreeMap<usize, String> {
     exec.graph().graph.node_indices().map(|n| (n.index(), op_name(exec.graph(), n))).collect()
 }
 

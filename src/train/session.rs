@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::{input_values, state_names};
 use lumind_compilers::passes::{fuses_attention, pipeline_for};
-use lumind_compilers::{compile, Backend, DimValues, Fusion, Runner};
+use lumind_compilers::{compile, Backend, DimValues, Executor, Fusion};
 
 use super::graph::{build, Stage, Update};
 use crate::graph_io::{dim, input, output};
@@ -64,7 +64,7 @@ impl Batch {
 
 pub struct TrainSession {
     pub def: ModelDef,
-    pub exec: Runner,
+    pub exec: Executor,
     pub stage: Stage,
     update: Update,
     pub max_positions: usize,
@@ -108,7 +108,7 @@ impl TrainSession {
     ) -> Result<TrainSession> {
         let mut g = build(def, positions, &stage, &update, fuses_attention(fusion, backend))?;
         compile(&mut g.graph, &pipeline_for(fusion, backend), |_, _| {});
-        let mut exec = Runner::new(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
+        let mut exec = Executor::on(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
         let w = weights.into_map();
         for (name, input) in &g.frozen {
             exec.set(input, w[name].1.clone())?;

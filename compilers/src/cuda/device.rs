@@ -1,4 +1,4 @@
-//! What the device executor needs from a device: memory, one module of
+//! What the device target ([`super::target`]) needs from a device: memory, one module of
 //! generated kernels, launches, and cuBLAS's strided-batched SGEMM. The CUDA
 //! driver ([`super::driver`]) and the CPU emulator ([`super::emulator`])
 //! implement it, so the executor and every generated kernel are tested on

@@ -15,7 +15,7 @@ pub mod simplify_row_programs;
 
 use luminal::prelude::*;
 
-use crate::runner::Backend;
+use crate::backend::Backend;
 use crate::tensor::BuiltGraph;
 
 /// How much the CPU compiler does to a graph before it runs.

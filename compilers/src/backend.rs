@@ -1,11 +1,7 @@
-//! A compiled graph ready to run on one backend: the CPU executor, or the
-//! device executor on a GPU (CUDA) or on the CPU emulation of one. Sessions
-//! hold a `Runner` and never care which.
+//! Where a compiled graph runs, as users choose it (`--device`): the CPU,
+//! a GPU through CUDA, or the CPU emulation of one.
 
-use crate::cuda::{Device, DeviceError, DeviceExecutor};
-use crate::executor::Executor;
-use crate::run::Run;
-use crate::tensor::BuiltGraph;
+use crate::cuda::{Device, DeviceError};
 
 /// Where a graph runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, strum::EnumString, strum::Display, strum::VariantNames)]
@@ -20,22 +16,6 @@ pub enum Backend {
     Emulated,
 }
 
-/// The compiled graph of a session, on the backend it was opened for.
-pub struct Runner(Box<dyn Run>);
-
-impl std::ops::Deref for Runner {
-    type Target = dyn Run;
-    fn deref(&self) -> &(dyn Run + 'static) {
-        &*self.0
-    }
-}
-
-impl std::ops::DerefMut for Runner {
-    fn deref_mut(&mut self) -> &mut (dyn Run + 'static) {
-        &mut *self.0
-    }
-}
-
 /// The device behind a backend; a clear error where there is none.
 pub fn open_device(backend: Backend) -> Result<Box<dyn Device>, DeviceError> {
     match backend {
@@ -45,14 +25,5 @@ pub fn open_device(backend: Backend) -> Result<Box<dyn Device>, DeviceError> {
         Backend::Cuda => Ok(Box::new(crate::cuda::driver::Cuda::open(0)?)),
         #[cfg(not(feature = "cuda"))]
         Backend::Cuda => Err(DeviceError("this lumind was built without CUDA support (cargo feature `cuda`)".into())),
-    }
-}
-
-impl Runner {
-    pub fn new(built: BuiltGraph, backend: Backend) -> Result<Runner, DeviceError> {
-        Ok(Runner(match backend {
-            Backend::Cpu => Box::new(Executor::new(built)),
-            _ => Box::new(DeviceExecutor::new(built, open_device(backend)?)?),
-        }))
     }
 }

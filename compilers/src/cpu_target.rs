@@ -1,0 +1,106 @@
+//! The CPU as a [`Target`]: buffers are `Vec<f32>`s in an arena, and a step
+//! runs its kernel at once over strided views of them.
+
+use std::time::Instant;
+
+use crate::cuda::DeviceError;
+use crate::kernel::Arg;
+use crate::step_stats::StepStats;
+use crate::target::{Buf, DType, StepCall, Target};
+
+/// Every buffer is kept initialised up to its capacity, so one taken from
+/// the pool for fewer values needs no clearing (kernels overwrite them).
+#[derive(Default)]
+pub struct CpuTarget {
+    bufs: Vec<Vec<f32>>,
+    /// ids of empty arena entries
+    vacant: Vec<usize>,
+}
+
+impl CpuTarget {
+    fn insert(&mut self, mut data: Vec<f32>) -> Buf {
+        let len = data.len();
+        data.resize(data.capacity().max(1), 0.0);
+        let cap = data.len();
+        let id = match self.vacant.pop() {
+            Some(id) => {
+                self.bufs[id] = data;
+                id
+            }
+            None => {
+                self.bufs.push(data);
+                self.bufs.len() - 1
+            }
+        };
+        Buf { id, len, cap, dtype: DType::F32 }
+    }
+}
+
+impl Target for CpuTarget {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn alloc(&mut self, len: usize, _: DType) -> Result<Buf, DeviceError> {
+        let mut b = self.insert(vec![0.0; len.max(1)]);
+        b.len = len;
+        Ok(b)
+    }
+
+    fn adopt(&mut self, data: Vec<f32>) -> Result<Buf, DeviceError> {
+        Ok(self.insert(data))
+    }
+
+    fn free(&mut self, b: Buf) {
+        self.bufs[b.id] = vec![];
+        self.vacant.push(b.id);
+    }
+
+    fn upload(&mut self, b: Buf, data: &[f32]) -> Result<(), DeviceError> {
+        self.bufs[b.id][..b.len].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&self, b: Buf) -> Result<Vec<f32>, DeviceError> {
+        Ok(self.bufs[b.id][..b.len].to_vec())
+    }
+
+    fn take(&mut self, b: Buf) -> Result<(Vec<f32>, Option<Buf>), DeviceError> {
+        let mut data = std::mem::take(&mut self.bufs[b.id]);
+        self.vacant.push(b.id);
+        data.truncate(b.len);
+        Ok((data, None))
+    }
+
+    fn reuse(&mut self, data: Vec<f32>) -> Option<Buf> {
+        Some(self.insert(data))
+    }
+
+    fn step(&mut self, c: &StepCall, stats: Option<&mut StepStats>) -> Result<(), DeviceError> {
+        // the outputs leave the arena while the kernel runs, so it can read
+        // the inputs beside them (an in-place input's data arrives empty:
+        // its output holds it)
+        let mut outs: Vec<Vec<f32>> = c.outs.iter().map(|b| std::mem::take(&mut self.bufs[b.id])).collect();
+        let args: Vec<Arg> = c
+            .ins
+            .iter()
+            .zip(c.views)
+            .enumerate()
+            .map(|(i, (b, &view))| {
+                let data: &[f32] = if c.inplace.iter().any(|x| x.1 == i) { &[] } else { &self.bufs[b.id][..b.len] };
+                Arg { data, view }
+            })
+            .collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().zip(c.outs).map(|(v, b)| &mut v[..b.len]).collect();
+        let t = stats.as_ref().map(|_| Instant::now());
+        c.kernel.run(&args, &mut refs, c.dims);
+        if let (Some(t), Some(s)) = (t, stats) {
+            s.time += t.elapsed();
+        }
+        drop((args, refs));
+        for (b, v) in c.outs.iter().zip(outs) {
+            self.bufs[b.id] = v;
+        }
+        Ok(())
+    }
+}
