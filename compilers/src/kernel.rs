@@ -13,6 +13,7 @@ use std::sync::Arc;
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::{ShapeTracker, Tensor};
 
+use crate::cuda::source::CudaKernel;
 use crate::view::{DimValues, View};
 
 /// One input of a kernel: the producer's buffer and how to read it.
@@ -55,6 +56,11 @@ pub trait Kernel: Debug + Send + Sync + KernelEq + 'static {
     /// a graph before autograd runs.
     fn grad_rule(&self) -> GradRule {
         GradRule::None
+    }
+    /// The kernel as CUDA C, for the device backends; None: it has none
+    /// (matrix products go to cuBLAS instead).
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        None
     }
 }
 

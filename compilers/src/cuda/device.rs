@@ -4,7 +4,7 @@
 //! implement it, so the executor and every generated kernel are tested on
 //! machines without a GPU.
 
-use super::codegen::Launch;
+use super::source::Launch;
 
 /// A device buffer of f32, by handle.
 pub type BufId = usize;

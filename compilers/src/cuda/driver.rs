@@ -15,8 +15,9 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
-use super::codegen::{kernels, Launch};
+use super::codegen::kernels;
 use super::device::{BufId, Device, DeviceError, DeviceResult, Sgemm};
+use super::source::Launch;
 
 pub struct Cuda {
     ctx: Arc<CudaContext>,

@@ -8,8 +8,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::codegen::{kernels, Launch};
+use super::codegen::kernels;
 use super::device::{sgemm_reference, BufId, Device, DeviceError, DeviceResult, Sgemm};
+use super::source::Launch;
 
 const SHIM: &str = r#"#include <math.h>
 #include <string.h>

@@ -10,6 +10,8 @@ pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
 pub mod emulator;
+pub mod row_code;
+pub mod source;
 pub mod target;
 
 pub use device::{Device, DeviceError};

@@ -4,14 +4,15 @@
 //! [`Target::flush`] sends the words once and launches everything in order.
 //! Weights and state are uploaded once and stay on the device.
 
-use super::codegen::{lower, matmul_naive, module_source, DeviceKernel, DeviceOp, Launch};
+use super::codegen::{lower, matmul_naive, matmul_naive_meta, module_source, DeviceKernel};
 use super::device::{BufId, Device, DeviceError, Product, Sgemm};
+use super::source::Launch;
 use crate::kernels::matmul::MatMul;
 use crate::plan::Plan;
 use crate::step_stats::StepStats;
 use crate::target::{Buf, DType, StepCall, Target};
 use crate::tensor::BuiltGraph;
-use crate::view::{DimValues, View};
+use crate::view::View;
 
 enum Call {
     Launch { entry: String, launch: Launch, meta_at: usize, bufs: Vec<BufId> },
@@ -62,15 +63,7 @@ impl DeviceTarget {
 
     /// cuBLAS when the views are plain strided matrices, one call per outer
     /// batch combination; else the generic kernel.
-    fn queue_matmul(
-        &mut self,
-        si: usize,
-        mm: &MatMul,
-        views: &[View],
-        out_shapes: &[Vec<usize>],
-        dims: &DimValues,
-        bufs: Vec<BufId>,
-    ) -> Result<(), DeviceError> {
+    fn queue_matmul(&mut self, si: usize, mm: &MatMul, views: &[View], out_shapes: &[Vec<usize>], bufs: Vec<BufId>) {
         let (a, b) = (&views[0], &views[1]);
         if !a.padded && !b.padded {
             let p = mm.plan(a, b);
@@ -105,13 +98,12 @@ impl DeviceTarget {
                     let call = at.sgemm(batch, strides).expect("same layout as the first batch");
                     self.cmds.push(Cmd { step: si, op: Call::Sgemm(call, [bufs[1], bufs[2], bufs[0]]) });
                 }
-                return Ok(());
+                return;
             }
         }
-        let m = DeviceOp::MatMulNaive(mm.axis).meta(views, out_shapes, dims).map_err(DeviceError)?;
+        let m = matmul_naive_meta(mm.axis, views, out_shapes);
         let entry = self.naive_matmul.clone();
         self.launch(si, &entry, m, bufs);
-        Ok(())
     }
 }
 
@@ -150,9 +142,10 @@ impl Target for DeviceTarget {
     fn step(&mut self, c: &StepCall, _: Option<&mut StepStats>) -> Result<(), DeviceError> {
         let bufs: Vec<BufId> = c.outs.iter().chain(c.ins).map(|b| b.id).collect();
         match &self.kernels[c.index] {
-            DeviceKernel::Source { entry, kind, .. } => {
-                let m = kind.meta(c.views, c.out_shapes, c.dims).map_err(|e| DeviceError(format!("step {}: {e}", c.index)))?;
-                if let DeviceOp::ScatterAdd(_) = kind {
+            k @ DeviceKernel::Source { entry, .. } => {
+                let cuda = k.cuda().expect("a generated function's kernel has a device form");
+                let m = cuda.meta(c.views, c.out_shapes, c.dims).map_err(|e| DeviceError(format!("step {}: {e}", c.index)))?;
+                if cuda.zeroes_output() {
                     self.cmds.push(Cmd { step: c.index, op: Call::Zero(c.outs[0].id, c.outs[0].len) });
                 }
                 let entry = entry.clone();
@@ -160,7 +153,7 @@ impl Target for DeviceTarget {
             }
             DeviceKernel::MatMul(mm) => {
                 let mm = mm.clone();
-                self.queue_matmul(c.index, &mm, c.views, c.out_shapes, c.dims, bufs)?;
+                self.queue_matmul(c.index, &mm, c.views, c.out_shapes, bufs);
             }
         }
         Ok(())

@@ -8,6 +8,7 @@
 //! `torch.optim.AdamW` does, and `acc` is cleared. A step whose global norm
 //! is not finite changes nothing but `acc`.
 
+use crate::cuda::source::{elementwise, push_view, unless_empty, Call, CudaKernel, VIEW_WORDS};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -22,6 +23,9 @@ pub struct AdamW {
 }
 
 impl Kernel for AdamW {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         "AdamW".into()
     }
@@ -81,5 +85,57 @@ impl Kernel for AdamW {
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
         let n = inputs[0].numel() as f64;
         Cost { flops: 12.0 * n, bytes: 4.0 * 9.0 * n }
+    }
+}
+
+impl CudaKernel for AdamW {
+    fn prefix(&self) -> &'static str {
+        "adamw"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (4, 9)
+    }
+    /// outputs p, m, v, acc are inputs 0-3 updated in place; in4 the
+    /// gradient (contiguous), in5 its squared norm, in6-in8 the scalars lr,
+    /// step and apply
+    fn body(&self) -> String {
+        let f = |x: f32| format!("{:?}f", x);
+        format!(
+            "  const V* gs = VIEW(meta, 1);
+  const float lr = in6[VIEW(meta, 1 + {vw})->off], step = in7[VIEW(meta, 1 + 2 * {vw})->off], apply = in8[VIEW(meta, 1 + 3 * {vw})->off];
+  const float norm = sqrtf(in5[gs->off]);
+  const float b1 = {b1}, b2 = {b2}, eps = {eps}, wd = {wd}, max_norm = {mn};
+  const float clip = max_norm > 0.0f ? fminf(max_norm / (norm + 1e-6f), 1.0f) : 1.0f;
+  const float bc1 = 1.0f - powf(b1, step), bc2_sqrt = sqrtf(1.0f - powf(b2, step));
+  const float step_size = lr / bc1, decay = 1.0f - lr * wd;
+  GRID_STRIDE(i, meta[0]) {{
+    if (apply == 0.0f) {{ out3[i] = in4[i]; continue; }}
+    if (isfinite(norm)) {{
+      float g = in4[i] * clip;
+      out0[i] *= decay;
+      out1[i] = b1 * out1[i] + (1.0f - b1) * g;
+      out2[i] = b2 * out2[i] + (1.0f - b2) * g * g;
+      out0[i] -= step_size * out1[i] / (sqrtf(out2[i]) / bc2_sqrt + eps);
+    }}
+    out3[i] = 0.0f;
+  }}
+",
+            vw = VIEW_WORDS,
+            b1 = f(self.beta1),
+            b2 = f(self.beta2),
+            eps = f(self.eps),
+            wd = f(self.weight_decay),
+            mn = f(self.max_norm)
+        )
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        if !views[4].is_plain() {
+            return Err("AdamW: the gradient must be contiguous".into());
+        }
+        let mut m = vec![views[0].numel() as i64];
+        for v in &views[5..9] {
+            push_view(&mut m, v);
+        }
+        Ok(unless_empty(m, elementwise(views[0].numel()), out_shapes))
     }
 }

@@ -3,6 +3,7 @@
 //! each computes on the CPU and as CUDA C.
 
 use super::walk::{at, for_each_index, Walk};
+use crate::cuda::source::{elementwise, out_len, push_view, unless_empty, Call, CudaKernel, VIEW_WORDS};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -40,6 +41,9 @@ impl BinaryOp {
 pub struct Binary(pub BinaryOp);
 
 impl Kernel for Binary {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         format!("{:?}", self.0)
     }
@@ -91,5 +95,25 @@ impl Kernel for Binary {
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
         let n = inputs[0].numel() as f64;
         Cost { flops: n, bytes: 12.0 * n }
+    }
+}
+
+impl CudaKernel for Binary {
+    fn prefix(&self) -> &'static str {
+        "binary"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 2)
+    }
+    fn body(&self) -> String {
+        let e = self.0.cuda("ld(in0, VIEW(meta, 1), i)", &format!("ld(in1, VIEW(meta, {}), i)", 1 + VIEW_WORDS));
+        format!("  GRID_STRIDE(i, meta[0]) out0[i] = {e};\n")
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let n = out_len(out_shapes, 0);
+        let mut m = vec![n as i64];
+        push_view(&mut m, &views[0]);
+        push_view(&mut m, &views[1]);
+        Ok(unless_empty(m, elementwise(n), out_shapes))
     }
 }

@@ -3,6 +3,7 @@
 
 use super::row_program::load_row;
 use super::walk::{for_row_blocks, unravel, Walk};
+use crate::cuda::source::{elementwise, out_len, push_view, unless_empty, Call, CudaKernel};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -10,6 +11,9 @@ use crate::view::{DimValues, View};
 pub struct Contiguous;
 
 impl Kernel for Contiguous {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         "Contiguous".into()
     }
@@ -52,4 +56,22 @@ fn copy_padded(x: &Arg, out: &mut [f32]) {
             load_row(x, &idx, row);
         }
     });
+}
+
+impl CudaKernel for Contiguous {
+    fn prefix(&self) -> &'static str {
+        "copy"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 1)
+    }
+    fn body(&self) -> String {
+        "  GRID_STRIDE(i, meta[0]) out0[i] = ld(in0, VIEW(meta, 1), i);\n".into()
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let n = out_len(out_shapes, 0);
+        let mut m = vec![n as i64];
+        push_view(&mut m, &views[0]);
+        Ok(unless_empty(m, elementwise(n), out_shapes))
+    }
 }

@@ -2,6 +2,7 @@
 //! every luminal tensor is f32; exact for vocabularies below 2^24).
 
 use super::walk::for_each_index;
+use crate::cuda::source::{elementwise, push_view, unless_empty, Call, CudaKernel, VIEW_WORDS};
 use crate::kernel::{Arg, Cost, GradRule, Kernel};
 use crate::view::{DimValues, View};
 
@@ -9,6 +10,9 @@ use crate::view::{DimValues, View};
 pub struct Gather;
 
 impl Kernel for Gather {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         "Gather".into()
     }
@@ -55,6 +59,9 @@ pub struct ScatterAdd {
 }
 
 impl Kernel for ScatterAdd {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         "ScatterAdd".into()
     }
@@ -82,5 +89,61 @@ impl Kernel for ScatterAdd {
                 }
             }
         });
+    }
+}
+
+impl CudaKernel for Gather {
+    fn prefix(&self) -> &'static str {
+        "gather"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 2)
+    }
+    fn body(&self) -> String {
+        "  const i64 d = meta[1]; const V* t = VIEW(meta, 2); const V* ids = VIEW(meta, 2 + VW);
+  GRID_STRIDE(e, meta[0] * d) {
+    i64 i = e / d, c = e % d;
+    float id = ld(in1, ids, i);
+    i64 r = (i64)id;
+    out0[e] = (id < 0.0f || r >= t->shape[0]) ? NAN : in0[t->off + r * t->st[0] + c * t->st[1]];
+  }
+"
+        .replace("VW", &VIEW_WORDS.to_string())
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let d = views[0].shape[1];
+        let mut m = vec![views[1].numel() as i64, d as i64];
+        push_view(&mut m, &views[0]);
+        push_view(&mut m, &views[1]);
+        Ok(unless_empty(m, elementwise(views[1].numel() * d), out_shapes))
+    }
+}
+
+impl CudaKernel for ScatterAdd {
+    fn prefix(&self) -> &'static str {
+        "scatter_add"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 2)
+    }
+    fn body(&self) -> String {
+        "  const i64 d = meta[1], vocab = meta[2]; const V* g = VIEW(meta, 3); const V* ids = VIEW(meta, 3 + VW);
+  GRID_STRIDE(e, meta[0] * d) {
+    i64 i = e / d, c = e % d;
+    i64 r = (i64)ld(in1, ids, i);
+    if (r >= 0 && r < vocab) atomicAdd(&out0[r * d + c], ld(in0, g, e));
+  }
+"
+        .replace("VW", &VIEW_WORDS.to_string())
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let d = *out_shapes[0].last().unwrap();
+        let mut m = vec![views[1].numel() as i64, d as i64, out_shapes[0][0] as i64];
+        push_view(&mut m, &views[0]);
+        push_view(&mut m, &views[1]);
+        Ok(unless_empty(m, elementwise(views[1].numel() * d), out_shapes))
+    }
+    fn zeroes_output(&self) -> bool {
+        true
     }
 }

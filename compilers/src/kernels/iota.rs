@@ -2,6 +2,7 @@
 
 use luminal::prelude::symbolic::Expression;
 
+use crate::cuda::source::{elementwise, out_len, unless_empty, Call, CudaKernel};
 use crate::kernel::{Arg, GradRule, Kernel};
 use crate::view::{eval, DimValues, View};
 
@@ -12,6 +13,9 @@ pub struct Iota {
 }
 
 impl Kernel for Iota {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         format!("Iota({:?}+{:?})", self.len, self.offset)
     }
@@ -26,5 +30,22 @@ impl Kernel for Iota {
         for (i, o) in outputs[0].iter_mut().enumerate() {
             *o = (off + i) as f32;
         }
+    }
+}
+
+impl CudaKernel for Iota {
+    fn prefix(&self) -> &'static str {
+        "iota"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 0)
+    }
+    fn body(&self) -> String {
+        "  GRID_STRIDE(i, meta[0]) out0[i] = (float)(meta[1] + i);\n".into()
+    }
+    fn meta(&self, _: &[View], out_shapes: &[Vec<usize>], dims: &DimValues) -> Result<Call, String> {
+        let n = out_len(out_shapes, 0);
+        let m = vec![n as i64, eval(&self.offset, dims, &mut vec![]) as i64];
+        Ok(unless_empty(m, elementwise(n), out_shapes))
     }
 }

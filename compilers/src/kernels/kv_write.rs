@@ -6,6 +6,7 @@
 use luminal::prelude::symbolic::Expression;
 
 use super::walk::for_each_index;
+use crate::cuda::source::{elementwise, push_view, unless_empty, Call, CudaKernel, VIEW_WORDS};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{eval, DimValues, View};
 
@@ -53,6 +54,9 @@ impl KvWrite {
 }
 
 impl Kernel for KvWrite {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         "KvWrite".into()
     }
@@ -103,5 +107,40 @@ impl Kernel for KvWrite {
     }
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
         Cost { flops: 0.0, bytes: 8.0 * inputs[1].numel() as f64 }
+    }
+}
+
+impl CudaKernel for KvWrite {
+    fn prefix(&self) -> &'static str {
+        "kv_write"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 3)
+    }
+    /// out0 is the cache (in0, updated in place); in1 the new rows; in2 the
+    /// position of each (batch row, new element)
+    fn body(&self) -> String {
+        "  const i64 axis = meta[1], first = meta[2]; const V* c = VIEW(meta, 3); const V* nw = VIEW(meta, 3 + VW);
+  const V* ps = VIEW(meta, 3 + 2 * VW);
+  GRID_STRIDE(e, meta[0]) {
+    i64 idx[MAXR];
+    unravel(e, nw->shape, (int)nw->rank, idx);
+    i64 pi[2] = {idx[0], idx[axis]};
+    i64 pos = (i64)ldi(in2, ps, pi);
+    i64 dst = c->off;
+    for (int d = 0; d < (int)c->rank; ++d) dst += (d == axis ? pos : idx[d] + (d == 0 ? first : 0)) * c->st[d];
+    out0[dst] = ld(in1, nw, e);
+  }
+"
+        .replace("VW", &VIEW_WORDS.to_string())
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], dims: &DimValues) -> Result<Call, String> {
+        // (positions stay on the device: sessions check them before a run)
+        let first = self.first_row(&views[0], &views[1], dims)?;
+        let mut m = vec![views[1].numel() as i64, self.axis as i64, first as i64];
+        for v in &views[..3] {
+            push_view(&mut m, v);
+        }
+        Ok(unless_empty(m, elementwise(views[1].numel()), out_shapes))
     }
 }

@@ -18,6 +18,7 @@ use super::gemv::{gemv, Rows, MAX_ROWS};
 use super::matmul::sgemm;
 use super::row_program::{RowOp, RowProgram, Scratch};
 use super::Ptr;
+use crate::cuda::source::CudaKernel;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -33,6 +34,9 @@ pub struct ProductChain {
 const BLOCK: usize = 64;
 
 impl Kernel for ProductChain {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         // the same shape also matches a gated MLP: x Wg -> silu * up -> Wd
         if self.program.has_softmax() { "Attention" } else { "GatedMLP" }.into()

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::walk::{for_each_index, unravel, Walk};
+use crate::cuda::source::{elementwise, out_len, push_view, unless_empty, Call, CudaKernel};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{contiguous_strides, DimValues, View};
 
@@ -52,6 +53,9 @@ pub struct Reduce {
 }
 
 impl Kernel for Reduce {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         format!("{:?}Reduce({})", self.op, self.axis)
     }
@@ -193,4 +197,36 @@ pub fn max(x: &[f32]) -> f32 {
         m = m.max(v);
     }
     m
+}
+
+impl CudaKernel for Reduce {
+    fn prefix(&self) -> &'static str {
+        "reduce"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 1)
+    }
+    fn body(&self) -> String {
+        let (init, step) = match self.op {
+            ReduceOp::Sum => ("0.0f", "acc += x;"),
+            ReduceOp::Max => ("-INFINITY", "acc = fmaxf(acc, x);"),
+        };
+        format!(
+            "  const i64 axis = meta[1]; const V* v = VIEW(meta, 2);
+  GRID_STRIDE(o, meta[0]) {{
+    i64 idx[MAXR], rest = o;
+    for (int d = (int)v->rank - 1; d >= 0; --d) {{ if (d == axis) continue; idx[d] = rest % v->shape[d]; rest /= v->shape[d]; }}
+    float acc = {init};
+    for (i64 j = 0; j < v->shape[axis]; ++j) {{ idx[axis] = j; float x = ldi(in0, v, idx); {step} }}
+    out0[o] = acc;
+  }}
+"
+        )
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let n = out_len(out_shapes, 0);
+        let mut m = vec![n as i64, self.axis as i64];
+        push_view(&mut m, &views[0]);
+        Ok(unless_empty(m, elementwise(n), out_shapes))
+    }
 }

@@ -15,6 +15,7 @@ use super::binary::BinaryOp;
 use super::reduce::ReduceOp;
 use super::unary::UnaryOp;
 use super::walk::unravel;
+use crate::cuda::source::CudaKernel;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{eval, DimValues, View};
 
@@ -127,6 +128,9 @@ pub struct Scratch {
 }
 
 impl Kernel for RowProgram {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         "RowProgram".into()
     }

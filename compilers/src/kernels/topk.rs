@@ -4,6 +4,7 @@
 
 use super::row_program::load_row;
 use super::walk::unravel;
+use crate::cuda::source::{elementwise, push_view, unless_empty, Call, CudaKernel};
 use crate::kernel::{Arg, GradRule, Kernel};
 use crate::view::{DimValues, View};
 
@@ -13,6 +14,9 @@ pub struct TopKMask {
 }
 
 impl Kernel for TopKMask {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         format!("TopKMask({})", self.k)
     }
@@ -45,5 +49,40 @@ impl Kernel for TopKMask {
                 o[best] = 1.0;
             }
         }
+    }
+}
+
+impl CudaKernel for TopKMask {
+    fn prefix(&self) -> &'static str {
+        "topk"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 1)
+    }
+    fn body(&self) -> String {
+        format!(
+            "  const i64 e = meta[1]; const V* v = VIEW(meta, 2);
+  GRID_STRIDE(r, meta[0]) {{
+    float* o = out0 + r * e;
+    for (i64 j = 0; j < e; ++j) o[j] = 0.0f;
+    for (int n = 0; n < {k} && n < e; ++n) {{
+      i64 best = -1; float bv = 0.0f;
+      for (i64 j = 0; j < e; ++j) {{
+        float x = ld(in0, v, r * e + j);
+        if (o[j] == 0.0f && (best < 0 || x > bv)) {{ best = j; bv = x; }}
+      }}
+      o[best] = 1.0f;
+    }}
+  }}
+",
+            k = self.k
+        )
+    }
+    fn meta(&self, views: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let e = *views[0].dims().last().unwrap();
+        let rows = views[0].numel() / e.max(1);
+        let mut m = vec![rows as i64, e as i64];
+        push_view(&mut m, &views[0]);
+        Ok(unless_empty(m, elementwise(rows), out_shapes))
     }
 }

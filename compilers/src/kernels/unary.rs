@@ -8,6 +8,7 @@
 //! carries the same `ShapeTracker`). So the kernel ignores the view and maps
 //! the whole physical buffer; `UnarySequentialElimination` relies on this.
 
+use crate::cuda::source::{elementwise, out_len, unless_empty, Call, CudaKernel};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::view::{DimValues, View};
 
@@ -60,6 +61,9 @@ impl UnaryOp {
 pub struct Unary(pub UnaryOp);
 
 impl Kernel for Unary {
+    fn cuda(&self) -> Option<&dyn CudaKernel> {
+        Some(self)
+    }
     fn name(&self) -> String {
         format!("{:?}", self.0)
     }
@@ -80,5 +84,21 @@ impl Kernel for Unary {
     fn cost(&self, inputs: &[View], _: &[Vec<usize>]) -> Cost {
         let n = inputs[0].phys_len as f64;
         Cost { flops: n, bytes: 8.0 * n }
+    }
+}
+
+impl CudaKernel for Unary {
+    fn prefix(&self) -> &'static str {
+        "unary"
+    }
+    fn arity(&self) -> (usize, usize) {
+        (1, 1)
+    }
+    fn body(&self) -> String {
+        format!("  GRID_STRIDE(i, meta[0]) out0[i] = {};\n", self.0.cuda("in0[i]"))
+    }
+    fn meta(&self, _: &[View], out_shapes: &[Vec<usize>], _: &DimValues) -> Result<Call, String> {
+        let n = out_len(out_shapes, 0);
+        Ok(unless_empty(vec![n as i64], elementwise(n), out_shapes))
     }
 }
