@@ -57,40 +57,70 @@ pub fn forward_flops(def: &ModelDef, n: usize, past: usize) -> f64 {
     2.0 * body * n as f64 + 2.0 * head + attn * n as f64
 }
 
-/// Single-thread streaming read bandwidth in bytes/s (sum over 256 MiB).
-pub fn read_bandwidth() -> f64 {
-    let n = 64 << 20;
+/// Streaming read bandwidth in bytes/s (sums over 256 MiB): of one thread,
+/// and of all worker threads together, each summing its own part.
+pub fn read_bandwidth() -> (f64, f64) {
+    let n: usize = 64 << 20;
     let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let mut best = f64::MAX;
-    let mut sink = 0.0;
-    for _ in 0..3 {
-        let t = Instant::now();
-        sink += lumind_compilers::kernels::reduce::sum(&data);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(sink);
-    (n * 4) as f64 / best
-}
-
-/// fp32 multiply-add throughput of all worker threads together, in FLOP/s:
-/// every thread runs twelve independent chains of 8-lane FMAs, the AVX2
-/// kernels the gemm crate uses here (None without AVX2 and FMA). With the
-/// FLOPs of a token, a bound on prefill and training speed, as the read
-/// bandwidth is for decoding.
-pub fn fma_peak() -> Option<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if lumind_compilers::kernels::simd::avx2() {
-        const ITERS: usize = 4 << 20;
+    let threads = rayon::current_num_threads();
+    let part = n.div_ceil(threads);
+    let time = |all: bool| {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
-            // SAFETY: the CPU has AVX2 and FMA
-            let sink: f32 = rayon::broadcast(|_| unsafe { fma_chains(ITERS) }).iter().sum();
+            let sink: f32 = if all {
+                rayon::broadcast(|c| {
+                    lumind_compilers::kernels::reduce::sum(&data[(c.index() * part).min(n)..((c.index() + 1) * part).min(n)])
+                })
+                .iter()
+                .sum()
+            } else {
+                lumind_compilers::kernels::reduce::sum(&data)
+            };
             std::hint::black_box(sink);
             best = best.min(t.elapsed().as_secs_f64());
         }
-        return Some((rayon::current_num_threads() * ITERS * 12 * 8 * 2) as f64 / best);
+        (n * 4) as f64 / best
+    };
+    (time(false), time(true))
+}
+
+/// fp32 multiply-add throughput of all worker threads together, in FLOP/s,
+/// on the widest FMA units the CPU has, and which (`AVX-512` or `AVX2`):
+/// every thread runs twelve independent chains of 16-lane (AVX-512F) or
+/// 8-lane (AVX2 and FMA) multiply-adds. None without FMA. With the FLOPs
+/// of a token, a bound on prefill and training speed, as the read
+/// bandwidth is for decoding.
+pub fn fma_peak() -> Option<(f64, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const ITERS: usize = 4 << 20;
+        let (lanes, isa): (usize, &'static str) = if is_x86_feature_detected!("avx512f") {
+            (16, "AVX-512")
+        } else if lumind_compilers::kernels::simd::avx2() {
+            (8, "AVX2")
+        } else {
+            return None;
+        };
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            // SAFETY: the CPU has the instructions each form uses
+            let sink: f32 = rayon::broadcast(|_| unsafe {
+                if lanes == 16 {
+                    fma_chains_512(ITERS)
+                } else {
+                    fma_chains(ITERS)
+                }
+            })
+            .iter()
+            .sum();
+            std::hint::black_box(sink);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Some(((rayon::current_num_threads() * ITERS * 12 * lanes * 2) as f64 / best, isa))
     }
+    #[cfg(not(target_arch = "x86_64"))]
     None
 }
 
@@ -108,6 +138,20 @@ unsafe fn fma_chains(iters: usize) -> f32 {
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x)));
     lanes.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x)))
 }
 
 /// A generation session (KV cache, last-position logits) with random weights.

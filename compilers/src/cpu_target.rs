@@ -8,8 +8,9 @@ use crate::kernel::Arg;
 use crate::step_stats::StepStats;
 use crate::target::{Buf, DType, StepCall, Target};
 
-/// Every buffer is kept initialised up to its capacity, so one taken from
-/// the pool for fewer values needs no clearing (kernels overwrite them).
+/// A buffer that may go to the pool is kept initialised up to its capacity,
+/// so one taken from it for fewer values needs no clearing (kernels
+/// overwrite them).
 #[derive(Default)]
 pub struct CpuTarget {
     bufs: Vec<Vec<f32>>,
@@ -18,9 +19,13 @@ pub struct CpuTarget {
 }
 
 impl CpuTarget {
-    fn insert(&mut self, mut data: Vec<f32>) -> Buf {
+    /// `data` as a buffer; with `whole`, of its whole capacity (zero-filled
+    /// past its values).
+    fn insert(&mut self, mut data: Vec<f32>, whole: bool) -> Buf {
         let len = data.len();
-        data.resize(data.capacity().max(1), 0.0);
+        if whole {
+            data.resize(data.capacity().max(1), 0.0);
+        }
         let cap = data.len();
         let id = match self.vacant.pop() {
             Some(id) => {
@@ -42,13 +47,13 @@ impl Target for CpuTarget {
     }
 
     fn alloc(&mut self, len: usize, _: DType) -> Result<Buf, DeviceError> {
-        let mut b = self.insert(vec![0.0; len.max(1)]);
+        let mut b = self.insert(vec![0.0; len.max(1)], true);
         b.len = len;
         Ok(b)
     }
 
     fn adopt(&mut self, data: Vec<f32>) -> Result<Buf, DeviceError> {
-        Ok(self.insert(data))
+        Ok(self.insert(data, false))
     }
 
     fn free(&mut self, b: Buf) {
@@ -73,7 +78,7 @@ impl Target for CpuTarget {
     }
 
     fn reuse(&mut self, data: Vec<f32>) -> Option<Buf> {
-        Some(self.insert(data))
+        Some(self.insert(data, true))
     }
 
     fn step(&mut self, c: &StepCall, stats: Option<&mut StepStats>) -> Result<(), DeviceError> {

@@ -50,12 +50,12 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let def = ModelDef::load(&a.model)?;
     let threads = rayon::current_num_threads();
-    let bw = read_bandwidth();
+    let (bw, bw_all) = read_bandwidth();
     let bytes = weight_bytes(&def);
-    let bound = bw / bytes;
+    let bound = bw_all / bytes;
     // prefill bound per length: FMA peak / FLOPs per token
     let peak = if a.on.device == Backend::Cpu { fma_peak() } else { None };
-    let pp_bound = |n: usize| peak.map(|p| p / (forward_flops(&def, n, 0) / n as f64));
+    let pp_bound = |n: usize| peak.map(|(p, _)| p / (forward_flops(&def, n, 0) / n as f64));
     let train = match &a.train {
         Some(s) => {
             let (b, t) = s.split_once('x').ok_or_else(|| anyhow::anyhow!("--train expects BATCHxSEQ, e.g. 4x256"))?;
@@ -70,10 +70,15 @@ pub fn run(a: Args) -> Result<()> {
             human(count_params(&def).total),
             bytes / 1e6
         );
-        println!("memory read bandwidth (1 thread): {:.1} GB/s -> decode bound {:.1} tokens/s", bw / 1e9, bound);
-        if let (Some(p), Some(&n)) = (peak, a.pp.iter().max()) {
+        println!(
+            "memory read bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s ({threads} threads) -> decode bound {:.1} tokens/s",
+            bw / 1e9,
+            bw_all / 1e9,
+            bound
+        );
+        if let (Some((p, isa)), Some(&n)) = (peak, a.pp.iter().max()) {
             println!(
-                "fp32 FMA peak ({threads} threads): {:.1} GFLOP/s -> prefill bound {:.1} tokens/s at pp{n}",
+                "fp32 FMA peak ({threads} threads, {isa}): {:.1} GFLOP/s -> prefill bound {:.1} tokens/s at pp{n}",
                 p / 1e9,
                 pp_bound(n).unwrap()
             );
@@ -128,16 +133,18 @@ pub fn run(a: Args) -> Result<()> {
             "model": def.name,
             "threads": threads,
             "read_bandwidth_gbs": bw / 1e9,
+            "read_bandwidth_all_threads_gbs": bw_all / 1e9,
             "weight_mb": bytes / 1e6,
             "decode_bound_tokens_per_s": bound,
-            "fma_peak_gflops": peak.map(|p| p / 1e9),
+            "fma_peak_gflops": peak.map(|(p, _)| p / 1e9),
+            "fma_peak_isa": peak.map(|(_, isa)| isa),
             "prefill_bound_tokens_per_s": a.pp.iter().map(|&n| (format!("pp{n}"), json!(pp_bound(n)))).collect::<serde_json::Map<_, _>>(),
             "results": rows,
             "streams": stream_notes,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("\ntg GB/s = weight bytes per token x tokens/s; the decode bound assumes every weight is read once per token at the 1-thread bandwidth.");
+        println!("\ntg GB/s = weight bytes per token x tokens/s; the decode bound assumes every weight is read once per token at the bandwidth of all threads.");
         for n in &stream_notes {
             println!(
                 "{} streams ({}): {:.1} tokens/s in all, {:.2}x one stream (median of {} rounds); each stream's greedy tokens {} as alone",
