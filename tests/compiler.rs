@@ -152,11 +152,15 @@ fn bench_reports_every_strategy() {
         }
     }
     assert!(v["decode_bound_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["read_bandwidth_all_threads_gbs"].as_f64().unwrap() > 0.0, "{json}");
     // the prefill bound (the FMA peak over a token's FLOPs) is measured where
-    // the CPU has the AVX2 FMA, and nothing ran faster than it
+    // the CPU has an FMA, on its widest units, and nothing ran faster than it
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         assert!(v["fma_peak_gflops"].as_f64().unwrap() > 1.0, "{json}");
+        let widest = if is_x86_feature_detected!("avx512f") { "AVX-512" } else { "AVX2" };
+        eprintln!("FMA peak measured with {widest}");
+        assert_eq!(v["fma_peak_isa"], widest, "{json}");
         let bound = v["prefill_bound_tokens_per_s"]["pp8"].as_f64().unwrap();
         assert!(rows.iter().filter(|r| r["test"] == "pp8").all(|r| r["tokens_per_s"].as_f64().unwrap() < bound), "{json}");
     }
