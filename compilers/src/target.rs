@@ -19,14 +19,6 @@ pub enum DType {
     F32,
 }
 
-impl DType {
-    pub fn bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-        }
-    }
-}
-
 /// A buffer of a target, by handle: `len` values in use of `cap` allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buf {
