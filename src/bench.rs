@@ -85,6 +85,26 @@ pub fn read_bandwidth() -> (f64, f64) {
     (time(false), time(true))
 }
 
+/// The cost of handing work to the thread pool and waiting for it: the
+/// median time of an empty parallel loop of one task per thread (rayon's
+/// workers spin briefly, then sleep), right after another one, as a decoding
+/// step's ~120 kernels follow each other.
+pub fn handoff() -> Duration {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let mut v: Vec<Duration> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            (0..threads).into_par_iter().for_each(|i| {
+                std::hint::black_box(i);
+            });
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// fp32 multiply-add throughput of all worker threads together, in FLOP/s,
 /// on the widest FMA units the CPU has, and which (`AVX-512` or `AVX2`):
 /// every thread runs twelve independent chains of 16-lane (AVX-512F) or
@@ -159,22 +179,46 @@ pub fn generation_session(device: Backend, def: &ModelDef, fusion: Fusion, posit
     Session::on(device, def, Weights::random(def, 0, None)?, ForwardOptions::generation(positions), fusion)
 }
 
-/// Prefill `n` tokens into an empty cache; tokens/s.
-pub fn prefill(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
+/// The longest a benchmark waits for `--fusion search` to decide its
+/// kernels' ways before it times them anyway.
+pub const SEARCH_LIMIT: Duration = Duration::from_secs(120);
+
+/// A warm-up: runs `f` once, and again while kernels it ran are still
+/// searching for their way (`--fusion search`), up to [`SEARCH_LIMIT`];
+/// returns how long that took. With a warm search cache, or another
+/// strategy, that is one run.
+pub fn warm_up(mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let t = Instant::now();
+    f()?;
+    while lumind_compilers::search::global().pending() > 0 && t.elapsed() < SEARCH_LIMIT {
+        f()?;
+    }
+    Ok(t.elapsed())
+}
+
+/// A rate, and how long its warm-up (and search) took.
+pub struct Rate {
+    pub tokens_per_s: f64,
+    pub warm_up: Duration,
+}
+
+/// Prefill `n` tokens into an empty cache.
+pub fn prefill(s: &mut Session, n: usize, reps: usize) -> Result<Rate> {
     let toks = synthetic_tokens(n, s.def.vocab_size, 1);
-    let _ = s.run(&toks, 1, 0)?;
-    let t = median(reps, || {
+    let mut run = || {
         let l = s.run(&toks, 1, 0)?;
         s.recycle(l);
         Ok(())
-    })?;
-    Ok(n as f64 / t.as_secs_f64())
+    };
+    let warm_up = warm_up(&mut run)?;
+    let t = median(reps, run)?;
+    Ok(Rate { tokens_per_s: n as f64 / t.as_secs_f64(), warm_up })
 }
 
-/// Decode `n` tokens one by one after a one-token prompt; tokens/s.
-pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
+/// Decode `n` tokens one by one after a one-token prompt.
+pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<Rate> {
     let toks = synthetic_tokens(n + 1, s.def.vocab_size, 2);
-    let t = median(reps, || {
+    let mut run = || {
         let l = s.run(&toks[..1], 1, 0)?;
         s.recycle(l);
         for i in 1..=n {
@@ -182,8 +226,10 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<f64> {
             s.recycle(l);
         }
         Ok(())
-    })?;
-    Ok(n as f64 / t.as_secs_f64())
+    };
+    let warm_up = warm_up(&mut run)?;
+    let t = median(reps, run)?;
+    Ok(Rate { tokens_per_s: n as f64 / t.as_secs_f64(), warm_up })
 }
 
 /// A session decoding up to `slots` sequences together (random weights).
@@ -270,14 +316,15 @@ pub fn train_setup(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize
 }
 
 /// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
-/// tokens; tokens/s.
-pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<f64> {
+/// tokens.
+pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<Rate> {
     let (mut s, b) = train_setup(device, def, fusion, batch, seq)?;
-    let mut step = 1;
-    s.step(&b, 1e-4, step, true, 1.0)?;
-    let t = median(reps, || {
+    let mut step = 0;
+    let mut run = || {
         step += 1;
         s.step(&b, 1e-4, step, true, 1.0).map(|_| ())
-    })?;
-    Ok((batch * seq) as f64 / t.as_secs_f64())
+    };
+    let warm_up = warm_up(&mut run)?;
+    let t = median(reps, run)?;
+    Ok(Rate { tokens_per_s: (batch * seq) as f64 / t.as_secs_f64(), warm_up })
 }

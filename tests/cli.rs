@@ -228,3 +228,40 @@ fn profile_refuses_the_stage_jobs_it_cannot_build() {
         assert!(err.contains(&format!("`profile --job {job}` is not supported")), "{err}");
     }
 }
+
+/// `--fusion search` in two processes sharing a cache directory: the first
+/// times the ways of every matrix product of a decode step and saves the
+/// choices; the second, after a restart, finds them all and times nothing.
+#[test]
+fn search_times_the_ways_once_and_its_cache_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_lumind"))
+            .args(["--threads", "2", "inspect", "--model", "models/tiny.toml", "--job", "decode", "--fusion", "search", "--tokens", "8"])
+            .args(["--out", dir.path().join(out).to_str().unwrap()])
+            .env("LUMIND_SEARCH_CACHE", dir.path().join("cache"))
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let timed = |report: &str| -> usize {
+        let s = report.split(" calls timed").next().unwrap();
+        s.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no count of timed calls in {report}"))
+    };
+    let cold = run("a");
+    // every product of the step is a GEMV here, with its way and what every way took
+    let lines: Vec<&str> = cold.lines().filter(|l| l.starts_with('#') && l.contains(" MatMul ")).collect();
+    assert!(lines.len() >= 7, "{cold}");
+    assert!(lines.iter().all(|l| l.contains(": gemv ") && l.contains("others (us): gemv")), "{cold}");
+    assert!(!cold.contains("still searching"), "{cold}");
+    assert!(timed(&cold) > 0, "{cold}");
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file for this machine");
+    let warm = run("b");
+    assert_eq!(timed(&warm), 0, "{warm}");
+    let chosen =
+        |r: &str| r.lines().filter(|l| l.starts_with('#')).map(|l| l.split(" us;").next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(chosen(&cold), chosen(&warm), "the same ways, read back");
+}

@@ -143,10 +143,27 @@ fn inspect_and_profile_work_on_every_shipped_model() {
 
 #[test]
 fn bench_reports_every_strategy() {
-    let json = lumind(&["bench", "--model", "models/tiny.toml", "--pp", "8", "--tg", "4", "--train", "2x8", "--reps", "1", "--json"]);
+    let json = lumind(&[
+        "bench",
+        "--model",
+        "models/tiny.toml",
+        "--fusion",
+        "none,generic,full,search",
+        "--pp",
+        "8",
+        "--tg",
+        "4",
+        "--train",
+        "2x8",
+        "--reps",
+        "1",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let rows = v["results"].as_array().unwrap();
-    for f in ["none", "generic", "full"] {
+    // search's warm-ups ran until its choices were made (a few runs at most, cold)
+    assert!(v["search"]["choices"].as_u64().unwrap() > 0, "{json}");
+    for f in ["none", "generic", "full", "search"] {
         for t in ["pp8", "tg4", "train2x8"] {
             assert!(rows.iter().any(|r| r["fusion"] == f && r["test"] == t && r["tokens_per_s"].as_f64().unwrap() > 0.0), "{f} {t}");
         }

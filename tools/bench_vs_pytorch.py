@@ -1,22 +1,27 @@
-"""lumind against PyTorch on the same definition and the same random
-weights, in one run: eager PyTorch (tools/reference/torch_minimind.py) for
-prefill, a KV-cache decode loop and a training step, transformers'
-`generate` where transformers is installed, and `lumind bench`, measured in
-turn for several rounds. Prints both tables (medians) and the ratios the
-issues target (the median of each round's ratio, and their range).
+"""lumind against PyTorch and llama.cpp on the same definition and the same
+random weights, in one run: eager PyTorch (tools/reference/torch_minimind.py)
+for prefill, a KV-cache decode loop and a training step, transformers'
+`generate` where transformers is installed, llama.cpp's `llama-bench` on the
+weights exported to GGUF (f32) where a llama.cpp build is present
+(tools/build_llama_cpp.sh), and `lumind bench` (also with one thread, for
+decode's scaling), measured in turn for several rounds. Prints the tables
+(medians) and the ratios the issues target (the median of each round's
+ratio, and their range).
 
 Each PyTorch round runs in a child process that has exited before lumind
 starts: PyTorch's OpenMP threads keep spinning after their work, and with
 PyTorch loaded in this process they took cores from lumind (lumind's
 training step measured 645 tokens/s so, 833 with OMP_WAIT_POLICY=PASSIVE).
 
-    python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--rounds 3] [--device cpu|cuda] [--json OUT]
+    python tools/bench_vs_pytorch.py [--model models/minimind-small-T.toml] [--threads 2] [--rounds 3] [--device cpu|cuda]
+                                     [--llama-cpp BUILD_DIR | --no-llama-cpp] [--json OUT]
 
 Needs torch (and a release build of lumind, or LUMIND=path). On the CPU the
 reference venv (tools/reference/requirements.txt) has everything; on a GPU
 machine torch alone is enough.
 """
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -31,6 +36,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 import torch_minimind  # noqa: E402
 
 LUMIND = os.environ.get("LUMIND", "target/release/lumind")
+
+
+def cpu_model():
+    """The CPU's model name, as Linux reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
 
 
 def median(xs):
@@ -116,11 +130,69 @@ def torch_child(a, weights):
 
 def lumind_round(a, dev):
     """One run of `lumind bench` (JSON)."""
-    fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full")
+    fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full,search")
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     out = subprocess.run([LUMIND, "--threads", str(a.threads), "bench", "--model", a.model, "--train", a.train, "--device", dev,
                           "--fusion", fusion, "--reps", str(a.reps), "--json"], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout)
+
+
+def lumind_one_thread_decode(a):
+    """tokens/s of `lumind bench --tg 128` (full) on one thread."""
+    out = subprocess.run([LUMIND, "--threads", "1", "bench", "--model", a.model, "--fusion", "full", "--pp", "8", "--tg", "128",
+                          "--reps", str(a.reps), "--json"], check=True, capture_output=True, text=True, env=dict(os.environ, RAYON_NUM_THREADS="1"))
+    return next(r["tokens_per_s"] for r in json.loads(out.stdout)["results"] if r["test"] == "tg128")
+
+
+def llama_cpp_build(a):
+    """The llama.cpp build directory to use, or None."""
+    if a.no_llama_cpp:
+        return None
+    if a.llama_cpp:
+        return a.llama_cpp
+    root = os.environ.get("LUMIND_LLAMA_CPP", os.path.expanduser("~/.cache/lumind/llama.cpp"))
+    found = sorted(glob.glob(os.path.join(root, "*", "build", "bin", "llama-bench")))
+    return os.path.dirname(os.path.dirname(found[-1])) if found else None
+
+
+# Run llama.cpp's converter told what the MiniMind tokenizer is: byte-level
+# BPE (the converter's Llama class tries SentencePiece first) with GPT-2's
+# split pattern (`gpt-2`; the converter does not know its hash).
+CONVERT = """
+import sys
+src = sys.argv.pop(1)
+sys.path.insert(0, src)
+sys.path.insert(1, src + "/gguf-py")
+import conversion.base, conversion.llama
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+conversion.llama.LlamaModel.set_vocab = lambda self: self._set_vocab_gpt2()
+import convert_hf_to_gguf
+convert_hf_to_gguf.main()
+"""
+
+
+def to_gguf(build, model, weights, tmp):
+    """The weights as an f32 GGUF file, through `lumind export` and llama.cpp's converter."""
+    hf, gguf = os.path.join(tmp, "hf"), os.path.join(tmp, "model-f32.gguf")
+    tokenizer = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "tokenizer")
+    subprocess.run([LUMIND, "export", "--model", model, "--weights", weights, "--tokenizer", tokenizer, "--out", hf],
+                   check=True, capture_output=True)
+    src = os.path.join(os.path.dirname(build.rstrip("/")), "src", "vendor", "llama.cpp")
+    out = subprocess.run([sys.executable, "-c", CONVERT, src, hf, "--outtype", "f32", "--outfile", gguf], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"llama.cpp's converter failed:\n{out.stderr[-3000:]}")
+    return gguf
+
+
+def llama_round(a, build, gguf):
+    """One run of llama-bench: tokens/s of pp64, pp256 and tg128."""
+    out = subprocess.run([os.path.join(build, "bin", "llama-bench"), "-m", gguf, "-p", "64,256", "-n", "128", "-t", str(a.threads),
+                          "-r", str(a.reps), "-o", "json"], check=True, capture_output=True, text=True)
+    res = {}
+    for r in json.loads(out.stdout):
+        test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        res[test] = r["avg_ts"]
+    return res
 
 
 def main():
@@ -134,7 +206,9 @@ def main():
     ap.add_argument("--train", default="4x256")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--fusion", default=None, help="lumind strategies (default: all on cpu, none,full on cuda)")
-    ap.add_argument("--json", default=None, help="also write both tables here")
+    ap.add_argument("--llama-cpp", default=None, help="llama.cpp build directory (default: the newest tools/build_llama_cpp.sh build)")
+    ap.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out")
+    ap.add_argument("--json", default=None, help="also write the tables here")
     ap.add_argument("--torch-round", default=None, help=argparse.SUPPRESS)  # child: one PyTorch round on these weights
     a = ap.parse_args()
     dev = a.device
@@ -146,20 +220,26 @@ def main():
         return
     with open(a.model, "rb") as f:
         name = tomllib.load(f)["name"]
-    torch_rounds, lum_rounds = [], []
+    torch_rounds, lum_rounds, llama_rounds, one_thread = [], [], [], []
+    build = llama_cpp_build(a) if dev == "cpu" else None
     with tempfile.TemporaryDirectory() as tmp:
         w = os.path.join(tmp, "w.safetensors")
         subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
+        gguf = to_gguf(build, a.model, w, tmp) if build else None
         for r in range(a.rounds):
             print(f"round {r + 1}/{a.rounds} ...", file=sys.stderr, flush=True)
             torch_rounds.append(torch_child(a, w))
             lum_rounds.append(lumind_round(a, dev))
+            if gguf:
+                llama_rounds.append(llama_round(a, build, gguf))
+            if dev == "cpu" and a.threads > 1:
+                one_thread.append(lumind_one_thread_decode(a))
     torch_res = {k: median([t[k] for t in torch_rounds]) for k in torch_rounds[0]}
     key = lambda r: (r["fusion"], r["test"])
     lum = dict(lum_rounds[0])
     lum["results"] = [dict(r, tokens_per_s=median([next(x for x in L["results"] if key(x) == key(r))["tokens_per_s"] for L in lum_rounds]))
                       for r in lum_rounds[0]["results"]]
-    where = torch.cuda.get_device_name() if dev == "cuda" else f"{a.threads} threads"
+    where = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_model()}, {a.threads} threads"
     print(f"{name}, {where}, torch {torch.__version__}, median of {a.rounds} rounds")
     if dev == "cpu":
         print(f"memory read bandwidth {lum['read_bandwidth_gbs']:.1f} GB/s, weights {lum['weight_mb']:.1f} MB"
@@ -169,14 +249,20 @@ def main():
     print("\nPyTorch eager (tokens/s):")
     for k, v in torch_res.items():
         print(f"  {k:<22} {v:10.1f}")
+    if llama_rounds:
+        print(f"\nllama.cpp f32 ({build}, tokens/s):")
+        for k in llama_rounds[0]:
+            print(f"  {k:<22} {median([r[k] for r in llama_rounds]):10.1f}")
+    elif dev == "cpu":
+        print("\nllama.cpp: no build found (tools/build_llama_cpp.sh builds one)")
     print("\nlumind (tokens/s):")
     for r in lum["results"]:
         print(f"  {r['fusion']:<8} {r['test']:<13} {r['tokens_per_s']:10.1f}   compile {r['compile_ms']:.1f} ms")
 
-    def ratio(test, torch_key, fusion="full"):
-        """Median over rounds of lumind / PyTorch within a round, and the range."""
+    def ratio(test, torch_key, fusion="full", peer=None):
+        """Median over rounds of lumind / the peer (PyTorch unless given) within a round, and the range."""
         rs = []
-        for t, L in zip(torch_rounds, lum_rounds):
+        for t, L in zip(peer or torch_rounds, lum_rounds):
             x = next((r["tokens_per_s"] for r in L["results"] if key(r) == (fusion, test)), None)
             y = t.get(torch_key) if isinstance(torch_key, str) else torch_key(L)
             if x is not None and y:
@@ -198,9 +284,19 @@ def main():
     else:
         print(f"  prefill 256      {ratio('pp256', 'pp256')}   [>= 1.5x]")
         print(f"  decode vs HF     {ratio('tg128', 'tg128 (HF generate)')}   [>= 3x]")
+        if llama_rounds:
+            print(f"  prefill 256 vs llama.cpp f32  {ratio('pp256', 'pp256', peer=llama_rounds)}   [>= 1.5x]")
+            print(f"  decode vs llama.cpp f32       {ratio('tg128', 'tg128', peer=llama_rounds)}   [>= 1.2x]")
+        if one_thread:
+            two = [next(r["tokens_per_s"] for r in L["results"] if (r["fusion"], r["test"]) == ("full", "tg128")) for L in lum_rounds]
+            rs = [x / y for x, y in zip(two, one_thread)]
+            print(f"  decode {a.threads} threads / 1  {median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f}; one thread {median(one_thread):.1f} tokens/s)   [>= 1.8x]")
         print(f"  decode vs bound  {full['tg128']['tokens_per_s'] / lum['decode_bound_tokens_per_s']:.0%}    [>= 60%]")
-        print(f"  compile          {full['pp256']['compile_ms']:.1f} ms [< 1000 ms]")
-        print(f"  train {a.train}   {ratio(train, train)}   [>= 1x]")
+        print(f"  compile          {full['pp256']['compile_ms']:.1f} ms [< 100 ms with a warm search cache]")
+        print(f"  train {a.train}   {ratio(train, train)}   [>= 1.3x]")
+        if any(r["fusion"] == "search" for r in lum["results"]):
+            for test in ("pp256", "tg128", train):
+                print(f"  search / full, {test:<10} {ratio(test, lambda L, t=test: next(r['tokens_per_s'] for r in L['results'] if (r['fusion'], r['test']) == ('full', t)), fusion='search')}")
         pb = (lum.get("prefill_bound_tokens_per_s") or {}).get("pp256")
         if pb:
             # what the 1.5x target asks of this CPU: the fp32 FMA peak over a token's FLOPs bounds any kernel
@@ -209,7 +305,8 @@ def main():
                   f" 1.5x PyTorch would be {1.5 * torch_res['pp256'] / pb:.0%}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": dev, "where": where, "rounds": a.rounds, "torch": torch_rounds, "lumind": lum_rounds}, f, indent=1)
+            json.dump({"device": dev, "where": where, "rounds": a.rounds, "torch": torch_rounds, "lumind": lum_rounds,
+                       "llama_cpp": llama_rounds, "lumind_one_thread_tg128": one_thread}, f, indent=1)
 
 
 if __name__ == "__main__":

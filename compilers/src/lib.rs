@@ -18,6 +18,7 @@ pub mod passes;
 mod plan;
 pub mod primop;
 mod run_error;
+pub mod search;
 pub mod shape;
 pub mod step_stats;
 pub mod target;

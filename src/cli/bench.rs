@@ -2,14 +2,15 @@
 
 use super::args::{one_of, DeviceArgs};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use lumind_compilers::{Backend, Fusion};
 use serde_json::json;
 
 use crate::bench::{
-    batched_session, decode, decode_streams, fma_peak, forward_flops, generation_session, prefill, read_bandwidth, train_step, weight_bytes,
+    batched_session, decode, decode_streams, fma_peak, forward_flops, generation_session, handoff, prefill, read_bandwidth, train_step,
+    weight_bytes,
 };
 use crate::model::params::{count_params, human};
 use crate::model::ModelDef;
@@ -51,6 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     let def = ModelDef::load(&a.model)?;
     let threads = rayon::current_num_threads();
     let (bw, bw_all) = read_bandwidth();
+    let handoff = handoff();
     let bytes = weight_bytes(&def);
     let bound = bw_all / bytes;
     // prefill bound per length: FMA peak / FLOPs per token
@@ -64,24 +66,20 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     if !a.json {
+        let th = if threads == 1 { "1 thread".to_string() } else { format!("{threads} threads") };
         println!(
-            "model {} ({} params, {:.1} MB of f32 weights read per decoded token), {threads} threads",
+            "model {} ({} params, {:.1} MB of f32 weights read per decoded token), {th}",
             def.name,
             human(count_params(&def).total),
             bytes / 1e6
         );
-        println!(
-            "memory read bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s ({threads} threads) -> decode bound {:.1} tokens/s",
-            bw / 1e9,
-            bw_all / 1e9,
-            bound
-        );
+        let all = if threads == 1 { String::new() } else { format!(", {:.1} GB/s ({th})", bw_all / 1e9) };
+        println!("memory read bandwidth: {:.1} GB/s (1 thread){all} -> decode bound {bound:.1} tokens/s", bw / 1e9);
         if let (Some((p, isa)), Some(&n)) = (peak, a.pp.iter().max()) {
-            println!(
-                "fp32 FMA peak ({threads} threads, {isa}): {:.1} GFLOP/s -> prefill bound {:.1} tokens/s at pp{n}",
-                p / 1e9,
-                pp_bound(n).unwrap()
-            );
+            println!("fp32 FMA peak ({th}, {isa}): {:.1} GFLOP/s -> prefill bound {:.1} tokens/s at pp{n}", p / 1e9, pp_bound(n).unwrap());
+        }
+        if threads > 1 {
+            println!("thread hand-off: {:.1} us per parallel call of {th} (median of 2000)", handoff.as_secs_f64() * 1e6);
         }
         println!();
         println!("| {:<8} | {:<10} | {:>11} | {:>9} | {:>8} | {:>10} |", "fusion", "test", "tokens/s", "GFLOP/s", "GB/s", "compile ms");
@@ -89,27 +87,32 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut rows = vec![];
     let mut stream_notes = vec![];
+    let mut warm_ups = vec![];
     let positions = a.pp.iter().copied().max().unwrap_or(1).max(a.tg + 1);
     for &fusion in &a.fusion {
         let t = Instant::now();
         let mut s = generation_session(a.on.device, &def, fusion, positions)?;
         let compile_ms = s.compile_time.as_secs_f64() * 1e3;
         let _ = t;
-        let mut row = |test: String, tps: f64, gflops: f64, gbs: f64| {
+        let mut row = |test: String, tps: f64, gflops: f64, gbs: f64, warm_up: Duration| {
             if !a.json {
                 println!("| {:<8} | {:<10} | {:>11.1} | {:>9.1} | {:>8.1} | {:>10.1} |", fusion.name(), test, tps, gflops, gbs, compile_ms);
             }
-            rows.push(
-                json!({"fusion": fusion.name(), "test": test, "tokens_per_s": tps, "gflops": gflops, "gbs": gbs, "compile_ms": compile_ms}),
-            );
+            if fusion == Fusion::Search {
+                warm_ups.push(format!("{test} {:.1} s", warm_up.as_secs_f64()));
+            }
+            rows.push(json!({"fusion": fusion.name(), "test": test, "tokens_per_s": tps, "gflops": gflops, "gbs": gbs,
+                "compile_ms": compile_ms, "warm_up_s": warm_up.as_secs_f64()}));
         };
         for &n in &a.pp {
-            let tps = prefill(&mut s, n, a.reps)?;
-            row(format!("pp{n}"), tps, tps * forward_flops(&def, n, 0) / n as f64 / 1e9, 0.0);
+            let r = prefill(&mut s, n, a.reps)?;
+            let tps = r.tokens_per_s;
+            row(format!("pp{n}"), tps, tps * forward_flops(&def, n, 0) / n as f64 / 1e9, 0.0, r.warm_up);
         }
         if a.tg > 0 {
-            let tps = decode(&mut s, a.tg, a.reps.min(3))?;
-            row(format!("tg{}", a.tg), tps, tps * forward_flops(&def, 1, a.tg / 2) / 1e9, tps * bytes / 1e9);
+            let r = decode(&mut s, a.tg, a.reps.min(3))?;
+            let tps = r.tokens_per_s;
+            row(format!("tg{}", a.tg), tps, tps * forward_flops(&def, 1, a.tg / 2) / 1e9, tps * bytes / 1e9, r.warm_up);
         }
         if let Some(&most) = a.streams.iter().max() {
             if most == 0 || most > MAX_PARALLEL {
@@ -118,14 +121,15 @@ pub fn run(a: Args) -> Result<()> {
             let mut slots = batched_session(a.on.device, &def, fusion, a.tg.max(2) + 8, most)?;
             for &n in &a.streams {
                 let r = decode_streams(&mut slots, n, a.tg.max(2), a.reps)?;
-                row(format!("tg{} x{n}", a.tg), r.tokens_per_s, 0.0, r.tokens_per_s / n as f64 * bytes / 1e9);
+                row(format!("tg{} x{n}", a.tg), r.tokens_per_s, 0.0, r.tokens_per_s / n as f64 * bytes / 1e9, Duration::ZERO);
                 stream_notes.push(json!({"fusion": fusion.name(), "streams": n, "tokens_per_s": r.tokens_per_s,
                     "vs_one_stream": r.vs_one, "greedy_same_as_alone": r.same_as_alone}));
             }
         }
         if let Some((b, seq)) = train {
-            let tps = train_step(a.on.device, &def, fusion, b, seq, a.reps.min(3))?;
-            row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0);
+            let r = train_step(a.on.device, &def, fusion, b, seq, a.reps.min(3))?;
+            let tps = r.tokens_per_s;
+            row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0, r.warm_up);
         }
     }
     if a.json {
@@ -138,9 +142,11 @@ pub fn run(a: Args) -> Result<()> {
             "decode_bound_tokens_per_s": bound,
             "fma_peak_gflops": peak.map(|(p, _)| p / 1e9),
             "fma_peak_isa": peak.map(|(_, isa)| isa),
+            "handoff_us": handoff.as_secs_f64() * 1e6,
             "prefill_bound_tokens_per_s": a.pp.iter().map(|&n| (format!("pp{n}"), json!(pp_bound(n)))).collect::<serde_json::Map<_, _>>(),
             "results": rows,
             "streams": stream_notes,
+            "search": search_note(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -159,6 +165,23 @@ pub fn run(a: Args) -> Result<()> {
         if peak.is_some() {
             println!("The prefill bound is the FMA peak over the FLOPs of a token (matmuls and attention): no fp32 kernel runs faster.");
         }
+        if a.fusion.contains(&Fusion::Search) {
+            let n = search_note();
+            println!(
+                "search: warm-ups (searching where the cache had no choice yet) {}; {} calls timed; {} choices in {}",
+                warm_ups.join(", "),
+                n["calls_timed"],
+                n["choices"],
+                n["cache"].as_str().unwrap_or("memory (no cache directory)")
+            );
+        }
     }
     Ok(())
+}
+
+/// What `--fusion search` did in this process: calls timed, the choices
+/// this machine has, and where they are kept.
+fn search_note() -> serde_json::Value {
+    let t = lumind_compilers::search::global();
+    json!({"calls_timed": t.measured_calls, "choices": t.choices().len(), "cache": t.file().map(|f| f.display().to_string())})
 }

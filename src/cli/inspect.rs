@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use lumind_compilers::cuda::graph_source;
 use lumind_compilers::inspect::{fusion_report, html_report, summary_table, Snapshot};
 use lumind_compilers::passes::{fuses_attention, pipeline_for};
-use lumind_compilers::{compile, Backend};
+use lumind_compilers::{compile, search, Backend, Fusion};
 
 use super::job::{build_job_graph, Job};
-use crate::model::ModelDef;
+use crate::model::{ModelDef, Weights};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,6 +35,11 @@ pub struct Args {
     /// `--device cuda` compiles for this job)
     #[arg(long)]
     out: PathBuf,
+    /// With `--fusion search`: the sequence length the job runs at (random
+    /// weights) while its kernels search for their ways, which are then
+    /// listed per kernel
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -79,6 +84,55 @@ pub fn run(a: Args) -> Result<()> {
         println!("{about}\n");
     }
     print!("{}", summary_table(&snaps));
+    if a.compile.fusion == Fusion::Search && matches!(a.job, Job::Sft | Job::Lora | Job::Dpo) {
+        println!("\n(search: the ways are listed for --job forward, prefill, decode and train; a stage's products are a train step's)");
+    } else if a.compile.fusion == Fusion::Search && a.compile.device() == Backend::Cpu {
+        let report = search_report(&def, a.job, a.compile, a.tokens)?;
+        print!("\n{report}");
+        let mut text = std::fs::read_to_string(a.out.join("summary.txt"))?;
+        text.push('\n');
+        text.push_str(&report);
+        std::fs::write(a.out.join("summary.txt"), text)?;
+    }
     eprintln!("wrote {} passes (DOT, egraph JSON), summary.txt, report.html and kernels.cu to {}", snaps.len(), a.out.display());
     Ok(())
+}
+
+/// Run the job (random weights) until its kernels have found their ways
+/// (`--fusion search`), then list, per kernel, the way chosen and what
+/// every way measured.
+fn search_report(def: &ModelDef, job: Job, compile: super::args::CompileArgs, tokens: usize) -> Result<String> {
+    let run = super::profile::JobRun { command: "inspect --fusion search", job, compile, tokens, batch: 1 };
+    let t = std::time::Instant::now();
+    let (mut exec, _) = run.run(def, Weights::random(def, 0, None)?, 1, 0)?;
+    while search::global().pending() > 0 && t.elapsed() < crate::bench::SEARCH_LIMIT {
+        exec = run.run(def, Weights::random(def, 0, None)?, 1, 0)?.0;
+    }
+    let names = super::profile::names(&exec);
+    let tuner = search::global();
+    let mut out = format!(
+        "search: the way each kernel runs ({} threads, {} tokens; {:.1} s to run the job until every way was chosen, {} calls timed; cache {})\n",
+        rayon::current_num_threads(),
+        tokens,
+        t.elapsed().as_secs_f64(),
+        tuner.measured_calls,
+        tuner.file().map_or("in memory only".into(), |f| f.display().to_string())
+    );
+    for (node, key) in tuner.consulted() {
+        let name = names.get(node).map_or("?", |n| n.as_str());
+        let Some(c) = tuner.choice(key) else {
+            out.push_str(&format!("#{node} {name} ({key}): still searching\n"));
+            continue;
+        };
+        let mut others: Vec<(&String, &f64)> = c.measured_us.iter().filter(|(w, _)| **w != c.chosen).collect();
+        others.sort_by(|x, y| x.1.total_cmp(y.1));
+        let others: Vec<String> = others.iter().map(|(w, us)| format!("{w} {us:.1}")).collect();
+        out.push_str(&format!(
+            "#{node} {key}: {} {:.1} us; others (us): {}\n",
+            c.chosen,
+            c.measured_us.get(&c.chosen).copied().unwrap_or(f64::NAN),
+            others.join(", ")
+        ));
+    }
+    Ok(out)
 }

@@ -52,74 +52,105 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => Weights::load(&def, p)?,
         None => Weights::random(&def, 0, None)?,
     };
-    let (stats, graph_names, tokens_per_run) = match a.job {
-        Job::Forward | Job::Prefill => {
-            // prefill: one prompt into an empty KV cache (the generation graph)
-            let batch = if a.job == Job::Prefill { 1 } else { a.batch };
-            let mut s = Session::on(a.compile.device(), &def, weights, options(a.job, a.tokens), a.compile.fusion)?;
-            let toks = synthetic_tokens(a.tokens * batch, def.vocab_size, 1);
-            s.run(&toks, batch, 0)?;
-            s.exec.enable_profile();
-            for _ in 0..a.runs {
-                let l = s.run(&toks, batch, 0)?;
-                s.recycle(l);
-            }
-            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * batch)
-        }
-        Job::Decode => {
-            // --batch sequences decoded together, as `serve --parallel` does
-            let (n, b) = (a.tokens + a.runs + 1, a.batch);
-            let mut s = Session::on(a.compile.device(), &def, weights, ForwardOptions::batched(n, b), a.compile.fusion)?;
-            let toks = synthetic_tokens(n, def.vocab_size, 1);
-            for r in 0..b {
-                s.run_rows(&toks[..a.tokens], r, &[0])?;
-            }
-            s.exec.enable_profile();
-            for i in 0..a.runs {
-                let step = vec![toks[a.tokens + i]; b];
-                let l = s.run_rows(&step, 0, &vec![a.tokens + i; b])?;
-                s.recycle(l);
-            }
-            (s.exec.profile().unwrap().to_vec(), names(&s.exec), b)
-        }
-        Job::Sft | Job::Lora | Job::Dpo => bail!(
-            "`profile --job {}` is not supported: profile runs forward, prefill, decode or train (an SFT step costs what a train step does; \
-             LoRA and DPO need a training config, which profile does not read)",
-            a.job
-        ),
-        Job::Train => {
-            use crate::train::graph::Update;
-            use crate::train::{Batch, TrainSession};
-            let mut s = TrainSession::on(
-                a.compile.device(),
-                &def,
-                weights,
-                a.tokens,
-                crate::train::graph::Stage::LanguageModel,
-                Update::AdamW(Default::default()),
-                a.compile.fusion,
-            )?;
-            let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..a.batch)
-                .map(|r| {
-                    let ids = synthetic_tokens(a.tokens, def.vocab_size, r);
-                    let l = ids.iter().map(|&x| x as i64).collect();
-                    (ids, l)
-                })
-                .collect();
-            let b = Batch::from_labels(&rows);
-            s.step(&b, 1e-4, 1, true, 1.0)?;
-            s.exec.enable_profile();
-            for i in 0..a.runs {
-                s.step(&b, 1e-4, 2 + i as u64, true, 1.0)?;
-            }
-            (s.exec.profile().unwrap().to_vec(), names(&s.exec), a.tokens * a.batch)
-        }
-    };
-    print_profile(&def.name, a.job, a.compile.fusion, &stats, &graph_names, a.runs, tokens_per_run, a.top);
+    let job = JobRun { command: "profile", job: a.job, compile: a.compile, tokens: a.tokens, batch: a.batch };
+    let (exec, tokens_per_run) = job.run(&def, weights, 1, a.runs)?;
+    let stats = exec.profile().unwrap().to_vec();
+    print_profile(&def.name, a.job, a.compile.fusion, &stats, &names(&exec), a.runs, tokens_per_run, a.top);
     Ok(())
 }
 
-fn names(exec: &lumind_compilers::Executor) -> BTreeMap<usize, String> {
+/// A job to run: `profile` times it, `inspect --fusion search` runs it so
+/// its kernels search for their ways.
+pub(super) struct JobRun {
+    /// the command, for errors
+    pub command: &'static str,
+    pub job: Job,
+    pub compile: CompileArgs,
+    /// sequence length (prompt length for decode)
+    pub tokens: usize,
+    /// sequences per run
+    pub batch: usize,
+}
+
+impl JobRun {
+    /// Compile the job and run it `warm_ups` times, then `runs` times
+    /// profiled. Returns the executor (with the profile) and the tokens of a run.
+    pub fn run(&self, def: &ModelDef, weights: Weights, warm_ups: usize, runs: usize) -> Result<(lumind_compilers::Executor, usize)> {
+        let (job, compile) = (self.job, self.compile);
+        Ok(match job {
+            Job::Forward | Job::Prefill => {
+                // prefill: one prompt into an empty KV cache (the generation graph)
+                let batch = if job == Job::Prefill { 1 } else { self.batch };
+                let mut s = Session::on(compile.device(), def, weights, options(job, self.tokens), compile.fusion)?;
+                let toks = synthetic_tokens(self.tokens * batch, def.vocab_size, 1);
+                for _ in 0..warm_ups {
+                    s.run(&toks, batch, 0)?;
+                }
+                s.exec.enable_profile();
+                for _ in 0..runs {
+                    let l = s.run(&toks, batch, 0)?;
+                    s.recycle(l);
+                }
+                (s.exec, self.tokens * batch)
+            }
+            Job::Decode => {
+                // --batch sequences decoded together, as `serve --parallel` does
+                let (steps, b) = (warm_ups + runs, self.batch);
+                let n = self.tokens + steps + 1;
+                let mut s = Session::on(compile.device(), def, weights, ForwardOptions::batched(n, b), compile.fusion)?;
+                let toks = synthetic_tokens(n, def.vocab_size, 1);
+                for r in 0..b {
+                    s.run_rows(&toks[..self.tokens], r, &[0])?;
+                }
+                for i in 0..steps {
+                    if i == warm_ups {
+                        s.exec.enable_profile();
+                    }
+                    let step = vec![toks[self.tokens + i]; b];
+                    let l = s.run_rows(&step, 0, &vec![self.tokens + i; b])?;
+                    s.recycle(l);
+                }
+                (s.exec, b)
+            }
+            Job::Sft | Job::Lora | Job::Dpo => bail!(
+                "`{} --job {job}` is not supported: it runs forward, prefill, decode or train (an SFT step costs what a train step does; \
+                 LoRA and DPO need a training config, which it does not read)",
+                self.command
+            ),
+            Job::Train => {
+                use crate::train::graph::Update;
+                use crate::train::{Batch, TrainSession};
+                let mut s = TrainSession::on(
+                    compile.device(),
+                    def,
+                    weights,
+                    self.tokens,
+                    crate::train::graph::Stage::LanguageModel,
+                    Update::AdamW(Default::default()),
+                    compile.fusion,
+                )?;
+                let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..self.batch)
+                    .map(|r| {
+                        let ids = synthetic_tokens(self.tokens, def.vocab_size, r);
+                        let l = ids.iter().map(|&x| x as i64).collect();
+                        (ids, l)
+                    })
+                    .collect();
+                let b = Batch::from_labels(&rows);
+                for i in 0..warm_ups {
+                    s.step(&b, 1e-4, 1 + i as u64, true, 1.0)?;
+                }
+                s.exec.enable_profile();
+                for i in 0..runs {
+                    s.step(&b, 1e-4, (1 + warm_ups + i) as u64, true, 1.0)?;
+                }
+                (s.exec, self.tokens * self.batch)
+            }
+        })
+    }
+}
+
+pub(super) fn names(exec: &lumind_compilers::Executor) -> BTreeMap<usize, String> {
     exec.graph().graph.node_indices().map(|n| (n.index(), op_name(exec.graph(), n))).collect()
 }
 

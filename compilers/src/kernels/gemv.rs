@@ -63,20 +63,35 @@ impl<'a> Rows<'a> {
 }
 
 /// The vector instructions a call uses.
-#[derive(Clone, Copy, PartialEq)]
-enum Isa {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
 }
 
 impl Isa {
-    fn detect() -> Isa {
+    /// The widest form this CPU runs.
+    pub(crate) fn detect() -> Isa {
+        *Isa::available().last().unwrap()
+    }
+
+    /// Every form this CPU runs, narrowest first.
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         if super::simd::avx2() {
-            return Isa::Avx2;
+            v.push(Isa::Avx2);
         }
-        Isa::Portable
+        v
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+        }
     }
 
     /// Rows of `a` per group: the group's rows stay in the L1 cache (32-48
@@ -93,6 +108,23 @@ fn block_rows(k: usize) -> usize {
     (16384 / k.max(1)).clamp(4, 256)
 }
 
+/// How a GEMV call runs: its instructions, and into how many parts its
+/// weight rows split across the threads (1: all on the calling thread).
+/// Every form gives the same values, bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct GemvForm {
+    pub isa: Isa,
+    pub parts: usize,
+}
+
+impl GemvForm {
+    /// The hand-written choice: the widest instructions, and four parts
+    /// per thread when `parallel`.
+    pub(crate) fn default_for(parallel: bool) -> GemvForm {
+        GemvForm { isa: Isa::detect(), parts: if parallel { rayon::current_num_threads() * 4 } else { 1 } }
+    }
+}
+
 /// `out[r * out_row + j] = dot(a[r], b[j])` for `r < m`, `j < n`; the
 /// weight rows split across threads when `parallel`.
 ///
@@ -100,16 +132,24 @@ fn block_rows(k: usize) -> usize {
 /// `out` points at a buffer holding every `r * out_row + j`, which no other
 /// thread writes during the call.
 pub(crate) unsafe fn gemv(a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_row: usize, parallel: bool) {
+    // SAFETY: as for this function
+    unsafe { gemv_as(GemvForm::default_for(parallel), a, m, b, n, out, out_row) }
+}
+
+/// [`gemv`] in the given form.
+///
+/// # Safety
+/// As for [`gemv`]; `form.isa` is one of [`Isa::available`].
+pub(crate) unsafe fn gemv_as(form: GemvForm, a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_row: usize) {
     assert_eq!(a.len, b.len, "dot products of unequal lengths");
-    let isa = Isa::detect();
-    let part = |j0: usize, j1: usize| match isa {
+    let part = |j0: usize, j1: usize| match form.isa {
         // SAFETY: the CPU has AVX2; each part writes its own columns
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::columns_avx2(a, m, b, (j0, j1), out, out_row) },
         Isa::Portable => columns(a, m, b, (j0, j1), out, out_row, dots),
     };
-    if parallel && n > 1 {
-        let chunk = n.div_ceil(rayon::current_num_threads() * 4);
+    if form.parts > 1 && n > 1 {
+        let chunk = n.div_ceil(form.parts);
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| part(c * chunk, (c * chunk + chunk).min(n)));
     } else {
         part(0, n)
@@ -250,10 +290,15 @@ mod tests {
                     assert!(out[r * (n + 1) + n].is_nan(), "wrote past the row");
                 }
             }
-            // the threaded split gives the same values
-            let mut out = vec![f32::NAN; m * n];
-            unsafe { gemv(ar, m, br, n, Ptr(out.as_mut_ptr()), n, true) };
-            assert!((0..m * n).all(|i| out[i].to_bits() == dot(ar.row(i / n), br.row(i % n)).to_bits()));
+            // every form `search` may choose (threaded splits included) gives the same values
+            for isa in Isa::available() {
+                for parts in [1, 2, 3, 8, 64] {
+                    let mut out = vec![f32::NAN; m * n];
+                    unsafe { gemv_as(GemvForm { isa, parts }, ar, m, br, n, Ptr(out.as_mut_ptr()), n) };
+                    let same = (0..m * n).all(|i| out[i].to_bits() == dot(ar.row(i / n), br.row(i % n)).to_bits());
+                    assert!(same, "{isa:?} in {parts} parts, m {m} n {n} k {k}");
+                }
+            }
             // and dot itself is the plain formula, up to rounding
             let plain: f32 = ar.row(0).iter().zip(br.row(0)).map(|(x, y)| x * y).sum();
             assert!((dot(ar.row(0), br.row(0)) - plain).abs() < 1e-4);

@@ -11,11 +11,13 @@
 use gemm::Parallelism;
 use luminal::prelude::ShapeTracker;
 use rayon::prelude::*;
+use std::time::Instant;
 
 use super::contiguous::Contiguous;
-use super::gemv::{gemv, Rows, MAX_ROWS};
+use super::gemv::{gemv_as, GemvForm, Isa, Rows, MAX_ROWS};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
+use crate::search;
 use crate::shape::is_broadcast;
 use crate::view::{contiguous_strides, DimValues, View};
 
@@ -23,6 +25,9 @@ use crate::view::{contiguous_strides, DimValues, View};
 pub struct MatMul {
     /// The reduced (inner-product) axis of the broadcast shape.
     pub axis: usize,
+    /// Under `--fusion search`, the kernel's node: each call's way is then
+    /// searched for ([`crate::search`]) instead of `full`'s hand-written rules.
+    pub search: Option<usize>,
 }
 
 /// What each logical dim of `sum(a * b, axis)` is to a matrix product.
@@ -176,68 +181,25 @@ impl Kernel for MatMul {
             out.fill(0.0);
             return;
         }
-        let batches: usize = p.loops.iter().map(|l| l.0).product();
-        // (one row has no row strides: the plan leaves them at 0 and 1)
-        let out_row = if p.m == 1 { p.n as isize } else { p.out_row };
-        if batches == 1 && p.m <= MAX_ROWS && p.inner == (1, 1) && p.out_col == 1 && out_row >= p.n as isize {
-            // (a token or a decoding batch: whatever the batch, each row's
-            // values come out as they would alone)
-            let rows = Rows { data: a.0, offset: a.1.offset, stride: p.row.0, len: p.k };
-            let weights = Rows { data: b.0, offset: b.1.offset, stride: p.col.1, len: p.k };
-            let parallel = rayon::current_num_threads() > 1 && p.n * p.k >= 1 << 16;
-            // SAFETY: views were bounds-checked by the executor; `out` is
-            // the contiguous [m, n] output
-            unsafe { gemv(rows, p.m, weights, p.n, Ptr(out.as_mut_ptr()), out_row as usize, parallel) };
-            return;
-        }
-        let flops = 2 * p.m * p.n * p.k;
         let threads = rayon::current_num_threads();
-        let a_ptr = SendPtr(a.0.as_ptr());
-        let b_ptr = SendPtr(b.0.as_ptr());
-        let o_ptr = SendPtr(out.as_mut_ptr());
-        let (a_off, b_off) = (a.1.offset, b.1.offset);
-        // columns [c0, c0 + cols) of product `batch`
-        let call_cols = |batch: usize, (c0, cols): (usize, usize), par: Parallelism| {
-            let (mut ao, mut bo, mut oo) = (a_off, b_off, 0isize);
-            let mut rest = batch;
-            for &(size, sa, sb, so) in p.loops.iter().rev() {
-                let i = (rest % size) as isize;
-                rest /= size;
-                ao += i * sa;
-                bo += i * sb;
-                oo += i * so;
-            }
-            // SAFETY: views were bounds-checked by the executor; every batch
-            // writes a disjoint block of the contiguous output.
-            unsafe {
-                let c0 = c0 as isize;
-                sgemm(
-                    (p.m, cols, p.k),
-                    ({ o_ptr }.0.offset(oo + c0 * p.out_col), p.out_col, p.out_row),
-                    ({ a_ptr }.0.offset(ao), p.inner.0, p.row.0),
-                    ({ b_ptr }.0.offset(bo + c0 * p.col.1), p.col.1, p.inner.1),
-                    par,
-                );
-            }
+        let Some(node) = self.search else {
+            return run_way(Way::hand_written(&p, threads), &p, a, b, out);
         };
-        let call = |batch: usize, par: Parallelism| call_cols(batch, (0, p.n), par);
-        // many products (attention heads), or small ones: one per thread;
-        // a few big ones: each split across the threads by gemm
-        if threads > 1 && (batches >= 2 * threads || (batches > 1 && flops < (1 << 22))) {
-            (0..batches).into_par_iter().for_each(|i| call(i, Parallelism::None));
-        } else if threads > 1 && flops >= (1 << 20) && p.n <= 256 && p.n >= 32 * threads {
-            // a narrow product (a k or v projection): gemm splits it poorly
-            // (256 x 256 x 512: ~130 against ~195 GFLOP/s), so give each
-            // thread its own columns
-            let chunk = p.n.div_ceil(threads).next_multiple_of(16);
-            let parts = p.n.div_ceil(chunk);
-            (0..batches * parts).into_par_iter().for_each(|i| {
-                let c0 = i % parts * chunk;
-                call_cols(i / parts, (c0, chunk.min(p.n - c0)), Parallelism::None)
-            });
-        } else {
-            let par = if flops >= (1 << 20) && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-            (0..batches).for_each(|i| call(i, par));
+        let ways = Way::candidates(&p, threads);
+        let names: Vec<String> = ways.iter().map(|w| w.name()).collect();
+        let key = p.key(threads);
+        let pick = {
+            let mut tuner = search::global();
+            tuner.note(node, &key);
+            tuner.pick(&key, &names)
+        };
+        match pick {
+            search::Pick::Chosen(i) => run_way(ways[i], &p, a, b, out),
+            search::Pick::Try(i) => {
+                let t = Instant::now();
+                run_way(ways[i], &p, a, b, out);
+                search::global().record(&key, i, t.elapsed());
+            }
         }
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
@@ -247,6 +209,177 @@ impl Kernel for MatMul {
         let distinct = |v: &View| (0..v.rank).filter(|&d| v.strides[d] != 0).map(|d| v.shape[d]).product::<usize>();
         let out: usize = outputs[0].iter().product();
         Cost { flops, bytes: 4.0 * (distinct(a) + distinct(b) + out) as f64 }
+    }
+}
+
+/// One way to run a product. The ways of a call compute the same values,
+/// within rounding (gemm's blocking may differ with the columns it is
+/// given); the GEMV forms, the only ways of a call of a few rows, agree
+/// bit for bit, so a sequence decoded with others still gets its values
+/// alone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Way {
+    /// a few rows against rows of weights ([`gemv`])
+    Gemv(GemvForm),
+    /// a whole product per thread
+    PerProduct,
+    /// each thread its own columns of every product
+    Columns,
+    /// each product in turn, gemm splitting it across this many threads
+    Gemm(usize),
+}
+
+impl Way {
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Way::Gemv(f) => format!("gemv {} {} part{}", f.isa.name(), f.parts, if f.parts == 1 { "" } else { "s" }),
+            Way::PerProduct => "a product per thread".into(),
+            Way::Columns => "columns per thread".into(),
+            Way::Gemm(1) => "gemm on one thread".into(),
+            Way::Gemm(t) => format!("gemm on {t} threads"),
+        }
+    }
+
+    /// `full`'s choice, by rules measured on one machine.
+    fn hand_written(p: &GemmPlan, threads: usize) -> Way {
+        if p.is_gemv() {
+            return Way::Gemv(GemvForm::default_for(threads > 1 && p.n * p.k >= 1 << 16));
+        }
+        let flops = 2 * p.m * p.n * p.k;
+        let batches = p.batches();
+        // many products (attention heads), or small ones: one per thread;
+        // a few big ones: each split across the threads by gemm
+        if threads > 1 && (batches >= 2 * threads || (batches > 1 && flops < (1 << 22))) {
+            Way::PerProduct
+        } else if threads > 1 && flops >= (1 << 20) && p.n <= 256 && p.n >= 32 * threads {
+            // a narrow product (a k or v projection): gemm splits it poorly
+            // (256 x 256 x 512: ~130 against ~195 GFLOP/s)
+            Way::Columns
+        } else if flops >= (1 << 20) && threads > 1 {
+            Way::Gemm(threads)
+        } else {
+            Way::Gemm(1)
+        }
+    }
+
+    /// Every way `search` times for a call.
+    fn candidates(p: &GemmPlan, threads: usize) -> Vec<Way> {
+        if p.is_gemv() {
+            let mut parts = vec![1];
+            if threads > 1 {
+                parts.extend([1, 2, 4, 8].map(|x| x * threads).into_iter().filter(|&x| x <= p.n));
+            }
+            return Isa::available()
+                .into_iter()
+                .flat_map(|isa| parts.iter().map(move |&parts| Way::Gemv(GemvForm { isa, parts })))
+                .collect();
+        }
+        let mut v = vec![Way::Gemm(1)];
+        if threads > 1 {
+            v.push(Way::Gemm(threads));
+            if p.batches() > 1 {
+                v.push(Way::PerProduct);
+            }
+            if p.n >= 32 * threads {
+                v.push(Way::Columns);
+            }
+        }
+        v
+    }
+}
+
+impl GemmPlan {
+    fn batches(&self) -> usize {
+        self.loops.iter().map(|l| l.0).product()
+    }
+
+    /// (one row has no row strides: the plan leaves them at 0 and 1)
+    fn out_row(&self) -> isize {
+        if self.m == 1 {
+            self.n as isize
+        } else {
+            self.out_row
+        }
+    }
+
+    /// A token or a decoding batch against weights stored as rows of k.
+    fn is_gemv(&self) -> bool {
+        self.batches() == 1 && self.m <= MAX_ROWS && self.inner == (1, 1) && self.out_col == 1 && self.out_row() >= self.n as isize
+    }
+
+    /// The call's shape, as `search` keys its choices.
+    fn key(&self, threads: usize) -> String {
+        let unit = |s: isize| if s == 1 { "1" } else { "s" };
+        format!(
+            "MatMul {}x{}x{} batches {} inner ({},{}) out_col {} threads {threads}",
+            self.m,
+            self.n,
+            self.k,
+            self.batches(),
+            unit(self.inner.0),
+            unit(self.inner.1),
+            unit(self.out_col)
+        )
+    }
+}
+
+/// Run a product `way`: `out` is the contiguous output of plan `p` over
+/// the operands `a` and `b` (data and view).
+fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (&[f32], View), out: &mut [f32]) {
+    if let Way::Gemv(form) = way {
+        let rows = Rows { data: a.0, offset: a.1.offset, stride: p.row.0, len: p.k };
+        let weights = Rows { data: b.0, offset: b.1.offset, stride: p.col.1, len: p.k };
+        // SAFETY: views were bounds-checked by the executor; `out` is the
+        // contiguous [m, n] output; the form is one this CPU runs
+        unsafe { gemv_as(form, rows, p.m, weights, p.n, Ptr(out.as_mut_ptr()), p.out_row() as usize) };
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let batches = p.batches();
+    let a_ptr = SendPtr(a.0.as_ptr());
+    let b_ptr = SendPtr(b.0.as_ptr());
+    let o_ptr = SendPtr(out.as_mut_ptr());
+    let (a_off, b_off) = (a.1.offset, b.1.offset);
+    // columns [c0, c0 + cols) of product `batch`
+    let call_cols = |batch: usize, (c0, cols): (usize, usize), par: Parallelism| {
+        let (mut ao, mut bo, mut oo) = (a_off, b_off, 0isize);
+        let mut rest = batch;
+        for &(size, sa, sb, so) in p.loops.iter().rev() {
+            let i = (rest % size) as isize;
+            rest /= size;
+            ao += i * sa;
+            bo += i * sb;
+            oo += i * so;
+        }
+        // SAFETY: views were bounds-checked by the executor; every batch
+        // writes a disjoint block of the contiguous output.
+        unsafe {
+            let c0 = c0 as isize;
+            sgemm(
+                (p.m, cols, p.k),
+                ({ o_ptr }.0.offset(oo + c0 * p.out_col), p.out_col, p.out_row),
+                ({ a_ptr }.0.offset(ao), p.inner.0, p.row.0),
+                ({ b_ptr }.0.offset(bo + c0 * p.col.1), p.col.1, p.inner.1),
+                par,
+            );
+        }
+    };
+    let call = |batch: usize, par: Parallelism| call_cols(batch, (0, p.n), par);
+    match way {
+        Way::PerProduct => (0..batches).into_par_iter().for_each(|i| call(i, Parallelism::None)),
+        Way::Columns => {
+            let chunk = p.n.div_ceil(threads).next_multiple_of(16);
+            let parts = p.n.div_ceil(chunk);
+            (0..batches * parts).into_par_iter().for_each(|i| {
+                let c0 = i % parts * chunk;
+                call_cols(i / parts, (c0, chunk.min(p.n - c0)), Parallelism::None)
+            });
+        }
+        Way::Gemm(t) => {
+            let par = if t > 1 { Parallelism::Rayon(t) } else { Parallelism::None };
+            (0..batches).for_each(|i| call(i, par));
+        }
+        Way::Gemv(_) => unreachable!("handled above"),
     }
 }
 
@@ -298,16 +431,74 @@ mod tests {
         (a, w)
     }
 
+    /// `sum_k a[d.., k] b[d.., k]` over the broadcast views, plainly.
+    fn naive(a: (&[f32], View), b: (&[f32], View), dims: &[usize]) -> Vec<f32> {
+        let (outer, k) = (dims[..3].iter().product::<usize>(), dims[3]);
+        (0..outer)
+            .map(|o| {
+                let idx = [o / (dims[1] * dims[2]), o / dims[2] % dims[1], o % dims[2]];
+                let at = |v: &View, kk: usize| {
+                    (v.offset + (0..3).map(|d| idx[d] as isize * v.strides[d]).sum::<isize>() + kk as isize * v.strides[3]) as usize
+                };
+                (0..k).map(|kk| a.0[at(&a.1, kk)] as f64 * b.0[at(&b.1, kk)] as f64).sum::<f64>() as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_way_search_may_choose_computes_the_product() {
+        let mut rng = 7u64;
+        let mut next = move || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        // (batch, rows, k, columns): a token, a decoding batch, a prompt, a narrow projection
+        let mut cases: Vec<(View, View, [usize; 4])> = [(1, 1, 64, 300), (1, 5, 96, 70), (2, 100, 64, 96), (1, 160, 128, 64)]
+            .map(|(bt, s, k, n)| {
+                let (a, w) = operands(bt, s, k, n);
+                (a, w, [bt, s, n, k])
+            })
+            .to_vec();
+        // attention-like: 4 heads, each [12, 16] x [16, 20]^T (a loop dim per head)
+        let (h, s, t, k) = (4usize, 12usize, 20usize, 16usize);
+        let dims = [h, s, t, k];
+        let mut a = View::contiguous(&dims);
+        a.strides[..4].copy_from_slice(&[(s * k) as isize, k as isize, 0, 1]);
+        let mut b = View::contiguous(&dims);
+        b.strides[..4].copy_from_slice(&[(t * k) as isize, 0, k as isize, 1]);
+        cases.push((a, b, dims));
+        for (av, bv, dims) in cases {
+            let len = |v: &View| (0..4).map(|d| (dims[d] - 1) * v.strides[d] as usize).sum::<usize>() + 1;
+            let ad: Vec<f32> = (0..len(&av)).map(|_| next()).collect();
+            let bd: Vec<f32> = (0..len(&bv)).map(|_| next()).collect();
+            let want = naive((&ad, av), (&bd, bv), &dims);
+            let p = MatMul { axis: 3, search: None }.plan(&av, &bv);
+            pool.install(|| {
+                for way in Way::candidates(&p, 2) {
+                    seen.insert(way.name());
+                    let mut out = vec![f32::NAN; want.len()];
+                    run_way(way, &p, (&ad, av), (&bd, bv), &mut out);
+                    let worst = out.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    // (sums of up to 128 products of values below 0.5, against f64)
+                    assert!(worst < 1e-4, "{dims:?} {}: off by {worst}", way.name());
+                }
+            });
+        }
+        eprintln!("ways checked: {}", seen.into_iter().collect::<Vec<_>>().join(", "));
+    }
+
     #[test]
     fn batch_rows_join_the_row_dim() {
         let (a, w) = operands(4, 256, 512, 1408);
-        let p = MatMul { axis: 3 }.plan(&a, &w);
+        let p = MatMul { axis: 3, search: None }.plan(&a, &w);
         assert_eq!((p.m, p.n, p.k), (1024, 1408, 512));
         assert!(p.loops.is_empty(), "{:?}", p.loops);
         // a sliced batch (rows not adjacent to the next batch) stays a loop
         let (mut a, w) = operands(4, 256, 512, 1408);
         a.strides[0] = 2 * 256 * 512;
-        let p = MatMul { axis: 3 }.plan(&a, &w);
+        let p = MatMul { axis: 3, search: None }.plan(&a, &w);
         assert_eq!((p.m, p.loops.len()), (256, 1));
     }
 }

@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod product_chain;
 pub mod rope;
 pub mod row_fusion;
+pub mod search_ways;
 pub mod simplify_row_programs;
 
 use luminal::prelude::*;
@@ -46,6 +47,11 @@ pub enum Fusion {
     /// Everything lumind has: generic passes plus our fusion passes.
     #[default]
     Full,
+    /// `full`'s graph, with each kernel's way to run (GEMV form, thread
+    /// split, SIMD level) timed on its real calls on this machine instead
+    /// of chosen by hand-written rules ([`crate::search`]). On a device, as
+    /// `full`.
+    Search,
 }
 
 impl Fusion {
@@ -55,6 +61,10 @@ impl Fusion {
     }
     pub fn name(self) -> &'static str {
         self.into()
+    }
+    /// Whether the strategy runs lumind's fusion passes (`full`, `search`).
+    pub fn fuses(self) -> bool {
+        matches!(self, Fusion::Full | Fusion::Search)
     }
 }
 
@@ -93,7 +103,7 @@ pub fn pipeline(fusion: Fusion) -> Vec<Pass> {
 /// ([`causal_attention::fuse_before_autograd`]); the pipeline's pass then
 /// finds nothing left to fuse.
 pub fn fuses_attention(fusion: Fusion, backend: Backend) -> bool {
-    fusion == Fusion::Full && backend == Backend::Cpu
+    fusion.fuses() && backend == Backend::Cpu
 }
 
 /// The passes of a fusion strategy for a backend, in order.
@@ -114,7 +124,7 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
         p.push(Pass::new("RopeFusion", rope::RopeFusion));
     }
     p.push(Pass::new("MatMul", matmul::MatMulPass));
-    if fusion == Fusion::Full {
+    if fusion.fuses() {
         p.push(Pass::new("RowFusion", row_fusion::RowFusion));
         p.push(Pass::new("MaskedRows", masked::MaskedRows));
         if backend == Backend::Cpu {
@@ -124,6 +134,9 @@ pub fn pipeline_for(fusion: Fusion, backend: Backend) -> Vec<Pass> {
         p.push(Pass::new("ProductChainFusion", product_chain::ProductChainFusion { gated_mlp: backend == Backend::Cpu }));
     }
     p.push(Pass::new("LowerToKernels", lower::LowerToKernels));
+    if fusion == Fusion::Search && backend == Backend::Cpu {
+        p.push(Pass::new("SearchWays", search_ways::SearchWays));
+    }
     p
 }
 

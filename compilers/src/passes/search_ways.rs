@@ -1,0 +1,25 @@
+//! The last pass of `--fusion search`: every kernel with several ways to
+//! run (today the matrix products) is told to search for its way on its
+//! calls ([`crate::search`]), under its node's index, which `inspect`
+//! reports the choices by. The pass also loads this machine's search cache,
+//! so a compile pays for reading it once and a run for nothing.
+
+use luminal::prelude::{Compiler, Graph, ToIdsMut};
+
+use crate::kernel::{kernel_of, KernelOp};
+use crate::kernels::matmul::MatMul;
+
+#[derive(Debug, Default)]
+pub struct SearchWays;
+
+impl Compiler for SearchWays {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _: T) {
+        drop(crate::search::global());
+        let nodes: Vec<_> = graph.graph.node_indices().collect();
+        for n in nodes {
+            let w = graph.graph.node_weight_mut(n).unwrap();
+            let Some(m) = kernel_of(w.as_ref()).and_then(|k| k.get::<MatMul>()) else { continue };
+            *w = Box::new(KernelOp::new(MatMul { axis: m.axis, search: Some(n.index()) }));
+        }
+    }
+}
