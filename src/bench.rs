@@ -85,19 +85,15 @@ pub fn read_bandwidth() -> (f64, f64) {
     (time(false), time(true))
 }
 
-/// The cost of handing work to the thread pool and waiting for it: the
-/// median time of an empty parallel loop of one task per thread (rayon's
-/// workers spin briefly, then sleep), right after another one, as a decoding
-/// step's ~120 kernels follow each other.
+/// The cost of handing work to every thread of the pool and waiting for
+/// all of them: the median time of an empty `rayon::broadcast`, right after
+/// another one, as a decoding step's ~120 kernels follow each other
+/// (rayon's idle workers spin briefly, then sleep).
 pub fn handoff() -> Duration {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
     let mut v: Vec<Duration> = (0..2000)
         .map(|_| {
             let t = Instant::now();
-            (0..threads).into_par_iter().for_each(|i| {
-                std::hint::black_box(i);
-            });
+            rayon::broadcast(|c| std::hint::black_box(c.index()));
             t.elapsed()
         })
         .collect();

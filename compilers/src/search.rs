@@ -23,14 +23,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Samples per way before a shape is decided.
-pub const SAMPLES: usize = 3;
+pub const SAMPLES: usize = 5;
 
-/// A way whose best sample is this many times the fastest way's is
+/// A way whose median sample is this many times the fastest way's is
 /// dropped without more samples (a GEMV without SIMD, say).
 pub const PRUNE: f64 = 2.0;
 
-/// What was chosen for a call shape, and what each way measured (its best
-/// sample, in microseconds).
+/// What was chosen for a call shape, and what each way measured (its
+/// median sample, in microseconds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     pub chosen: String,
@@ -75,6 +75,9 @@ pub struct Tuner {
     choices: BTreeMap<String, Choice>,
     /// undecided shapes
     trials: BTreeMap<String, Trial>,
+    /// decided shapes: the index of the way chosen among the ways a
+    /// kernel offers (the same ways for the same shape, within a process)
+    index: std::collections::HashMap<String, usize>,
     /// kernel node -> the shape it last ran, for `inspect`
     consulted: BTreeMap<usize, String>,
     /// ways timed so far by this process (0 after a warm start)
@@ -88,7 +91,16 @@ impl Tuner {
         let machine = machine();
         let file = dir.map(|d| d.join(format!("{:016x}.json", fnv64(&machine))));
         let choices = file.as_deref().and_then(|f| read_cache(f, &machine)).unwrap_or_default();
-        Tuner { machine, file, choices, trials: BTreeMap::new(), consulted: BTreeMap::new(), measured_calls: 0, warned: false }
+        Tuner {
+            machine,
+            file,
+            choices,
+            trials: BTreeMap::new(),
+            index: Default::default(),
+            consulted: BTreeMap::new(),
+            measured_calls: 0,
+            warned: false,
+        }
     }
 
     /// The cache file, if there is one.
@@ -96,10 +108,16 @@ impl Tuner {
         self.file.as_deref()
     }
 
-    /// How to run a call of shape `key` whose possible ways are `ways`.
-    pub fn pick(&mut self, key: &str, ways: &[String]) -> Pick {
+    /// How to run a call of shape `key` whose possible ways `ways()` names
+    /// (asked for only when this process has not chosen for the shape yet).
+    pub fn pick(&mut self, key: &str, ways: impl FnOnce() -> Vec<String>) -> Pick {
+        if let Some(&i) = self.index.get(key) {
+            return Pick::Chosen(i);
+        }
+        let ways = ways();
         if let Some(c) = self.choices.get(key) {
             if let Some(i) = ways.iter().position(|w| *w == c.chosen) {
+                self.index.insert(key.to_string(), i);
                 return Pick::Chosen(i);
             }
             // (a cache from a build with other ways: search again)
@@ -107,9 +125,9 @@ impl Tuner {
         if ways.len() == 1 {
             return Pick::Chosen(0);
         }
-        let trial = self.trials.entry(key.to_string()).or_insert_with(|| Trial::new(ways));
+        let trial = self.trials.entry(key.to_string()).or_insert_with(|| Trial::new(&ways));
         if trial.names != ways {
-            *trial = Trial::new(ways);
+            *trial = Trial::new(&ways);
         }
         let open = still_open(&trial.samples);
         let fewest = (0..ways.len()).filter(|&i| open[i]).min_by_key(|&i| trial.samples[i].len()).unwrap_or(0);
@@ -130,12 +148,10 @@ impl Tuner {
         if still_open(samples).contains(&true) {
             return;
         }
-        let best: Vec<f64> = samples.iter().map(|s| best(s)).collect();
-        let win = (0..best.len()).min_by(|&a, &b| best[a].total_cmp(&best[b])).unwrap();
-        let choice = Choice {
-            chosen: names[win].clone(),
-            measured_us: names.iter().cloned().zip(best.iter().map(|b| (b * 1e7).round() / 10.0)).collect(),
-        };
+        let typical: Vec<f64> = samples.iter().map(|s| median(s)).collect();
+        let win = (0..typical.len()).min_by(|&a, &b| typical[a].total_cmp(&typical[b])).unwrap();
+        let measured_us = names.iter().cloned().zip(typical.iter().map(|t| (t * 1e7).round() / 10.0)).collect();
+        let choice = Choice { chosen: names[win].clone(), measured_us };
         // (every way has a sample: an unsampled one would have stayed open)
         self.trials.remove(key);
         self.choices.insert(key.to_string(), choice);
@@ -192,16 +208,23 @@ impl Tuner {
     }
 }
 
-/// The best of some samples (infinite for none).
-fn best(samples: &[f64]) -> f64 {
-    samples.iter().copied().fold(f64::INFINITY, f64::min)
+/// The median of some samples (infinite for none): a way's typical time,
+/// which a lucky sample does not move (on a shared host a way that needs
+/// the other thread awake is sometimes fast and often not).
+fn median(samples: &[f64]) -> f64 {
+    if samples.is_empty() {
+        return f64::INFINITY;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Which ways still need samples: none yet, or fewer than [`SAMPLES`]
-/// unless one already took over [`PRUNE`] times the best so far.
+/// unless their median already is over [`PRUNE`] times the fastest's.
 fn still_open(samples: &[Vec<f64>]) -> Vec<bool> {
-    let fastest = samples.iter().map(|s| best(s)).fold(f64::INFINITY, f64::min);
-    samples.iter().map(|s| s.is_empty() || (s.len() < SAMPLES && best(s) <= PRUNE * fastest)).collect()
+    let fastest = samples.iter().map(|s| median(s)).fold(f64::INFINITY, f64::min);
+    samples.iter().map(|s| s.is_empty() || (s.len() < SAMPLES && median(s) <= PRUNE * fastest)).collect()
 }
 
 /// Choices of a cache file written for `machine`; None when it is missing,
@@ -281,7 +304,7 @@ mod tests {
         let mut t = Tuner::open(Some(&dir));
         let mut tried = [0usize; 3];
         for _ in 0..1 + 3 * SAMPLES {
-            match t.pick("MatMul 1x8x8", &ways) {
+            match t.pick("MatMul 1x8x8", || ways.clone()) {
                 Pick::Try(i) => {
                     tried[i] += 1;
                     t.record("MatMul 1x8x8", i, us(i));
@@ -290,7 +313,7 @@ mod tests {
             }
         }
         assert_eq!(tried, [SAMPLES + 1, SAMPLES, SAMPLES], "a warm-up, then the ways take turns");
-        assert_eq!(t.pick("MatMul 1x8x8", &ways), Pick::Chosen(1));
+        assert_eq!(t.pick("MatMul 1x8x8", || ways.clone()), Pick::Chosen(1));
         assert_eq!(t.pending(), 0);
         let c = t.choice("MatMul 1x8x8").unwrap().clone();
         assert_eq!(c.measured_us, BTreeMap::from([("slow".into(), 15.0), ("fast".into(), 10.0), ("middling".into(), 12.0)]));
@@ -298,19 +321,36 @@ mod tests {
         let mut t2 = Tuner::open(None);
         let slow = |w: usize| Duration::from_micros([100, 10][w]);
         let mut calls = 0;
-        while let Pick::Try(i) = t2.pick("k", &ways[..2]) {
+        while let Pick::Try(i) = t2.pick("k", || ways[..2].to_vec()) {
             t2.record("k", i, slow(i));
             calls += 1;
         }
         assert_eq!((calls, t2.choice("k").unwrap().chosen.as_str()), (2 + SAMPLES, "fast"));
+        // one lucky sample does not win: the typical (median) time does
+        let mut t3 = Tuner::open(None);
+        let mut calls = [0usize; 2];
+        while let Pick::Try(i) = t3.pick("lucky", || ways[..2].to_vec()) {
+            calls[i] += 1;
+            let us = if i == 0 && calls[0] == 2 {
+                1
+            } else if i == 0 {
+                15
+            } else {
+                10
+            };
+            t3.record("lucky", i, Duration::from_micros(us));
+        }
+        assert_eq!(t3.choice("lucky").unwrap().chosen, "fast");
         // a new process reads the choice and measures nothing
         let mut again = Tuner::open(Some(&dir));
         assert_eq!(again.choice("MatMul 1x8x8"), Some(&c));
-        assert_eq!(again.pick("MatMul 1x8x8", &ways), Pick::Chosen(1));
+        assert_eq!(again.pick("MatMul 1x8x8", || ways.clone()), Pick::Chosen(1));
         assert_eq!(again.measured_calls, 0);
         // a build whose ways differ searches again, and so does another machine's file
-        assert!(matches!(again.pick("MatMul 1x8x8", &ways[..2]), Pick::Chosen(1)));
-        assert!(matches!(again.pick("MatMul 1x8x8", &["other".to_string(), "ways".to_string()]), Pick::Try(_)));
+        let mut other = Tuner::open(Some(&dir));
+        assert!(matches!(other.pick("MatMul 1x8x8", || ways[..2].to_vec()), Pick::Chosen(1)));
+        let mut other = Tuner::open(Some(&dir));
+        assert!(matches!(other.pick("MatMul 1x8x8", || vec!["other".to_string(), "ways".to_string()]), Pick::Try(_)));
         let f = again.file().unwrap().to_path_buf();
         std::fs::write(&f, std::fs::read_to_string(&f).unwrap().replace(&machine(), "another CPU")).unwrap();
         assert!(Tuner::open(Some(&dir)).choice("MatMul 1x8x8").is_none());

@@ -186,12 +186,11 @@ impl Kernel for MatMul {
             return run_way(Way::hand_written(&p, threads), &p, a, b, out);
         };
         let ways = Way::candidates(&p, threads);
-        let names: Vec<String> = ways.iter().map(|w| w.name()).collect();
         let key = p.key(threads);
         let pick = {
             let mut tuner = search::global();
             tuner.note(node, &key);
-            tuner.pick(&key, &names)
+            tuner.pick(&key, || ways.iter().map(|w| w.name()).collect())
         };
         match pick {
             search::Pick::Chosen(i) => run_way(ways[i], &p, a, b, out),
