@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::Ptr;
 
-/// Up to this many rows go through [`gemv`]; more are a matrix product
+/// Up to this many rows go through [`gemv_as`]; more are a matrix product
 /// (prefill), where gemm's register blocking wins.
 pub const MAX_ROWS: usize = 32;
 
@@ -123,23 +123,29 @@ impl GemvForm {
     pub(crate) fn default_for(parallel: bool) -> GemvForm {
         GemvForm { isa: Isa::detect(), parts: if parallel { rayon::current_num_threads() * 4 } else { 1 } }
     }
+
+    /// Every form `--fusion search` times for `n` weight rows on `threads`
+    /// threads: each SIMD level this CPU runs, on one thread or split into
+    /// 1, 2, 4 or 8 parts per thread.
+    pub(crate) fn all(threads: usize, n: usize) -> Vec<GemvForm> {
+        let mut parts = vec![1];
+        if threads > 1 {
+            parts.extend([1, 2, 4, 8].map(|x| x * threads).into_iter().filter(|&x| x <= n));
+        }
+        Isa::available().into_iter().flat_map(|isa| parts.iter().map(move |&parts| GemvForm { isa, parts })).collect()
+    }
+
+    pub(crate) fn name(&self) -> String {
+        format!("gemv {} {} part{}", self.isa.name(), self.parts, if self.parts == 1 { "" } else { "s" })
+    }
 }
 
-/// `out[r * out_row + j] = dot(a[r], b[j])` for `r < m`, `j < n`; the
-/// weight rows split across threads when `parallel`.
+/// `out[r * out_row + j] = dot(a[r], b[j])` for `r < m`, `j < n`, in the
+/// given form (its weight rows split across threads when `form.parts > 1`).
 ///
 /// # Safety
 /// `out` points at a buffer holding every `r * out_row + j`, which no other
-/// thread writes during the call.
-pub(crate) unsafe fn gemv(a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_row: usize, parallel: bool) {
-    // SAFETY: as for this function
-    unsafe { gemv_as(GemvForm::default_for(parallel), a, m, b, n, out, out_row) }
-}
-
-/// [`gemv`] in the given form.
-///
-/// # Safety
-/// As for [`gemv`]; `form.isa` is one of [`Isa::available`].
+/// thread writes during the call; `form.isa` is one of [`Isa::available`].
 pub(crate) unsafe fn gemv_as(form: GemvForm, a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_row: usize) {
     assert_eq!(a.len, b.len, "dot products of unequal lengths");
     let part = |j0: usize, j1: usize| match form.isa {
@@ -329,7 +335,7 @@ mod tests {
                     let ar = Rows { data: &a, offset: 0, stride: k as isize, len: k };
                     let br = Rows { data: &w, offset: ((r % copies) * n * k) as isize, stride: k as isize, len: k };
                     let t = std::time::Instant::now();
-                    unsafe { gemv(ar, m, br, n, Ptr(out.as_mut_ptr()), n, par) };
+                    unsafe { gemv_as(GemvForm::default_for(par), ar, m, br, n, Ptr(out.as_mut_ptr()), n) };
                     best = best.min(t.elapsed().as_secs_f64());
                     total += t.elapsed().as_secs_f64();
                 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use std::time::Instant;
 
 use super::contiguous::Contiguous;
-use super::gemv::{gemv_as, GemvForm, Isa, Rows, MAX_ROWS};
+use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::search;
@@ -218,7 +218,7 @@ impl Kernel for MatMul {
 /// alone.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Way {
-    /// a few rows against rows of weights ([`gemv`])
+    /// a few rows against rows of weights ([`gemv_as`](super::gemv::gemv_as))
     Gemv(GemvForm),
     /// a whole product per thread
     PerProduct,
@@ -231,7 +231,7 @@ pub(crate) enum Way {
 impl Way {
     pub(crate) fn name(&self) -> String {
         match self {
-            Way::Gemv(f) => format!("gemv {} {} part{}", f.isa.name(), f.parts, if f.parts == 1 { "" } else { "s" }),
+            Way::Gemv(f) => f.name(),
             Way::PerProduct => "a product per thread".into(),
             Way::Columns => "columns per thread".into(),
             Way::Gemm(1) => "gemm on one thread".into(),
@@ -264,14 +264,7 @@ impl Way {
     /// Every way `search` times for a call.
     fn candidates(p: &GemmPlan, threads: usize) -> Vec<Way> {
         if p.is_gemv() {
-            let mut parts = vec![1];
-            if threads > 1 {
-                parts.extend([1, 2, 4, 8].map(|x| x * threads).into_iter().filter(|&x| x <= p.n));
-            }
-            return Isa::available()
-                .into_iter()
-                .flat_map(|isa| parts.iter().map(move |&parts| Way::Gemv(GemvForm { isa, parts })))
-                .collect();
+            return GemvForm::all(threads, p.n).into_iter().map(Way::Gemv).collect();
         }
         let mut v = vec![Way::Gemm(1)];
         if threads > 1 {

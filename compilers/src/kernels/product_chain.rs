@@ -13,13 +13,15 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::time::Instant;
 
-use super::gemv::{gemv, Rows, MAX_ROWS};
+use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::matmul::sgemm;
 use super::row_program::{RowOp, RowProgram, Scratch};
 use super::Ptr;
 use crate::cuda::source::CudaKernel;
 use crate::kernel::{Arg, Cost, Kernel};
+use crate::search;
 use crate::view::{DimValues, View};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +30,9 @@ pub struct ProductChain {
     pub program: RowProgram,
     /// which program input is the scores row
     pub scores_input: usize,
+    /// Under `--fusion search`, the kernel's node: a call of a few rows
+    /// (decoding) then searches for its GEMVs' form ([`crate::search`]).
+    pub search: Option<usize>,
 }
 
 /// Query rows per block.
@@ -86,7 +91,7 @@ impl Kernel for ProductChain {
         let tasks = others * per_other;
         let row_stride = |view: &View| bd.map_or(0, |d| view.strides[d]);
         let out_rs = bd.map_or(0, |d| out_strides[d] as isize);
-        let task = |bufs: &mut (Vec<f32>, Vec<f32>, Scratch), task: usize, par: Parallelism| {
+        let task = |bufs: &mut (Vec<f32>, Vec<f32>, Scratch), task: usize, par: Parallelism, form: Option<GemvForm>| {
             let (scores, probs, s) = bufs;
             let (mut o, b) = (task / per_other, task % per_other);
             let mut idx = vec![0usize; outer.len()];
@@ -117,12 +122,12 @@ impl Kernel for ProductChain {
             let tb = live.iter().copied().max().unwrap_or(t);
             // a few query rows against keys stored as rows of K (decoding):
             // dot products, the same for a row whatever else is in the block
-            let split = !matches!(par, Parallelism::None);
+            let form = form.unwrap_or(GemvForm::default_for(!matches!(par, Parallelism::None)));
             if rows <= MAX_ROWS && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 {
                 let qr = Rows { data: q.data, offset: qo, stride: row_stride(&q.view), len: kd };
                 let kr = Rows { data: k.data, offset: ko, stride: k.view.strides[rank - 2], len: kd };
                 // SAFETY: views were bounds-checked by the executor; `scores` holds rows x tb
-                unsafe { gemv(qr, rows, kr, tb, Ptr(scores.as_mut_ptr()), tb, split) };
+                unsafe { gemv_as(form, qr, rows, kr, tb, Ptr(scores.as_mut_ptr()), tb) };
             } else {
                 // SAFETY: views were bounds-checked by the executor; each task
                 // writes its own rows of the output.
@@ -153,7 +158,7 @@ impl Kernel for ProductChain {
                 let pr = Rows { data: &probs[..rows * tb], offset: 0, stride: tb as isize, len: tb };
                 let vr = Rows { data: v.data, offset: vo, stride: v.view.strides[rank - 2], len: tb };
                 // SAFETY: this task's output rows
-                unsafe { gemv(pr, rows, vr, hd, Ptr(out.get().offset(oo)), out_rs as usize, split) };
+                unsafe { gemv_as(form, pr, rows, vr, hd, Ptr(out.get().offset(oo)), out_rs as usize) };
                 return;
             }
             unsafe {
@@ -169,13 +174,33 @@ impl Kernel for ProductChain {
         };
         let init = || (vec![0f32; blk * t], vec![0f32; blk * t], self.program.scratch(t, dims));
         if tasks >= threads && threads > 1 {
-            (0..tasks).into_par_iter().for_each_init(init, |bufs, i| task(bufs, i, Parallelism::None));
-        } else {
-            // fewer blocks than threads (one decoded token through a gated
-            // MLP): let gemm split each product instead
-            let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-            let mut bufs = init();
-            (0..tasks).for_each(|i| task(&mut bufs, i, par));
+            (0..tasks).into_par_iter().for_each_init(init, |bufs, i| task(bufs, i, Parallelism::None, None));
+            return;
+        }
+        // fewer blocks than threads (one decoded token through a gated
+        // MLP): split each product instead, a GEMV's weight rows or gemm's
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        let mut bufs = init();
+        let decoding = blk <= MAX_ROWS && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 && v.view.strides[rank - 1] == 1;
+        let Some(node) = self.search.filter(|_| decoding && threads > 1) else {
+            return (0..tasks).for_each(|i| task(&mut bufs, i, par, None));
+        };
+        // both GEMVs of every task in one form, searched for as a whole
+        let forms = GemvForm::all(threads, t.min(hd));
+        let key = format!("{} {blk}x{t}x{kd} then x{hd} tasks {tasks} threads {threads}", self.name());
+        let pick = {
+            let mut tuner = search::global();
+            tuner.note(node, &key);
+            tuner.pick(&key, || forms.iter().map(|f| f.name()).collect())
+        };
+        let (i, timed) = match pick {
+            search::Pick::Chosen(i) => (i, false),
+            search::Pick::Try(i) => (i, true),
+        };
+        let start = Instant::now();
+        (0..tasks).for_each(|j| task(&mut bufs, j, par, Some(forms[i])));
+        if timed {
+            search::global().record(&key, i, start.elapsed());
         }
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
