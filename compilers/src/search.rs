@@ -241,6 +241,25 @@ fn read_cache(file: &Path, machine: &str) -> Option<BTreeMap<String, Choice>> {
     }
 }
 
+/// Run a call of shape `key` from kernel node `node` the way the
+/// process-wide tuner picks among the ways `ways()` names: `run(i)` runs
+/// way `i`, and is timed while the shape is being searched.
+pub fn run_searched(node: usize, key: &str, ways: impl FnOnce() -> Vec<String>, run: impl FnOnce(usize)) {
+    let pick = {
+        let mut tuner = global();
+        tuner.note(node, key);
+        tuner.pick(key, ways)
+    };
+    match pick {
+        Pick::Chosen(i) => run(i),
+        Pick::Try(i) => {
+            let t = std::time::Instant::now();
+            run(i);
+            global().record(key, i, t.elapsed());
+        }
+    }
+}
+
 /// The directory the process-wide tuner keeps its cache in.
 pub fn cache_dir() -> Option<PathBuf> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);

@@ -11,7 +11,6 @@
 use gemm::Parallelism;
 use luminal::prelude::ShapeTracker;
 use rayon::prelude::*;
-use std::time::Instant;
 
 use super::contiguous::Contiguous;
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
@@ -186,20 +185,7 @@ impl Kernel for MatMul {
             return run_way(Way::hand_written(&p, threads), &p, a, b, out);
         };
         let ways = Way::candidates(&p, threads);
-        let key = p.key(threads);
-        let pick = {
-            let mut tuner = search::global();
-            tuner.note(node, &key);
-            tuner.pick(&key, || ways.iter().map(|w| w.name()).collect())
-        };
-        match pick {
-            search::Pick::Chosen(i) => run_way(ways[i], &p, a, b, out),
-            search::Pick::Try(i) => {
-                let t = Instant::now();
-                run_way(ways[i], &p, a, b, out);
-                search::global().record(&key, i, t.elapsed());
-            }
-        }
+        search::run_searched(node, &p.key(threads), || ways.iter().map(|w| w.name()).collect(), |i| run_way(ways[i], &p, a, b, out));
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
         let (a, b) = (&inputs[0], &inputs[1]);

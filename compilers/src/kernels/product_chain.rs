@@ -13,7 +13,6 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
-use std::time::Instant;
 
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::matmul::sgemm;
@@ -188,20 +187,12 @@ impl Kernel for ProductChain {
         // both GEMVs of every task in one form, searched for as a whole
         let forms = GemvForm::all(threads, t.min(hd));
         let key = format!("{} {blk}x{t}x{kd} then x{hd} tasks {tasks} threads {threads}", self.name());
-        let pick = {
-            let mut tuner = search::global();
-            tuner.note(node, &key);
-            tuner.pick(&key, || forms.iter().map(|f| f.name()).collect())
-        };
-        let (i, timed) = match pick {
-            search::Pick::Chosen(i) => (i, false),
-            search::Pick::Try(i) => (i, true),
-        };
-        let start = Instant::now();
-        (0..tasks).for_each(|j| task(&mut bufs, j, par, Some(forms[i])));
-        if timed {
-            search::global().record(&key, i, start.elapsed());
-        }
+        search::run_searched(
+            node,
+            &key,
+            || forms.iter().map(|f| f.name()).collect(),
+            |i| (0..tasks).for_each(|j| task(&mut bufs, j, par, Some(forms[i]))),
+        );
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
         let (q, v) = (&inputs[0], &inputs[2]);
