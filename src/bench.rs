@@ -10,7 +10,7 @@ use lumind_compilers::{Backend, Fusion};
 
 use crate::model::builder::ForwardOptions;
 use crate::model::params::count_params;
-use crate::model::{ModelDef, Weights};
+use crate::model::{ModelDef, Precision, Weights};
 use crate::sampling::argmax;
 use crate::session::Session;
 use crate::slots::Slots;
@@ -37,6 +37,17 @@ pub fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration
 /// Bytes of weights a decode step reads (f32).
 pub fn weight_bytes(def: &ModelDef) -> f64 {
     4.0 * count_params(def).active as f64
+}
+
+/// Bytes of weights a decoded token reads when the params named in
+/// `quantized` are Q8_0 (34 bytes per 32 values) and the rest f32.
+pub fn weight_bytes_in(def: &ModelDef, quantized: &[String]) -> f64 {
+    let q8 = crate::model::params::param_specs(def)
+        .iter()
+        .filter(|p| quantized.contains(&p.name) && p.routed_expert.is_none())
+        .map(|p| p.shape.iter().product::<usize>() as f64)
+        .sum::<f64>();
+    weight_bytes(def) - q8 * (4.0 - 34.0 / 32.0)
 }
 
 /// FLOPs of a forward pass over `n` tokens with `past` cached, logits for
@@ -172,7 +183,12 @@ unsafe fn fma_chains_512(iters: usize) -> f32 {
 
 /// A generation session (KV cache, last-position logits) with random weights.
 pub fn generation_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize) -> Result<Session> {
-    Session::on(device, def, Weights::random(def, 0, None)?, ForwardOptions::generation(positions), fusion)
+    generation_session_in(device, def, fusion, Precision::Fp32, positions)
+}
+
+/// [`generation_session`] with weights stored in `precision`.
+pub fn generation_session_in(device: Backend, def: &ModelDef, fusion: Fusion, precision: Precision, positions: usize) -> Result<Session> {
+    Session::on(device, def, Weights::random(def, 0, None)?, ForwardOptions::generation(positions).with_precision(precision), fusion)
 }
 
 /// The longest a benchmark waits for `--fusion search` to decide its
@@ -229,8 +245,16 @@ pub fn decode(s: &mut Session, n: usize, reps: usize) -> Result<Rate> {
 }
 
 /// A session decoding up to `slots` sequences together (random weights).
-pub fn batched_session(device: Backend, def: &ModelDef, fusion: Fusion, positions: usize, slots: usize) -> Result<Slots> {
-    Ok(Slots::new(Session::on(device, def, Weights::random(def, 0, None)?, ForwardOptions::batched(positions, slots), fusion)?))
+pub fn batched_session(
+    device: Backend,
+    def: &ModelDef,
+    fusion: Fusion,
+    precision: Precision,
+    positions: usize,
+    slots: usize,
+) -> Result<Slots> {
+    let opts = ForwardOptions::batched(positions, slots).with_precision(precision);
+    Ok(Slots::new(Session::on(device, def, Weights::random(def, 0, None)?, opts, fusion)?))
 }
 
 /// Greedy tokens of `n` decode steps for each of `prompts`, decoded

@@ -13,6 +13,7 @@ use crate::graph_io::{buffer, dim, input, output};
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::def::ModelDef;
 use crate::model::memory;
+use crate::model::precision::Precision;
 use crate::model::weights::Weights;
 
 /// Prompt tokens fed per run of the graph. Prefilling in chunks lets a
@@ -27,6 +28,8 @@ pub struct Session {
     pub exec: Executor,
     /// Time spent building and compiling the graph.
     pub compile_time: Duration,
+    /// The params stored as Q8_0 (`--precision q8`).
+    pub quantized: Vec<String>,
 }
 
 /// Logits of one run: `[rows, vocab]` row-major (rows = batch x positions).
@@ -82,6 +85,13 @@ impl Session {
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
         compile(&mut built, passes, |_, _| {});
         let mut exec = Executor::on(built, backend).with_context(|| format!("running model `{}` on {backend}", def.name))?;
+        let mut quantized = vec![];
+        if opts.precision == Precision::Q8 {
+            if backend != Backend::Cpu {
+                bail!("precision q8 runs on the CPU only, not on {backend}");
+            }
+            quantized = exec.quantize_weights();
+        }
         let compile_time = t.elapsed();
         for (name, (_, data)) in weights.into_map() {
             exec.set(&name, data)?;
@@ -89,7 +99,7 @@ impl Session {
         let (cos, sin) = def.rope_tables(opts.max_positions);
         exec.set(buffer::ROPE_COS, cos)?;
         exec.set(buffer::ROPE_SIN, sin)?;
-        Ok(Session { def: def.clone(), opts, fusion, exec, compile_time })
+        Ok(Session { def: def.clone(), opts, fusion, exec, compile_time, quantized })
     }
 
     /// Check token ids against the vocabulary.

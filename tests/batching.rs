@@ -123,3 +123,19 @@ fn slots_reject_what_does_not_fit() {
     let e = slots.session.run_rows(&[1, 2], 1, &[0, 0]).unwrap_err().to_string();
     assert!(e.contains("cache rows 1..3 exceed the 2"), "{e}");
 }
+
+#[test]
+fn q8_weights_decode_the_same_in_a_batch_as_alone() {
+    use lumind::model::Precision;
+    let (def, w) = model("tiny");
+    let ps = prompts(def.vocab_size);
+    let opts = ForwardOptions::batched(400, ps.len()).with_precision(Precision::Q8);
+    let mut slots = Slots::new(Session::new(&def, w.clone(), opts, Fusion::Full).unwrap());
+    let (_, logits) = together(&mut slots, &ps);
+    for (i, p) in ps.iter().enumerate() {
+        let mut solo = Slots::new(Session::new(&def, w.clone(), opts, Fusion::Full).unwrap());
+        let l = solo.prefill(i, p).unwrap();
+        let l = solo.decode(&[(i, argmax(&l))]).unwrap().remove(0);
+        assert!(l.iter().zip(&logits[i]).all(|(a, b)| a.to_bits() == b.to_bits()), "request {i}'s logits differ in a batch under q8");
+    }
+}

@@ -28,7 +28,7 @@ fn final_ops(model: &str, fusion: Fusion, opts: ForwardOptions) -> std::collecti
 #[test]
 fn full_fusion_fuses_attention_mlp_and_norms() {
     for opts in [ForwardOptions::full(64), ForwardOptions::generation(64)] {
-        let ops = final_ops("tiny-llama", Fusion::Full, opts.clone());
+        let ops = final_ops("tiny-llama", Fusion::Full, opts);
         // (over a whole sequence it is the causal kernel, with a KV cache the
         // product chain over the cache)
         let attention = if opts.kv_cache { "Attention" } else { "CausalAttention" };
@@ -149,6 +149,8 @@ fn bench_reports_every_strategy() {
         "models/tiny.toml",
         "--fusion",
         "none,generic,full,search",
+        "--precision",
+        "fp32,q8",
         "--pp",
         "8",
         "--tg",
@@ -164,10 +166,14 @@ fn bench_reports_every_strategy() {
     // search's warm-ups ran until its choices were made (a few runs at most, cold)
     assert!(v["search"]["choices"].as_u64().unwrap() > 0, "{json}");
     for f in ["none", "generic", "full", "search"] {
-        for t in ["pp8", "tg4", "train2x8"] {
-            assert!(rows.iter().any(|r| r["fusion"] == f && r["test"] == t && r["tokens_per_s"].as_f64().unwrap() > 0.0), "{f} {t}");
+        for (p, t) in [("fp32", "pp8"), ("fp32", "tg4"), ("fp32", "train2x8"), ("q8", "pp8"), ("q8", "tg4")] {
+            let found =
+                rows.iter().any(|r| r["fusion"] == f && r["precision"] == p && r["test"] == t && r["tokens_per_s"].as_f64().unwrap() > 0.0);
+            assert!(found, "{f} {p} {t}");
         }
     }
+    // training runs in fp32 only
+    assert!(!rows.iter().any(|r| r["precision"] == "q8" && r["test"] == "train2x8"), "{json}");
     assert!(v["decode_bound_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["read_bandwidth_all_threads_gbs"].as_f64().unwrap() > 0.0, "{json}");
     // the prefill bound (the FMA peak over a token's FLOPs) is measured where

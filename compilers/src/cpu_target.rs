@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::cuda::DeviceError;
 use crate::kernel::Arg;
+use crate::kernels::q8;
 use crate::step_stats::StepStats;
 use crate::target::{Buf, DType, StepCall, Target};
 
@@ -39,6 +40,11 @@ impl CpuTarget {
         };
         Buf { id, len, cap, dtype: DType::F32 }
     }
+
+    /// The blocks of a Q8_0 buffer.
+    fn q8_bytes(&self, b: Buf) -> &[u8] {
+        &bytemuck::cast_slice(&self.bufs[b.id])[..q8::bytes_for(b.len)]
+    }
 }
 
 impl Target for CpuTarget {
@@ -56,6 +62,12 @@ impl Target for CpuTarget {
         Ok(self.insert(data, false))
     }
 
+    fn adopt_q8(&mut self, bytes: Vec<u8>, len: usize) -> Result<Buf, DeviceError> {
+        let mut words = vec![0f32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<f32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+        Ok(Buf { len, dtype: DType::Q8_0, ..self.insert(words, false) })
+    }
+
     fn free(&mut self, b: Buf) {
         self.bufs[b.id] = vec![];
         self.vacant.push(b.id);
@@ -67,7 +79,10 @@ impl Target for CpuTarget {
     }
 
     fn download(&self, b: Buf) -> Result<Vec<f32>, DeviceError> {
-        Ok(self.bufs[b.id][..b.len].to_vec())
+        Ok(match b.dtype {
+            DType::F32 => self.bufs[b.id][..b.len].to_vec(),
+            DType::Q8_0 => q8::dequantize(self.q8_bytes(b)),
+        })
     }
 
     fn take(&mut self, b: Buf) -> Result<(Vec<f32>, Option<Buf>), DeviceError> {
@@ -92,8 +107,13 @@ impl Target for CpuTarget {
             .zip(c.views)
             .enumerate()
             .map(|(i, (b, &view))| {
-                let data: &[f32] = if c.inplace.iter().any(|x| x.1 == i) { &[] } else { &self.bufs[b.id][..b.len] };
-                Arg { data, view }
+                if c.inplace.iter().any(|x| x.1 == i) {
+                    Arg::f32(&[], view)
+                } else if b.dtype == DType::Q8_0 {
+                    Arg { data: &[], view, q8: Some(self.q8_bytes(*b)) }
+                } else {
+                    Arg::f32(&self.bufs[b.id][..b.len], view)
+                }
             })
             .collect();
         let mut refs: Vec<&mut [f32]> = outs.iter_mut().zip(c.outs).map(|(v, b)| &mut v[..b.len]).collect();

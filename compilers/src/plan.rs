@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use crate::kernel::{kernel_of, Kernel};
 use crate::primop::Primop;
 use crate::shape::{fmt_dims, Dim};
+use crate::target::DType;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{eval, DimValues, View};
 
@@ -37,6 +38,8 @@ pub(crate) struct InputSlot {
     pub slot: usize,
     pub kind: InputKind,
     pub dims: Vec<Dim>,
+    /// how a param is stored (Q8_0 after `Executor::quantize_weights`)
+    pub dtype: DType,
 }
 
 pub(crate) struct EdgeIn {
@@ -211,7 +214,7 @@ impl Plan {
         for i in &inputs {
             let s = new_slot();
             slot_of.insert((i.node, 0), s);
-            input_slots.push(InputSlot { name: i.name.clone(), slot: s, kind: i.kind, dims: i.dims.clone() });
+            input_slots.push(InputSlot { name: i.name.clone(), slot: s, kind: i.kind, dims: i.dims.clone(), dtype: DType::F32 });
         }
         let mut steps = vec![];
         let mut symbols = vec![];

@@ -17,6 +17,8 @@ use crate::view::{DimValues, View};
 pub enum DType {
     #[default]
     F32,
+    /// GGUF's Q8_0 blocks ([`crate::kernels::q8`]); `len` counts values
+    Q8_0,
 }
 
 /// A buffer of a target, by handle: `len` values in use of `cap` allocated.
@@ -52,6 +54,11 @@ pub trait Target {
     /// A buffer holding `data`, which the CPU keeps as it is and a device
     /// copies up.
     fn adopt(&mut self, data: Vec<f32>) -> Result<Buf, DeviceError>;
+    /// A buffer holding `len` values as Q8_0 blocks (`bytes`), for the
+    /// kernels that read them ([`Kernel::reads_q8`]).
+    fn adopt_q8(&mut self, _bytes: Vec<u8>, _len: usize) -> Result<Buf, DeviceError> {
+        Err(DeviceError(format!("{} holds f32 values only: Q8_0 weights run on the CPU", self.name())))
+    }
     fn free(&mut self, b: Buf);
     /// Copy `data` (`b.len` values) into `b`.
     fn upload(&mut self, b: Buf, data: &[f32]) -> Result<(), DeviceError>;

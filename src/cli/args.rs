@@ -8,7 +8,7 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use lumind_compilers::{Backend, Fusion};
 
-use crate::model::{ModelDef, Weights};
+use crate::model::{ModelDef, Precision, Weights};
 
 /// A flag whose values are an enum's names (`what` says what they name):
 /// `--help` lists them, and any other value is refused with the list.
@@ -45,6 +45,9 @@ pub struct CompileArgs {
     /// Compiler strategy
     #[arg(long, default_value = "full", value_parser = one_of::<Fusion>("fusion strategy"))]
     pub fusion: Fusion,
+    /// How the weights of matrix products are stored and multiplied: fp32, or q8 (GGUF's Q8_0, quantized at load; inference on the CPU)
+    #[arg(long, default_value = "fp32", value_parser = one_of::<Precision>("precision"))]
+    pub precision: Precision,
     #[command(flatten)]
     pub on: DeviceArgs,
 }
@@ -52,6 +55,14 @@ pub struct CompileArgs {
 impl CompileArgs {
     pub fn device(&self) -> Backend {
         self.on.device
+    }
+
+    /// Refuse a precision a training graph does not run in.
+    pub fn fp32_only(&self, what: &str) -> Result<()> {
+        if self.precision != Precision::Fp32 {
+            anyhow::bail!("{what} runs in fp32: --precision {} is for inference", self.precision);
+        }
+        Ok(())
     }
 }
 

@@ -2,18 +2,18 @@
 
 use super::args::{one_of, DeviceArgs};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use lumind_compilers::{Backend, Fusion};
 use serde_json::json;
 
 use crate::bench::{
-    batched_session, decode, decode_streams, fma_peak, forward_flops, generation_session, handoff, prefill, read_bandwidth, train_step,
-    weight_bytes,
+    batched_session, decode, decode_streams, fma_peak, forward_flops, generation_session_in, handoff, prefill, read_bandwidth, train_step,
+    weight_bytes, weight_bytes_in,
 };
 use crate::model::params::{count_params, human};
-use crate::model::ModelDef;
+use crate::model::{ModelDef, Precision};
 use crate::slots::MAX_PARALLEL;
 
 #[derive(clap::Args)]
@@ -24,6 +24,9 @@ pub struct Args {
     /// Strategies to compare, comma-separated
     #[arg(long, default_value = "none,generic,full", value_delimiter = ',', value_parser = one_of::<Fusion>("fusion strategy"))]
     fusion: Vec<Fusion>,
+    /// Weight precisions to compare, comma-separated (fp32, q8); training runs in fp32 only
+    #[arg(long, default_value = "fp32", value_delimiter = ',', value_parser = one_of::<Precision>("precision"))]
+    precision: Vec<Precision>,
     /// Prefill lengths (ppN)
     #[arg(long, default_value = "64,256", value_delimiter = ',')]
     pp: Vec<usize>,
@@ -82,27 +85,38 @@ pub fn run(a: Args) -> Result<()> {
             println!("thread hand-off: {:.1} us per parallel call of {th} (median of 2000)", handoff.as_secs_f64() * 1e6);
         }
         println!();
-        println!("| {:<8} | {:<10} | {:>11} | {:>9} | {:>8} | {:>10} |", "fusion", "test", "tokens/s", "GFLOP/s", "GB/s", "compile ms");
-        println!("|{:-<10}|{:-<12}|{:-<13}|{:-<11}|{:-<10}|{:-<12}|", "", "", "", "", "", "");
+        println!(
+            "| {:<8} | {:<9} | {:<10} | {:>11} | {:>9} | {:>8} | {:>10} |",
+            "fusion", "precision", "test", "tokens/s", "GFLOP/s", "GB/s", "compile ms"
+        );
+        println!("|{:-<10}|{:-<11}|{:-<12}|{:-<13}|{:-<11}|{:-<10}|{:-<12}|", "", "", "", "", "", "", "");
     }
     let mut rows = vec![];
     let mut stream_notes = vec![];
     let mut warm_ups = vec![];
     let positions = a.pp.iter().copied().max().unwrap_or(1).max(a.tg + 1);
-    for &fusion in &a.fusion {
-        let t = Instant::now();
-        let mut s = generation_session(a.on.device, &def, fusion, positions)?;
+    for (&precision, &fusion) in a.precision.iter().flat_map(|p| a.fusion.iter().map(move |f| (p, f))) {
+        let mut s = generation_session_in(a.on.device, &def, fusion, precision, positions)?;
         let compile_ms = s.compile_time.as_secs_f64() * 1e3;
-        let _ = t;
+        let bytes = weight_bytes_in(&def, &s.quantized);
         let mut row = |test: String, tps: f64, gflops: f64, gbs: f64, warm_up: Duration| {
             if !a.json {
-                println!("| {:<8} | {:<10} | {:>11.1} | {:>9.1} | {:>8.1} | {:>10.1} |", fusion.name(), test, tps, gflops, gbs, compile_ms);
+                println!(
+                    "| {:<8} | {:<9} | {:<10} | {:>11.1} | {:>9.1} | {:>8.1} | {:>10.1} |",
+                    fusion.name(),
+                    precision.name(),
+                    test,
+                    tps,
+                    gflops,
+                    gbs,
+                    compile_ms
+                );
             }
             if fusion == Fusion::Search {
                 warm_ups.push(format!("{test} {:.1} s", warm_up.as_secs_f64()));
             }
-            rows.push(json!({"fusion": fusion.name(), "test": test, "tokens_per_s": tps, "gflops": gflops, "gbs": gbs,
-                "compile_ms": compile_ms, "warm_up_s": warm_up.as_secs_f64()}));
+            rows.push(json!({"fusion": fusion.name(), "precision": precision.name(), "test": test, "tokens_per_s": tps, "gflops": gflops,
+                "gbs": gbs, "compile_ms": compile_ms, "warm_up_s": warm_up.as_secs_f64()}));
         };
         for &n in &a.pp {
             let r = prefill(&mut s, n, a.reps)?;
@@ -118,15 +132,16 @@ pub fn run(a: Args) -> Result<()> {
             if most == 0 || most > MAX_PARALLEL {
                 anyhow::bail!("--streams takes 1 to {MAX_PARALLEL} sequences");
             }
-            let mut slots = batched_session(a.on.device, &def, fusion, a.tg.max(2) + 8, most)?;
+            let mut slots = batched_session(a.on.device, &def, fusion, precision, a.tg.max(2) + 8, most)?;
             for &n in &a.streams {
                 let r = decode_streams(&mut slots, n, a.tg.max(2), a.reps)?;
                 row(format!("tg{} x{n}", a.tg), r.tokens_per_s, 0.0, r.tokens_per_s / n as f64 * bytes / 1e9, Duration::ZERO);
-                stream_notes.push(json!({"fusion": fusion.name(), "streams": n, "tokens_per_s": r.tokens_per_s,
+                stream_notes
+                    .push(json!({"fusion": fusion.name(), "precision": precision.name(), "streams": n, "tokens_per_s": r.tokens_per_s,
                     "vs_one_stream": r.vs_one, "greedy_same_as_alone": r.same_as_alone}));
             }
         }
-        if let Some((b, seq)) = train {
+        if let Some((b, seq)) = train.filter(|_| precision == Precision::Fp32) {
             let r = train_step(a.on.device, &def, fusion, b, seq, a.reps.min(3))?;
             let tps = r.tokens_per_s;
             row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0, r.warm_up);

@@ -42,7 +42,13 @@ pub fn run(a: Args) -> Result<()> {
     let (def, tok) = (loaded.def, loaded.tokenizer);
     let template = ChatTemplate::for_tokenizer(&tok)?;
     let context = a.context.unwrap_or(def.max_position_embeddings.min(2048)).min(def.max_position_embeddings);
-    let mut gen = Generator::new(Session::on(loaded.device, &def, loaded.weights, ForwardOptions::generation(context), loaded.fusion)?);
+    let mut gen = Generator::new(Session::on(
+        loaded.device,
+        &def,
+        loaded.weights,
+        ForwardOptions::generation(context).with_precision(loaded.precision),
+        loaded.fusion,
+    )?);
     let params = a.sampling.params()?;
     let stop_reply = Arc::new(AtomicBool::new(false));
     let flag = stop_reply.clone();

@@ -112,7 +112,13 @@ pub fn run(a: Args) -> Result<()> {
                 .max()
                 .unwrap_or(0);
             let ctx = (longest + 64).min(def.max_position_embeddings);
-            let mut s = Session::on(model.compile.device(), &def, w, ForwardOptions::generation(ctx), model.compile.fusion)?;
+            let mut s = Session::on(
+                model.compile.device(),
+                &def,
+                w,
+                ForwardOptions::generation(ctx).with_precision(model.compile.precision),
+                model.compile.fusion,
+            )?;
             println!("{:<28} {:>9} {:>9} {:>9}", "subject", "questions", "correct", "accuracy");
             let (mut all, mut right) = (0, 0);
             let bar = progress::bar(files.iter().map(|f| f.1.len() as u64).sum(), 0);
@@ -133,7 +139,13 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Ppl { model, data, tokenizer, max_seq_len, limit } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
-            let mut s = Session::on(model.compile.device(), &def, w, ForwardOptions::full(max_seq_len), model.compile.fusion)?;
+            let mut s = Session::on(
+                model.compile.device(),
+                &def,
+                w,
+                ForwardOptions::full(max_seq_len).with_precision(model.compile.precision),
+                model.compile.fusion,
+            )?;
             let bar = progress::bar(0, 0);
             let (nll, n, texts) = perplexity(&mut s, &tok, &data, max_seq_len, limit, &bar)?;
             bar.finish_and_clear();
@@ -146,7 +158,13 @@ pub fn run(a: Args) -> Result<()> {
             let ctx = def.max_position_embeddings.min(1024);
             let opts = ForwardOptions { last_only: false, ..ForwardOptions::generation(ctx) };
             let mut scorer = ChatScorer::new(
-                Generator::new(Session::on(model.compile.device(), &def, w, opts, model.compile.fusion)?),
+                Generator::new(Session::on(
+                    model.compile.device(),
+                    &def,
+                    w,
+                    opts.with_precision(model.compile.precision),
+                    model.compile.fusion,
+                )?),
                 tok,
                 max_new_tokens,
             )?;
@@ -178,7 +196,13 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Pairs { model, data, reference, beta, tokenizer, max_seq_len, limit } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
-            let mut s = Session::on(model.compile.device(), &def, w, ForwardOptions::full(max_seq_len), model.compile.fusion)?;
+            let mut s = Session::on(
+                model.compile.device(),
+                &def,
+                w,
+                ForwardOptions::full(max_seq_len).with_precision(model.compile.precision),
+                model.compile.fusion,
+            )?;
             let bar = progress::bar(0, 0);
             let policy = pair_log_probs(&mut s, &tok, &data, max_seq_len, limit, &bar)?;
             let reference = match &reference {
@@ -187,7 +211,7 @@ pub fn run(a: Args) -> Result<()> {
                         model.compile.device(),
                         &def,
                         Weights::load(&def, path)?,
-                        ForwardOptions::full(max_seq_len),
+                        ForwardOptions::full(max_seq_len).with_precision(model.compile.precision),
                         model.compile.fusion,
                     )?;
                     bar.set_position(0);

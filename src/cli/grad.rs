@@ -50,6 +50,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    a.compile.fp32_only("`grad`")?;
     let (mut s, batch) = match (&a.config, &a.model, &a.weights, &a.tokens) {
         (Some(cfg_path), _, _, _) => {
             let mut cfg = TrainConfig::load(cfg_path)?;

@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let opts = ForwardOptions::full(tokens.len());
-    let mut s = Session::on(a.model.compile.device(), &def, w, opts, a.model.compile.fusion)?;
+    let mut s = Session::on(a.model.compile.device(), &def, w, opts.with_precision(a.model.compile.precision), a.model.compile.fusion)?;
     let l = s.run(&tokens, 1, 0)?;
     let mut t = Tensors::default();
     t.insert("logits", vec![l.rows, l.vocab], l.data);

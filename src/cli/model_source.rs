@@ -31,6 +31,7 @@ pub struct Loaded {
     pub weights: Weights,
     pub tokenizer: Tokenizer,
     pub fusion: Fusion,
+    pub precision: crate::model::Precision,
     pub device: Backend,
 }
 
@@ -63,6 +64,13 @@ impl ModelSource {
             Some(dir) => crate::lora::merge_adapter(&def, weights, dir)?,
             None => weights,
         };
-        Ok(Loaded { def, weights, tokenizer, fusion: self.compile.fusion, device: self.compile.device() })
+        Ok(Loaded {
+            def,
+            weights,
+            tokenizer,
+            fusion: self.compile.fusion,
+            precision: self.compile.precision,
+            device: self.compile.device(),
+        })
     }
 }

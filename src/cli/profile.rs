@@ -81,7 +81,13 @@ impl JobRun {
             Job::Forward | Job::Prefill => {
                 // prefill: one prompt into an empty KV cache (the generation graph)
                 let batch = if job == Job::Prefill { 1 } else { self.batch };
-                let mut s = Session::on(compile.device(), def, weights, options(job, self.tokens), compile.fusion)?;
+                let mut s = Session::on(
+                    compile.device(),
+                    def,
+                    weights,
+                    options(job, self.tokens).with_precision(compile.precision),
+                    compile.fusion,
+                )?;
                 let toks = synthetic_tokens(self.tokens * batch, def.vocab_size, 1);
                 for _ in 0..warm_ups {
                     s.run(&toks, batch, 0)?;
@@ -97,7 +103,13 @@ impl JobRun {
                 // --batch sequences decoded together, as `serve --parallel` does
                 let (steps, b) = (warm_ups + runs, self.batch);
                 let n = self.tokens + steps + 1;
-                let mut s = Session::on(compile.device(), def, weights, ForwardOptions::batched(n, b), compile.fusion)?;
+                let mut s = Session::on(
+                    compile.device(),
+                    def,
+                    weights,
+                    ForwardOptions::batched(n, b).with_precision(compile.precision),
+                    compile.fusion,
+                )?;
                 let toks = synthetic_tokens(n, def.vocab_size, 1);
                 for r in 0..b {
                     s.run_rows(&toks[..self.tokens], r, &[0])?;
@@ -120,6 +132,7 @@ impl JobRun {
             Job::Train => {
                 use crate::train::graph::Update;
                 use crate::train::{Batch, TrainSession};
+                compile.fp32_only("a training step")?;
                 let mut s = TrainSession::on(
                     compile.device(),
                     def,

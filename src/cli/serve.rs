@@ -76,10 +76,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     let tok = Arc::new(loaded.tokenizer);
     let template = ChatTemplate::for_tokenizer(&tok)?;
-    let (weights, fusion, device, d) = (loaded.weights, loaded.fusion, loaded.device, def.clone());
+    let (weights, fusion, precision, device, d) = (loaded.weights, loaded.fusion, loaded.precision, loaded.device, def.clone());
     let parallel = a.parallel as usize;
     let worker = Worker::start(
-        move || Ok(Slots::new(Session::on(device, &d, weights, ForwardOptions::batched(context, parallel), fusion)?)),
+        move || {
+            Ok(Slots::new(Session::on(device, &d, weights, ForwardOptions::batched(context, parallel).with_precision(precision), fusion)?))
+        },
         tok.clone(),
         a.queue,
     )?;

@@ -23,13 +23,14 @@ use lumind_compilers::{GraphBuilder, InputKind, Tensor};
 use super::def::{LayerFfn, ModelDef, MoeDef};
 use super::names::{Mlp, Model, SelfAttention, Swiglu};
 use super::params::param_specs;
+use super::precision::Precision;
 use crate::graph_io::{buffer, dim, input};
 
 /// Scores of masked (future) keys: far below any real score, so softmax
 /// gives them exactly 0, yet finite so `0 * mask` stays 0.
 const MASKED: f32 = -1e30;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ForwardOptions {
     /// Positions the graph may see: rows of the RoPE tables and, with a KV
     /// cache, its capacity.
@@ -43,12 +44,14 @@ pub struct ForwardOptions {
     pub last_only: bool,
     /// Also compute the MoE auxiliary (load-balancing) loss (training).
     pub aux_loss: bool,
+    /// How the session stores the weights of matrix products.
+    pub precision: Precision,
 }
 
 impl ForwardOptions {
     /// Whole sequences, no cache: scoring and training.
     pub fn full(max_positions: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: false, slots: 1, last_only: false, aux_loss: false }
+        ForwardOptions { max_positions, kv_cache: false, slots: 1, last_only: false, aux_loss: false, precision: Precision::Fp32 }
     }
     /// Incremental decoding with a KV cache of `max_positions`.
     pub fn generation(max_positions: usize) -> ForwardOptions {
@@ -56,7 +59,11 @@ impl ForwardOptions {
     }
     /// Incremental decoding of up to `slots` sequences at once.
     pub fn batched(max_positions: usize, slots: usize) -> ForwardOptions {
-        ForwardOptions { max_positions, kv_cache: true, slots, last_only: true, aux_loss: false }
+        ForwardOptions { max_positions, kv_cache: true, slots, last_only: true, aux_loss: false, precision: Precision::Fp32 }
+    }
+    /// The same, with weights stored in `precision`.
+    pub fn with_precision(self, precision: Precision) -> ForwardOptions {
+        ForwardOptions { precision, ..self }
     }
 }
 

@@ -57,7 +57,7 @@ pub(crate) struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn row(&self, i: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
         &self.data[(self.offset + i as isize * self.stride) as usize..][..self.len]
     }
 }

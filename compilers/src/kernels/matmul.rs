@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::contiguous::Contiguous;
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
+use super::q8::{self, gemv_q8, Q8Rows};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::search;
@@ -151,7 +152,20 @@ impl Kernel for MatMul {
         s.remove(self.axis);
         vec![s]
     }
+    fn reads_q8(&self, input: usize) -> bool {
+        input == 1
+    }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
+        if let Some(q) = inputs[1].q8 {
+            // Q8_0 weights: a GEMV on rows of whole blocks reads them as they
+            // are; any other call (a prompt) multiplies their values in f32
+            let p = self.plan(&inputs[0].view, &inputs[1].view);
+            let rows = (p.is_gemv() && !inputs[0].view.padded).then(|| Q8Rows::new(q, inputs[1].view.offset, p.col.1, p.k)).flatten();
+            if let Some(w) = rows {
+                return self.run_q8(&p, inputs[0], w, outputs[0]);
+            }
+            return q8::with_values(q, |values| self.run(&[inputs[0], Arg::f32(values, inputs[1].view)], outputs, dims));
+        }
         // Padded operands are rare (never in our models): materialise them.
         let dense: Vec<(Vec<f32>, View)> = inputs
             .iter()
@@ -194,6 +208,24 @@ impl Kernel for MatMul {
         let distinct = |v: &View| (0..v.rank).filter(|&d| v.strides[d] != 0).map(|d| v.shape[d]).product::<usize>();
         let out: usize = outputs[0].iter().product();
         Cost { flops, bytes: 4.0 * (distinct(a) + distinct(b) + out) as f64 }
+    }
+}
+
+impl MatMul {
+    /// A GEMV call against Q8_0 weight rows, in the hand-written form or
+    /// the one searched for.
+    fn run_q8(&self, p: &GemmPlan, a: Arg, w: Q8Rows, out: &mut [f32]) {
+        let rows = Rows { data: a.data, offset: a.view.offset, stride: p.row.0, len: p.k };
+        let out = Ptr(out.as_mut_ptr());
+        // SAFETY: views were bounds-checked by the executor; `out` is the
+        // contiguous [m, n] output; every form is one this CPU runs
+        let go = |form: GemvForm| unsafe { gemv_q8(form, rows, p.m, w, p.n, out, p.out_row() as usize) };
+        let threads = rayon::current_num_threads();
+        let Some(node) = self.search else {
+            return go(GemvForm::default_for(threads > 1 && p.n * p.k >= 1 << 16));
+        };
+        let forms = GemvForm::all(threads, p.n);
+        search::run_searched(node, &format!("{} q8_0", p.key(threads)), || forms.iter().map(|f| f.name()).collect(), |i| go(forms[i]));
     }
 }
 

@@ -12,6 +12,7 @@ pub mod iota;
 pub mod kv_write;
 pub mod matmul;
 pub mod product_chain;
+pub mod q8;
 pub mod reduce;
 pub mod rope;
 mod rotary;

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::matmul::sgemm;
+use super::q8::{self, gemv_q8, Q8Rows};
 use super::row_program::{RowOp, RowProgram, Scratch};
 use super::Ptr;
 use crate::cuda::source::CudaKernel;
@@ -36,6 +37,26 @@ pub struct ProductChain {
 
 /// Query rows per block.
 const BLOCK: usize = 64;
+
+/// Whether a call with Q8_0 weights runs every product as GEMVs on rows
+/// of whole blocks: at most [`MAX_ROWS`] query rows per block of them (so
+/// never the column split over many rows), each operand's rows contiguous,
+/// and every Q8_0 operand's rows, wherever a task starts, on block
+/// boundaries.
+fn q8_gemvs_fit(inputs: &[Arg]) -> bool {
+    let (q, k, v) = (&inputs[0].view, &inputs[1].view, &inputs[2].view);
+    let r = q.rank;
+    let query_rows = (0..r - 2).filter(|&d| k.strides[d] == 0 && v.strides[d] == 0).map(|d| q.shape[d]).max().unwrap_or(1);
+    let blocks = |a: &Arg| {
+        let w = &a.view;
+        a.q8.is_none()
+            || (w.offset % q8::BLOCK as isize == 0
+                && w.shape[r - 1].is_multiple_of(q8::BLOCK)
+                && (0..r - 1).all(|d| w.strides[d] % q8::BLOCK as isize == 0))
+    };
+    let contiguous = [q, k, v].iter().all(|w| w.strides[r - 1] == 1 && !w.padded);
+    query_rows <= MAX_ROWS && contiguous && blocks(&inputs[1]) && blocks(&inputs[2])
+}
 
 impl Kernel for ProductChain {
     fn cuda(&self) -> Option<&dyn CudaKernel> {
@@ -58,7 +79,25 @@ impl Kernel for ProductChain {
         f.push("MatMul (p v)".into());
         f
     }
+    fn reads_q8(&self, input: usize) -> bool {
+        // (a guard shortens the rows of `v` a GEMV reads to a row's live
+        // keys, which need not end on a block boundary)
+        (input == 1 || input == 2) && self.program.guard.is_none()
+    }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
+        if inputs[1].q8.is_some() || inputs[2].q8.is_some() {
+            // Q8_0 weights: a few rows (decoding) read them as they are in
+            // GEMVs; more rows multiply their values in f32
+            if !q8_gemvs_fit(inputs) {
+                // one operand's values at a time: run again with it in f32
+                let i = if inputs[1].q8.is_some() { 1 } else { 2 };
+                return q8::with_values(inputs[i].q8.unwrap(), |values| {
+                    let mut args = inputs.to_vec();
+                    args[i] = Arg::f32(values, inputs[i].view);
+                    self.run(&args, outputs, dims)
+                });
+            }
+        }
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
         assert!(!q.view.padded && !k.view.padded && !v.view.padded, "Attention: padded operands");
         let rank = q.view.rank;
@@ -67,7 +106,7 @@ impl Kernel for ProductChain {
         // program inputs: the scores slot is filled per row
         let mut rest = inputs[3..].iter();
         let prog: Vec<Arg> = (0..self.program.input_row.len())
-            .map(|i| if i == self.scores_input { Arg { data: &[], view: q.view } } else { *rest.next().unwrap() })
+            .map(|i| if i == self.scores_input { Arg::f32(&[], q.view) } else { *rest.next().unwrap() })
             .collect();
         let out = Ptr(outputs[0].as_mut_ptr());
         let out_strides = crate::view::contiguous_strides(&[outer.clone(), vec![hd]].concat());
@@ -124,9 +163,12 @@ impl Kernel for ProductChain {
             let form = form.unwrap_or(GemvForm::default_for(!matches!(par, Parallelism::None)));
             if rows <= MAX_ROWS && q.view.strides[rank - 1] == 1 && k.view.strides[rank - 1] == 1 {
                 let qr = Rows { data: q.data, offset: qo, stride: row_stride(&q.view), len: kd };
-                let kr = Rows { data: k.data, offset: ko, stride: k.view.strides[rank - 2], len: kd };
+                let (ks, scores) = (k.view.strides[rank - 2], Ptr(scores.as_mut_ptr()));
                 // SAFETY: views were bounds-checked by the executor; `scores` holds rows x tb
-                unsafe { gemv_as(form, qr, rows, kr, tb, Ptr(scores.as_mut_ptr()), tb) };
+                match k.q8 {
+                    Some(kq) => unsafe { gemv_q8(form, qr, rows, Q8Rows::new(kq, ko, ks, kd).expect("checked"), tb, scores, tb) },
+                    None => unsafe { gemv_as(form, qr, rows, Rows { data: k.data, offset: ko, stride: ks, len: kd }, tb, scores, tb) },
+                }
             } else {
                 // SAFETY: views were bounds-checked by the executor; each task
                 // writes its own rows of the output.
@@ -155,9 +197,14 @@ impl Kernel for ProductChain {
             if rows <= MAX_ROWS && v.view.strides[rank - 1] == 1 {
                 // out[r, h] = dot(p[r], v[h]) with v's rows contiguous along t
                 let pr = Rows { data: &probs[..rows * tb], offset: 0, stride: tb as isize, len: tb };
-                let vr = Rows { data: v.data, offset: vo, stride: v.view.strides[rank - 2], len: tb };
+                let (vs, o) = (v.view.strides[rank - 2], Ptr(unsafe { out.get().offset(oo) }));
                 // SAFETY: this task's output rows
-                unsafe { gemv_as(form, pr, rows, vr, hd, Ptr(out.get().offset(oo)), out_rs as usize) };
+                match v.q8 {
+                    Some(vq) => unsafe { gemv_q8(form, pr, rows, Q8Rows::new(vq, vo, vs, tb).expect("checked"), hd, o, out_rs as usize) },
+                    None => unsafe {
+                        gemv_as(form, pr, rows, Rows { data: v.data, offset: vo, stride: vs, len: tb }, hd, o, out_rs as usize)
+                    },
+                }
                 return;
             }
             unsafe {
@@ -272,7 +319,7 @@ impl ProductChain {
                             view.offset += c0 as isize * view.strides[last];
                             (view.shape[last], view.hi[last]) = (cols, cols);
                         }
-                        Arg { data: a.data, view }
+                        Arg::f32(a.data, view)
                     })
                     .collect();
                 let mut s = self.program.scratch(cols, dims);

@@ -41,7 +41,7 @@ impl Kernel for Rope {
         fn batch_row<'a>(t: &Arg<'a>, bb: usize) -> Arg<'a> {
             let mut view = t.view.without(0);
             view.offset += bb as isize * t.view.strides[0];
-            Arg { data: t.data, view }
+            Arg::f32(t.data, view)
         }
         let tables: Vec<Tables> = if per_row {
             (0..b).map(|bb| Tables::new(&batch_row(&inputs[1], bb), &batch_row(&inputs[2], bb), s, d)).collect()

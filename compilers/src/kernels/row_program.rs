@@ -491,6 +491,6 @@ pub(crate) mod tests {
 
     /// A contiguous row as a kernel argument.
     pub fn arg(x: &[f32]) -> Arg<'_> {
-        Arg { data: x, view: View::contiguous(&[x.len()]) }
+        Arg::f32(x, View::contiguous(&[x.len()]))
     }
 }
