@@ -22,8 +22,9 @@ pub enum Precision {
     /// The weights of matrix products quantized at load to GGUF's Q8_0
     /// (32 values per f16 scale). A few rows (decoding) multiply them as
     /// bytes against activations quantized the same way; longer prompts
-    /// multiply their values in f32. Embeddings, norms and a tied LM head
-    /// stay f32. Inference only, on the CPU.
+    /// multiply their values in f32. The embedding table too (its lookups
+    /// dequantize their rows), so a tied LM head is Q8_0; norms stay f32.
+    /// Inference only, on the CPU.
     Q8,
 }
 

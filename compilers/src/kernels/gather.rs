@@ -1,6 +1,7 @@
 //! Embedding lookup: rows of a table picked by ids (ids arrive as f32, as
 //! every luminal tensor is f32; exact for vocabularies below 2^24).
 
+use super::q8;
 use super::walk::for_each_index;
 use crate::cuda::source::{elementwise, push_view, unless_empty, Call, CudaKernel, VIEW_WORDS};
 use crate::kernel::{Arg, Cost, GradRule, Kernel};
@@ -26,6 +27,10 @@ impl Kernel for Gather {
         s.push(inputs[0].shape[1]);
         vec![s]
     }
+    /// (a Q8_0 table is a tied LM head's: its rows come out as their values)
+    fn reads_q8(&self, input: usize) -> bool {
+        input == 0
+    }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
         let (table, ids) = (&inputs[0], &inputs[1]);
         let (vocab, d) = (table.view.shape[0], table.view.shape[1]);
@@ -37,7 +42,11 @@ impl Kernel for Gather {
             assert!(id >= 0.0 && row < vocab && id == row as f32, "Gather: id {id} is not a row of a table with {vocab} rows");
             let dst = &mut out[i * d..][..d];
             let base = table.view.offset + row as isize * rs;
-            if cs == 1 {
+            if let Some(q) = table.q8 {
+                for (c, o) in dst.iter_mut().enumerate() {
+                    *o = q8::value(q, (base + c as isize * cs) as usize);
+                }
+            } else if cs == 1 {
                 dst.copy_from_slice(&table.data[base as usize..][..d]);
             } else {
                 for (c, o) in dst.iter_mut().enumerate() {

@@ -55,6 +55,12 @@ pub fn dequantize(q: &[u8]) -> Vec<f32> {
     out
 }
 
+/// Value `i` of Q8_0 blocks.
+pub fn value(q: &[u8], i: usize) -> f32 {
+    let b = &q[i / BLOCK * BLOCK_BYTES..][..BLOCK_BYTES];
+    f16::from_le_bytes([b[0], b[1]]).to_f32() * b[2 + i % BLOCK] as i8 as f32
+}
+
 thread_local! {
     /// Buffers [`with_values`] lends, kept so that a prompt's every
     /// product does not map (and fault in) fresh pages.
@@ -173,7 +179,28 @@ pub(crate) unsafe fn gemv_q8(form: GemvForm, a: Rows, m: usize, w: Q8Rows, n: us
     #[cfg(target_arch = "x86_64")]
     let avx2 = form.isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("f16c");
     let part = |j0: usize, j1: usize| {
-        for j in j0..j1 {
+        let mut j = j0;
+        #[cfg(target_arch = "x86_64")]
+        while avx2 && j + 4 <= j1 {
+            let ws = [w.row(j), w.row(j + 1), w.row(j + 2), w.row(j + 3)];
+            // the rows two groups on, asked for now: the integer work per
+            // byte is enough that loads issued only on use leave the memory
+            // bus idle between them
+            if j + 12 <= j1 {
+                // SAFETY: prefetching has no effect on memory
+                unsafe { x86::prefetch(&[w.row(j + 8), w.row(j + 9), w.row(j + 10), w.row(j + 11)]) };
+            }
+            for r in 0..m {
+                // SAFETY: the CPU has AVX2 and F16C
+                let v = unsafe { x86::dot4_avx2(qa.row(r), ws) };
+                for (i, &v) in v.iter().enumerate() {
+                    // SAFETY: per the contract; each part writes its own columns
+                    unsafe { *out.at(r * out_row + j + i) = v };
+                }
+            }
+            j += 4;
+        }
+        for j in j..j1 {
             let wr = w.row(j);
             for r in 0..m {
                 // SAFETY: the CPU has AVX2 and F16C
@@ -223,6 +250,40 @@ mod x86 {
         let mut p = [0f32; 8];
         _mm256_storeu_ps(p.as_mut_ptr(), acc);
         finish(&p)
+    }
+
+    /// Ask for every cache line of `rows`.
+    pub(super) unsafe fn prefetch(rows: &[&[u8]]) {
+        for r in rows {
+            for off in (0..r.len()).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().add(off) as *const i8);
+            }
+        }
+    }
+
+    /// [`dot_avx2`] of one activation row with four weight rows at once.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn dot4_avx2((scales, values): (&[f32], &[i8]), w: [&[u8]; 4]) -> [f32; 4] {
+        assert!(values.len() == scales.len() * BLOCK && w.iter().all(|w| w.len() == scales.len() * BLOCK_BYTES));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let xp = values.as_ptr();
+        for (b, &dx) in scales.iter().enumerate() {
+            let xq = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+            for i in 0..4 {
+                let wb = w[i].as_ptr().add(b * BLOCK_BYTES);
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*wb, *wb.add(1)]) as i32)));
+                let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(d * dx), sums));
+            }
+        }
+        std::array::from_fn(|i| {
+            let mut p = [0f32; 8];
+            _mm256_storeu_ps(p.as_mut_ptr(), acc[i]);
+            finish(&p)
+        })
     }
 }
 
@@ -310,5 +371,36 @@ mod tests {
         assert!(Q8Rows::new(&q, 16, 64, 64).is_none());
         assert!(Q8Rows::new(&q, 0, 48, 32).is_none());
         assert!(Q8Rows::new(&q, 0, 64, 40).is_none());
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test -p lumind-compilers --release q8_gemv_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn q8_gemv_speed() {
+        let (n, k) = (6400, 512);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        // copies enough to stream from memory, not the L3
+        let copies = 16;
+        let wq: Vec<u8> = quantize(&w).repeat(copies);
+        let a: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+        let mut out = vec![0f32; n];
+        for isa in Isa::available() {
+            for parts in [1, 2, 8] {
+                let ar = Rows { data: &a, offset: 0, stride: k as isize, len: k };
+                let mut best = f64::MAX;
+                for c in 0..200 {
+                    let wr = Q8Rows::new(&wq, ((c % copies) * n * k) as isize, k as isize, k).unwrap();
+                    let t = std::time::Instant::now();
+                    unsafe { gemv_q8(GemvForm { isa, parts }, ar, 1, wr, n, Ptr(out.as_mut_ptr()), n) };
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                eprintln!("{isa:?} {parts} parts: {:.1} us, {:.1} GMAC/s", best * 1e6, (n * k) as f64 / best / 1e9);
+            }
+        }
     }
 }
