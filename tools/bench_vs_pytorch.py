@@ -131,9 +131,11 @@ def torch_child(a, weights):
 def lumind_round(a, dev):
     """One run of `lumind bench` (JSON)."""
     fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full,search")
+    precision = "fp32" if dev == "cuda" else "fp32,q8"
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     out = subprocess.run([LUMIND, "--threads", str(a.threads), "bench", "--model", a.model, "--train", a.train, "--device", dev,
-                          "--fusion", fusion, "--reps", str(a.reps), "--json"], check=True, capture_output=True, text=True, env=env)
+                          "--fusion", fusion, "--precision", precision, "--reps", str(a.reps), "--json"],
+                         check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout)
 
 
@@ -184,6 +186,15 @@ def to_gguf(build, model, weights, tmp):
     return gguf
 
 
+def to_q8_0(build, gguf, tmp):
+    """The f32 GGUF quantized to Q8_0 by llama.cpp's own `llama-quantize`, or None without it."""
+    tool, out = os.path.join(build, "bin", "llama-quantize"), os.path.join(tmp, "model-q8_0.gguf")
+    if not os.path.exists(tool):
+        return None
+    subprocess.run([tool, gguf, out, "Q8_0"], check=True, capture_output=True)
+    return out
+
+
 def llama_round(a, build, gguf):
     """One run of llama-bench: tokens/s of pp64, pp256 and tg128."""
     out = subprocess.run([os.path.join(build, "bin", "llama-bench"), "-m", gguf, "-p", "64,256", "-n", "128", "-t", str(a.threads),
@@ -220,22 +231,25 @@ def main():
         return
     with open(a.model, "rb") as f:
         name = tomllib.load(f)["name"]
-    torch_rounds, lum_rounds, llama_rounds, one_thread = [], [], [], []
+    torch_rounds, lum_rounds, llama_rounds, llama_q8_rounds, one_thread = [], [], [], [], []
     build = llama_cpp_build(a) if dev == "cpu" else None
     with tempfile.TemporaryDirectory() as tmp:
         w = os.path.join(tmp, "w.safetensors")
         subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
         gguf = to_gguf(build, a.model, w, tmp) if build else None
+        gguf_q8 = to_q8_0(build, gguf, tmp) if gguf else None
         for r in range(a.rounds):
             print(f"round {r + 1}/{a.rounds} ...", file=sys.stderr, flush=True)
             torch_rounds.append(torch_child(a, w))
             lum_rounds.append(lumind_round(a, dev))
             if gguf:
                 llama_rounds.append(llama_round(a, build, gguf))
+            if gguf_q8:
+                llama_q8_rounds.append(llama_round(a, build, gguf_q8))
             if dev == "cpu" and a.threads > 1:
                 one_thread.append(lumind_one_thread_decode(a))
     torch_res = {k: median([t[k] for t in torch_rounds]) for k in torch_rounds[0]}
-    key = lambda r: (r["fusion"], r["test"])
+    key = lambda r: (r["fusion"], r.get("precision", "fp32"), r["test"])
     lum = dict(lum_rounds[0])
     lum["results"] = [dict(r, tokens_per_s=median([next(x for x in L["results"] if key(x) == key(r))["tokens_per_s"] for L in lum_rounds]))
                       for r in lum_rounds[0]["results"]]
@@ -249,29 +263,33 @@ def main():
     print("\nPyTorch eager (tokens/s):")
     for k, v in torch_res.items():
         print(f"  {k:<22} {v:10.1f}")
-    if llama_rounds:
-        print(f"\nllama.cpp f32 ({build}, tokens/s):")
-        for k in llama_rounds[0]:
-            print(f"  {k:<22} {median([r[k] for r in llama_rounds]):10.1f}")
-    elif dev == "cpu":
+    for kind, rounds in (("f32", llama_rounds), ("q8_0", llama_q8_rounds)):
+        if rounds:
+            print(f"\nllama.cpp {kind} ({build}, tokens/s):")
+            for k in rounds[0]:
+                print(f"  {k:<22} {median([r[k] for r in rounds]):10.1f}")
+    if not llama_rounds and dev == "cpu":
         print("\nllama.cpp: no build found (tools/build_llama_cpp.sh builds one)")
     print("\nlumind (tokens/s):")
     for r in lum["results"]:
-        print(f"  {r['fusion']:<8} {r['test']:<13} {r['tokens_per_s']:10.1f}   compile {r['compile_ms']:.1f} ms")
+        print(f"  {r['fusion']:<8} {r.get('precision', 'fp32'):<5} {r['test']:<13} {r['tokens_per_s']:10.1f}   compile {r['compile_ms']:.1f} ms")
 
-    def ratio(test, torch_key, fusion="full", peer=None):
+    def rate(L, fusion, test, precision="fp32"):
+        return next((r["tokens_per_s"] for r in L["results"] if key(r) == (fusion, precision, test)), None)
+
+    def ratio(test, torch_key, fusion="full", peer=None, precision="fp32"):
         """Median over rounds of lumind / the peer (PyTorch unless given) within a round, and the range."""
         rs = []
         for t, L in zip(peer or torch_rounds, lum_rounds):
-            x = next((r["tokens_per_s"] for r in L["results"] if key(r) == (fusion, test)), None)
+            x = rate(L, fusion, test, precision)
             y = t.get(torch_key) if isinstance(torch_key, str) else torch_key(L)
             if x is not None and y:
                 rs.append(x / y)
         if not rs:
             return "n/a"
         return f"{median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f})" if len(rs) > 1 else f"{rs[0]:.2f}x"
-    full = {r["test"]: r for r in lum["results"] if r["fusion"] == "full"}
-    none = {r["test"]: r for r in lum["results"] if r["fusion"] == "none"}
+    full = {r["test"]: r for r in lum["results"] if key(r)[:2] == ("full", "fp32")}
+    none = {r["test"]: r for r in lum["results"] if key(r)[:2] == ("none", "fp32")}
     train = f"train{a.train}"
     print("\nratios (lumind full / PyTorch), targets in brackets:")
     if dev == "cuda":
@@ -287,8 +305,12 @@ def main():
         if llama_rounds:
             print(f"  prefill 256 vs llama.cpp f32  {ratio('pp256', 'pp256', peer=llama_rounds)}   [>= 1.5x]")
             print(f"  decode vs llama.cpp f32       {ratio('tg128', 'tg128', peer=llama_rounds)}   [>= 1.2x]")
+        if llama_q8_rounds:
+            print(f"  q8: prefill 256 vs llama.cpp q8_0  {ratio('pp256', 'pp256', peer=llama_q8_rounds, precision='q8')}")
+            print(f"  q8: decode vs llama.cpp q8_0       {ratio('tg128', 'tg128', peer=llama_q8_rounds, precision='q8')}")
+        print(f"  q8 / fp32 decode  {ratio('tg128', lambda L: rate(L, 'full', 'tg128'), precision='q8')}")
         if one_thread:
-            two = [next(r["tokens_per_s"] for r in L["results"] if (r["fusion"], r["test"]) == ("full", "tg128")) for L in lum_rounds]
+            two = [rate(L, "full", "tg128") for L in lum_rounds]
             rs = [x / y for x, y in zip(two, one_thread)]
             print(f"  decode {a.threads} threads / 1  {median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f}; one thread {median(one_thread):.1f} tokens/s)   [>= 1.8x]")
         print(f"  decode vs bound  {full['tg128']['tokens_per_s'] / lum['decode_bound_tokens_per_s']:.0%}    [>= 60%]")
@@ -296,7 +318,7 @@ def main():
         print(f"  train {a.train}   {ratio(train, train)}   [>= 1.3x]")
         if any(r["fusion"] == "search" for r in lum["results"]):
             for test in ("pp256", "tg128", train):
-                print(f"  search / full, {test:<10} {ratio(test, lambda L, t=test: next(r['tokens_per_s'] for r in L['results'] if (r['fusion'], r['test']) == ('full', t)), fusion='search')}")
+                print(f"  search / full, {test:<10} {ratio(test, lambda L, t=test: rate(L, 'full', t), fusion='search')}")
         pb = (lum.get("prefill_bound_tokens_per_s") or {}).get("pp256")
         if pb:
             # what the 1.5x target asks of this CPU: the fp32 FMA peak over a token's FLOPs bounds any kernel
@@ -306,7 +328,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": dev, "where": where, "rounds": a.rounds, "torch": torch_rounds, "lumind": lum_rounds,
-                       "llama_cpp": llama_rounds, "lumind_one_thread_tg128": one_thread}, f, indent=1)
+                       "llama_cpp": llama_rounds, "llama_cpp_q8_0": llama_q8_rounds, "lumind_one_thread_tg128": one_thread}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's `llama-bench` from the source that the llama-cpp-python
+# Builds llama.cpp's `llama-bench` and `llama-quantize` from the source that the llama-cpp-python
 # sdist on PyPI vendors, for tools/bench_vs_pytorch.py. The build is cached
 # outside the repo; a second run only prints where it is.
 #
-#     tools/build_llama_cpp.sh            # prints the build directory (has bin/llama-bench)
+#     tools/build_llama_cpp.sh            # prints the build directory (has bin/llama-bench, bin/llama-quantize)
 #
 # LLAMA_CPP_PYTHON_VERSION picks the sdist (default below), LUMIND_LLAMA_CPP
 # the cache (default ~/.cache/lumind/llama.cpp). Needs python3 and a C++
@@ -11,11 +11,11 @@
 #
 # Built with -march=native but without AMX: with GCC 12, llama.cpp's AMX
 # int8 path dies of an illegal instruction on Sapphire Rapids (its tile
-# set-up is optimised away), and lumind's fp32 comparison has no use for it.
+# set-up is optimised away), so its q8_0 figures are its AVX-512/AVX2 path.
 set -euo pipefail
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 root="${LUMIND_LLAMA_CPP:-$HOME/.cache/lumind/llama.cpp}/$version"
-if [ -x "$root/build/bin/llama-bench" ]; then
+if [ -x "$root/build/bin/llama-bench" ] && [ -x "$root/build/bin/llama-quantize" ]; then
   echo "$root/build"
   exit 0
 fi
@@ -53,5 +53,5 @@ cmake -S "$src" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON \
   -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
-cmake --build "$root/build" --target llama-bench -j "$(nproc)" >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+cmake --build "$root/build" --target llama-bench llama-quantize -j "$(nproc)" >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
 echo "$root/build"
