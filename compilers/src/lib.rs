@@ -7,6 +7,7 @@ pub mod autograd;
 pub mod backend;
 pub mod cpu_target;
 pub mod cuda;
+pub mod dtype;
 pub mod executor;
 pub mod inspect;
 pub mod kernel;

@@ -10,10 +10,10 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use rustc_hash::FxHashMap;
 
+use crate::dtype::DType;
 use crate::kernel::{kernel_of, Kernel};
 use crate::primop::Primop;
 use crate::shape::{fmt_dims, Dim};
-use crate::target::DType;
 use crate::tensor::{BuiltGraph, InputKind};
 use crate::view::{eval, DimValues, View};
 

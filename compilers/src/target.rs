@@ -7,19 +7,12 @@
 //! binding inputs, the buffer pool, when a temporary is free, and gathering
 //! the named outputs.
 
+pub use crate::dtype::DType;
+
 use crate::cuda::DeviceError;
 use crate::kernel::Kernel;
 use crate::step_stats::StepStats;
 use crate::view::{DimValues, View};
-
-/// Element type of a buffer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DType {
-    #[default]
-    F32,
-    /// GGUF's Q8_0 blocks ([`crate::kernels::q8`]); `len` counts values
-    Q8_0,
-}
 
 /// A buffer of a target, by handle: `len` values in use of `cap` allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,9 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use lumind_compilers::{Backend, Fusion};
 
+use crate::model::builder::ForwardOptions;
 use crate::model::{ModelDef, Precision, Weights};
+use crate::session::Session;
 
 /// A flag whose values are an enum's names (`what` says what they name):
 /// `--help` lists them, and any other value is refused with the list.
@@ -55,6 +57,11 @@ pub struct CompileArgs {
 impl CompileArgs {
     pub fn device(&self) -> Backend {
         self.on.device
+    }
+
+    /// A session of `def` compiled and run as these flags say.
+    pub fn session(&self, def: &ModelDef, weights: Weights, opts: ForwardOptions) -> Result<Session> {
+        Session::on(self.device(), def, weights, opts.with_precision(self.precision), self.fusion)
     }
 
     /// Refuse a precision a training graph does not run in.

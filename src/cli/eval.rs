@@ -15,7 +15,6 @@ use crate::generate::Generator;
 use crate::model::builder::ForwardOptions;
 use crate::model::Weights;
 use crate::progress;
-use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
 #[derive(clap::Args)]
@@ -112,13 +111,7 @@ pub fn run(a: Args) -> Result<()> {
                 .max()
                 .unwrap_or(0);
             let ctx = (longest + 64).min(def.max_position_embeddings);
-            let mut s = Session::on(
-                model.compile.device(),
-                &def,
-                w,
-                ForwardOptions::generation(ctx).with_precision(model.compile.precision),
-                model.compile.fusion,
-            )?;
+            let mut s = model.compile.session(&def, w, ForwardOptions::generation(ctx))?;
             println!("{:<28} {:>9} {:>9} {:>9}", "subject", "questions", "correct", "accuracy");
             let (mut all, mut right) = (0, 0);
             let bar = progress::bar(files.iter().map(|f| f.1.len() as u64).sum(), 0);
@@ -139,13 +132,7 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Ppl { model, data, tokenizer, max_seq_len, limit } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
-            let mut s = Session::on(
-                model.compile.device(),
-                &def,
-                w,
-                ForwardOptions::full(max_seq_len).with_precision(model.compile.precision),
-                model.compile.fusion,
-            )?;
+            let mut s = model.compile.session(&def, w, ForwardOptions::full(max_seq_len))?;
             let bar = progress::bar(0, 0);
             let (nll, n, texts) = perplexity(&mut s, &tok, &data, max_seq_len, limit, &bar)?;
             bar.finish_and_clear();
@@ -157,17 +144,7 @@ pub fn run(a: Args) -> Result<()> {
             let cases = read_chat_cases(&data, limit)?;
             let ctx = def.max_position_embeddings.min(1024);
             let opts = ForwardOptions { last_only: false, ..ForwardOptions::generation(ctx) };
-            let mut scorer = ChatScorer::new(
-                Generator::new(Session::on(
-                    model.compile.device(),
-                    &def,
-                    w,
-                    opts.with_precision(model.compile.precision),
-                    model.compile.fusion,
-                )?),
-                tok,
-                max_new_tokens,
-            )?;
+            let mut scorer = ChatScorer::new(Generator::new(model.compile.session(&def, w, opts)?), tok, max_new_tokens)?;
             let bar = progress::bar(cases.len() as u64, 0);
             let (mut exact, mut contains, mut f1, mut log_prob, mut tokens) = (0, 0, 0f64, 0f64, 0);
             for (i, case) in cases.iter().enumerate() {
@@ -196,24 +173,12 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Pairs { model, data, reference, beta, tokenizer, max_seq_len, limit } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
-            let mut s = Session::on(
-                model.compile.device(),
-                &def,
-                w,
-                ForwardOptions::full(max_seq_len).with_precision(model.compile.precision),
-                model.compile.fusion,
-            )?;
+            let mut s = model.compile.session(&def, w, ForwardOptions::full(max_seq_len))?;
             let bar = progress::bar(0, 0);
             let policy = pair_log_probs(&mut s, &tok, &data, max_seq_len, limit, &bar)?;
             let reference = match &reference {
                 Some(path) => {
-                    let mut r = Session::on(
-                        model.compile.device(),
-                        &def,
-                        Weights::load(&def, path)?,
-                        ForwardOptions::full(max_seq_len).with_precision(model.compile.precision),
-                        model.compile.fusion,
-                    )?;
+                    let mut r = model.compile.session(&def, Weights::load(&def, path)?, ForwardOptions::full(max_seq_len))?;
                     bar.set_position(0);
                     Some(pair_log_probs(&mut r, &tok, &data, max_seq_len, limit, &bar)?)
                 }

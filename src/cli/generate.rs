@@ -11,7 +11,6 @@ use super::args::{parse_tokens, ModelArgs};
 use crate::generate::Generator;
 use crate::model::builder::ForwardOptions;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::session::Session;
 use crate::tokenizer::{TextStream, Tokenizer};
 
 #[derive(clap::Args)]
@@ -79,13 +78,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let ctx = prompt.len().saturating_add(a.max_new_tokens.max(1)).min(def.max_position_embeddings);
     let opts = ForwardOptions::generation(ctx);
-    let mut g = Generator::new(Session::on(
-        a.model.compile.device(),
-        &def,
-        w,
-        opts.with_precision(a.model.compile.precision),
-        a.model.compile.fusion,
-    )?);
+    let mut g = Generator::new(a.model.compile.session(&def, w, opts)?);
     let mut sampler = Sampler::new(params);
     let stop = if a.ignore_eos { vec![] } else { vec![tok.eos] };
     let mut stream = TextStream::default();

@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use super::args::{parse_tokens, ModelArgs};
 use crate::model::builder::ForwardOptions;
 use crate::model::weights::Tensors;
-use crate::session::Session;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,7 +35,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let opts = ForwardOptions::full(tokens.len());
-    let mut s = Session::on(a.model.compile.device(), &def, w, opts.with_precision(a.model.compile.precision), a.model.compile.fusion)?;
+    let mut s = a.model.compile.session(&def, w, opts)?;
     let l = s.run(&tokens, 1, 0)?;
     let mut t = Tensors::default();
     t.insert("logits", vec![l.rows, l.vocab], l.data);

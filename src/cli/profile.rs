@@ -13,7 +13,6 @@ use super::job::{options, Job};
 use crate::bench::synthetic_tokens;
 use crate::model::builder::ForwardOptions;
 use crate::model::{ModelDef, Weights};
-use crate::session::Session;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -81,13 +80,7 @@ impl JobRun {
             Job::Forward | Job::Prefill => {
                 // prefill: one prompt into an empty KV cache (the generation graph)
                 let batch = if job == Job::Prefill { 1 } else { self.batch };
-                let mut s = Session::on(
-                    compile.device(),
-                    def,
-                    weights,
-                    options(job, self.tokens).with_precision(compile.precision),
-                    compile.fusion,
-                )?;
+                let mut s = compile.session(def, weights, options(job, self.tokens))?;
                 let toks = synthetic_tokens(self.tokens * batch, def.vocab_size, 1);
                 for _ in 0..warm_ups {
                     s.run(&toks, batch, 0)?;
@@ -103,13 +96,7 @@ impl JobRun {
                 // --batch sequences decoded together, as `serve --parallel` does
                 let (steps, b) = (warm_ups + runs, self.batch);
                 let n = self.tokens + steps + 1;
-                let mut s = Session::on(
-                    compile.device(),
-                    def,
-                    weights,
-                    ForwardOptions::batched(n, b).with_precision(compile.precision),
-                    compile.fusion,
-                )?;
+                let mut s = compile.session(def, weights, ForwardOptions::batched(n, b))?;
                 let toks = synthetic_tokens(n, def.vocab_size, 1);
                 for r in 0..b {
                     s.run_rows(&toks[..self.tokens], r, &[0])?;

@@ -28,6 +28,16 @@ pub fn bytes_for(len: usize) -> usize {
     len / BLOCK * BLOCK_BYTES
 }
 
+/// A block's scale.
+fn scale(block: &[u8]) -> f32 {
+    f16::from_le_bytes([block[0], block[1]]).to_f32()
+}
+
+/// Values that Q8_0 blocks of `bytes` bytes hold.
+fn values_in(bytes: usize) -> usize {
+    bytes / BLOCK_BYTES * BLOCK
+}
+
 /// One block's scale and values, ggml's way.
 fn quantize_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -50,7 +60,7 @@ pub fn quantize(x: &[f32]) -> Vec<u8> {
 
 /// The values of Q8_0 blocks.
 pub fn dequantize(q: &[u8]) -> Vec<f32> {
-    let mut out = vec![0f32; q.len() / BLOCK_BYTES * BLOCK];
+    let mut out = vec![0f32; values_in(q.len())];
     dequantize_into(q, &mut out);
     out
 }
@@ -58,7 +68,7 @@ pub fn dequantize(q: &[u8]) -> Vec<f32> {
 /// Value `i` of Q8_0 blocks.
 pub fn value(q: &[u8], i: usize) -> f32 {
     let b = &q[i / BLOCK * BLOCK_BYTES..][..BLOCK_BYTES];
-    f16::from_le_bytes([b[0], b[1]]).to_f32() * b[2 + i % BLOCK] as i8 as f32
+    scale(b) * b[2 + i % BLOCK] as i8 as f32
 }
 
 thread_local! {
@@ -70,7 +80,7 @@ thread_local! {
 /// `f` of the values of Q8_0 blocks, in a buffer of this thread's.
 pub fn with_values<R>(q: &[u8], f: impl FnOnce(&[f32]) -> R) -> R {
     let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-    buf.resize(q.len() / BLOCK_BYTES * BLOCK, 0.0);
+    buf.resize(values_in(q.len()), 0.0);
     dequantize_into(q, &mut buf);
     let r = f(&buf);
     SCRATCH.with(|s| s.borrow_mut().push(buf));
@@ -83,7 +93,7 @@ fn dequantize_into(q: &[u8], out: &mut [f32]) {
     let per = 256;
     out.par_chunks_mut(BLOCK * per).zip(q.par_chunks(BLOCK_BYTES * per)).for_each(|(o, q)| {
         for (o, b) in o.chunks_exact_mut(BLOCK).zip(q.chunks_exact(BLOCK_BYTES)) {
-            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let d = scale(b);
             for (o, &v) in o.iter_mut().zip(&b[2..]) {
                 *o = d * v as i8 as f32;
             }
@@ -156,7 +166,7 @@ fn dot((scales, values): (&[f32], &[i8]), w: &[u8]) -> f32 {
     let mut p = [0f32; 8];
     for (b, (&dx, x)) in scales.iter().zip(values.chunks_exact(BLOCK)).enumerate() {
         let wb = &w[b * BLOCK_BYTES..][..BLOCK_BYTES];
-        let s = f16::from_le_bytes([wb[0], wb[1]]).to_f32() * dx;
+        let s = scale(wb) * dx;
         for (i, lane) in p.iter_mut().enumerate() {
             let sum: i32 = (0..4).map(|e| wb[2 + 4 * i + e] as i8 as i32 * x[4 * i + e] as i32).sum();
             *lane += s * sum as f32;
@@ -234,19 +244,30 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     pub(super) unsafe fn dot_avx2((scales, values): (&[f32], &[i8]), w: &[u8]) -> f32 {
         assert!(values.len() == scales.len() * BLOCK && w.len() == scales.len() * BLOCK_BYTES);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
-        let (wp, xp) = (w.as_ptr(), values.as_ptr());
         for (b, &dx) in scales.iter().enumerate() {
-            let wb = wp.add(b * BLOCK_BYTES);
-            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*wb, *wb.add(1)]) as i32)));
-            let s = d * dx;
-            let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-            let xq = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(s), sums));
+            let xq = _mm256_loadu_si256(values.as_ptr().add(b * BLOCK) as *const __m256i);
+            acc = block(acc, w.as_ptr().add(b * BLOCK_BYTES), xq, dx);
         }
+        total(acc)
+    }
+
+    /// `acc` plus one block's lanes: `d_w * dx` times the sums of four
+    /// products of the weight block at `wb` with the activation bytes `xq`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn block(acc: __m256, wb: *const u8, xq: __m256i, dx: f32) -> __m256 {
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*wb, *wb.add(1)]) as i32)));
+        let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(d * dx), sums))
+    }
+
+    /// A dot product's lanes added as [`finish`] adds them.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn total(acc: __m256) -> f32 {
         let mut p = [0f32; 8];
         _mm256_storeu_ps(p.as_mut_ptr(), acc);
         finish(&p)
@@ -265,25 +286,14 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     pub(super) unsafe fn dot4_avx2((scales, values): (&[f32], &[i8]), w: [&[u8]; 4]) -> [f32; 4] {
         assert!(values.len() == scales.len() * BLOCK && w.iter().all(|w| w.len() == scales.len() * BLOCK_BYTES));
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
-        let xp = values.as_ptr();
         for (b, &dx) in scales.iter().enumerate() {
-            let xq = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+            let xq = _mm256_loadu_si256(values.as_ptr().add(b * BLOCK) as *const __m256i);
             for i in 0..4 {
-                let wb = w[i].as_ptr().add(b * BLOCK_BYTES);
-                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*wb, *wb.add(1)]) as i32)));
-                let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(d * dx), sums));
+                acc[i] = block(acc[i], w[i].as_ptr().add(b * BLOCK_BYTES), xq, dx);
             }
         }
-        std::array::from_fn(|i| {
-            let mut p = [0f32; 8];
-            _mm256_storeu_ps(p.as_mut_ptr(), acc[i]);
-            finish(&p)
-        })
+        std::array::from_fn(|i| total(acc[i]))
     }
 }
 
