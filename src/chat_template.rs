@@ -52,6 +52,11 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
 }
 
+/// The tokenizer's template source, or plain ChatML when it has none.
+pub fn template_source(tok: &Tokenizer) -> &str {
+    tok.config.get("chat_template").and_then(|t| t.as_str()).unwrap_or(CHATML_TEMPLATE)
+}
+
 impl ChatTemplate {
     pub fn new(source: &str) -> Result<ChatTemplate> {
         let mut env = minijinja::Environment::new();
@@ -65,8 +70,7 @@ impl ChatTemplate {
 
     /// The tokenizer's template, or plain ChatML when it has none.
     pub fn for_tokenizer(tok: &Tokenizer) -> Result<ChatTemplate> {
-        let src = tok.config.get("chat_template").and_then(|t| t.as_str()).unwrap_or(CHATML_TEMPLATE);
-        ChatTemplate::new(src).context("the tokenizer's chat_template")
+        ChatTemplate::new(template_source(tok)).context("the tokenizer's chat_template")
     }
 
     /// The conversation's token ids, content read as plain text (see the

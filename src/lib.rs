@@ -11,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod gguf;
 pub mod graph_io;
 pub mod io;
 pub mod lora;
@@ -24,5 +25,6 @@ pub mod slots;
 pub mod tokenizer;
 pub mod tokenizer_train;
 pub mod train;
+pub mod weights_file;
 
 pub use lumind_compilers as compilers;

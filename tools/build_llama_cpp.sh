@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's `llama-bench` and `llama-quantize` from the source that the llama-cpp-python
-# sdist on PyPI vendors, for tools/bench_vs_pytorch.py. The build is cached
+# Builds llama.cpp's `llama-bench`, `llama-quantize` and `llama-completion` from the source that
+# the llama-cpp-python sdist on PyPI vendors, for tools/bench_vs_pytorch.py and
+# tools/check_gguf_llama_cpp.py. The build is cached
 # outside the repo; a second run only prints where it is.
 #
-#     tools/build_llama_cpp.sh            # prints the build directory (has bin/llama-bench, bin/llama-quantize)
+#     tools/build_llama_cpp.sh            # prints the build directory (has bin/llama-bench, bin/llama-quantize, bin/llama-completion)
 #
 # LLAMA_CPP_PYTHON_VERSION picks the sdist (default below), LUMIND_LLAMA_CPP
 # the cache (default ~/.cache/lumind/llama.cpp). Needs python3 and a C++
@@ -15,7 +16,7 @@
 set -euo pipefail
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 root="${LUMIND_LLAMA_CPP:-$HOME/.cache/lumind/llama.cpp}/$version"
-if [ -x "$root/build/bin/llama-bench" ] && [ -x "$root/build/bin/llama-quantize" ]; then
+if [ -x "$root/build/bin/llama-bench" ] && [ -x "$root/build/bin/llama-quantize" ] && [ -x "$root/build/bin/llama-completion" ]; then
   echo "$root/build"
   exit 0
 fi
@@ -53,5 +54,5 @@ cmake -S "$src" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON \
   -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
-cmake --build "$root/build" --target llama-bench llama-quantize -j "$(nproc)" >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+cmake --build "$root/build" --target llama-bench llama-quantize llama-completion -j "$(nproc)" >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
 echo "$root/build"

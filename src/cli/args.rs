@@ -99,7 +99,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> Result<(ModelDef, Weights)> {
         let def = ModelDef::load(&self.model)?;
-        let w = Weights::load(&def, &self.weights)?;
+        let w = crate::weights_file::load(&def, &self.weights)?;
         let w = match &self.adapter {
             Some(dir) => crate::lora::merge_adapter(&def, w, dir)?,
             None => w,

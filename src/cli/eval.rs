@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use super::args::ModelArgs;
+use super::args::{one_of, CompileArgs, ModelArgs};
 use crate::chat_template::ChatTemplate;
 use crate::eval::chat::{read_chat_cases, ChatScorer};
 use crate::eval::pairs::{pair_log_probs, summarize};
 use crate::eval::{answer, letter_ids, perplexity, read_choice_files};
 use crate::generate::Generator;
 use crate::model::builder::ForwardOptions;
-use crate::model::Weights;
+use crate::model::Precision;
+
 use crate::progress;
 use crate::tokenizer::Tokenizer;
 
@@ -51,6 +52,9 @@ enum Cmd {
         /// Only the first N texts
         #[arg(long)]
         limit: Option<usize>,
+        /// Also run the model at this precision (usually fp32) and report its perplexity, the mean per-token KL divergence from it and how often both rank the same token first
+        #[arg(long, value_parser = one_of::<Precision>("precision"))]
+        kl_vs: Option<Precision>,
     },
     /// Greedy answers to held-out conversations (`{"conversations": [...]}`)
     /// against their last assistant reply: exact match, containment, word F1
@@ -129,14 +133,38 @@ pub fn run(a: Args) -> Result<()> {
             bar.finish_and_clear();
             println!("{:<28} {:>9} {:>9} {:>8.1}%   (chance: 25%)", "total", all, right, 100.0 * right as f64 / all.max(1) as f64);
         }
-        Cmd::Ppl { model, data, tokenizer, max_seq_len, limit } => {
+        Cmd::Ppl { model, data, tokenizer, max_seq_len, limit, kl_vs } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
-            let mut s = model.compile.session(&def, w, ForwardOptions::full(max_seq_len))?;
+            let opts = ForwardOptions::full(max_seq_len);
+            let mut reference = match kl_vs {
+                Some(p) => Some(CompileArgs { precision: p, ..model.compile }.session(&def, w.clone(), opts)?),
+                None => None,
+            };
+            let mut s = model.compile.session(&def, w, opts)?;
             let bar = progress::bar(0, 0);
-            let (nll, n, texts) = perplexity(&mut s, &tok, &data, max_seq_len, limit, &bar)?;
+            let p = perplexity(&mut s, reference.as_mut(), &tok, &data, max_seq_len, limit, &bar)?;
             bar.finish_and_clear();
-            println!("perplexity {:.3} (mean NLL {:.4} over {n} tokens of {texts} texts)", (nll / n as f64).exp(), nll / n as f64);
+            let mean = p.nll / p.tokens.max(1) as f64;
+            println!(
+                "{} perplexity {:.4} (mean NLL {mean:.5} over {} tokens of {} texts)",
+                model.compile.precision,
+                p.value(),
+                p.tokens,
+                p.texts
+            );
+            if let (Some(r), Some((nll, d))) = (kl_vs, &p.reference) {
+                let ref_ppl = (nll / p.tokens.max(1) as f64).exp();
+                println!("{r} perplexity {ref_ppl:.4}: {} is {:+.3}%", model.compile.precision, 100.0 * (p.value() / ref_ppl - 1.0));
+                println!(
+                    "KL({r} || {}) per token: mean {:.6}, max {:.6} over {} positions; same top token {:.2}%",
+                    model.compile.precision,
+                    d.mean_kl(),
+                    d.max_kl,
+                    d.positions,
+                    d.same_top_percent()
+                );
+            }
         }
         Cmd::Chat { model, data, tokenizer, max_new_tokens, expect, show, limit } => {
             let (def, w) = model.load()?;
@@ -178,7 +206,7 @@ pub fn run(a: Args) -> Result<()> {
             let policy = pair_log_probs(&mut s, &tok, &data, max_seq_len, limit, &bar)?;
             let reference = match &reference {
                 Some(path) => {
-                    let mut r = model.compile.session(&def, Weights::load(&def, path)?, ForwardOptions::full(max_seq_len))?;
+                    let mut r = model.compile.session(&def, crate::weights_file::load(&def, path)?, ForwardOptions::full(max_seq_len))?;
                     bar.set_position(0);
                     Some(pair_log_probs(&mut r, &tok, &data, max_seq_len, limit, &bar)?)
                 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use super::args::parse_tokens;
 use crate::data::pretrain::Position;
-use crate::model::{ModelDef, Weights};
+use crate::model::ModelDef;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::TrainConfig;
 use crate::train::graph::{Stage, Update};
@@ -86,7 +86,7 @@ pub fn run(a: Args) -> Result<()> {
                 bail!("--tokens needs at least two ids (the loss scores each next token)");
             }
             let def = ModelDef::load(m)?;
-            let w = Weights::load(&def, w)?;
+            let w = crate::weights_file::load(&def, w)?;
             let s =
                 TrainSession::on(a.compile.device(), &def, w, tokens.len(), Stage::LanguageModel, Update::OutputGrads, a.compile.fusion)?;
             let labels: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use crate::lora::merge_adapter;
-use crate::model::{ModelDef, Weights};
+use crate::model::ModelDef;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,7 +37,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.cmd {
         Cmd::Merge { model, weights, adapter, out } => {
             let def = ModelDef::load(&model)?;
-            let w = merge_adapter(&def, Weights::load(&def, &weights)?, &adapter)?;
+            let w = merge_adapter(&def, crate::weights_file::load(&def, &weights)?, &adapter)?;
             w.save(&out)?;
             eprintln!("merged {} into {}", adapter.display(), out.display());
         }

@@ -40,7 +40,7 @@ impl ModelSource {
         let (def, weights, bundled_tok) = match (&self.model, &self.weights) {
             (Some(m), Some(w)) => {
                 let def = ModelDef::load(m)?;
-                let w = Weights::load(&def, w)?;
+                let w = crate::weights_file::load(&def, w)?;
                 (def, w, None)
             }
             (None, None) => match crate::bundle::current()? {

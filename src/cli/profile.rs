@@ -48,7 +48,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let def = ModelDef::load(&a.model)?;
     let weights = match &a.weights {
-        Some(p) => Weights::load(&def, p)?,
+        Some(p) => crate::weights_file::load(&def, p)?,
         None => Weights::random(&def, 0, None)?,
     };
     let job = JobRun { command: "profile", job: a.job, compile: a.compile, tokens: a.tokens, batch: a.batch };

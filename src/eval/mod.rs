@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod choice;
+pub mod divergence;
 pub mod pairs;
 pub mod perplexity;
 

@@ -118,12 +118,12 @@ fn batches(cfg: &TrainConfig, records: usize) -> u64 {
 /// here, so they run the same graph with the same inputs.
 pub fn session_for(cfg: &TrainConfig, def: &ModelDef, update: Update, device: Backend, fusion: Fusion) -> Result<TrainSession> {
     let weights = match &cfg.weights {
-        Some(p) => Weights::load(def, p)?,
+        Some(p) => crate::weights_file::load(def, p)?,
         None => Weights::random(def, cfg.seed, None)?,
     };
     let mut session = TrainSession::on(device, def, weights, cfg.data.max_seq_len, cfg.stage(), update, fusion)?;
     if let Some(r) = &cfg.dpo.reference {
-        session.set_reference(&Weights::load(def, r)?)?;
+        session.set_reference(&crate::weights_file::load(def, r)?)?;
     }
     Ok(session)
 }
