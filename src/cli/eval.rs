@@ -14,7 +14,6 @@ use crate::eval::{answer, letter_ids, perplexity, read_choice_files};
 use crate::generate::Generator;
 use crate::model::builder::ForwardOptions;
 use crate::model::Precision;
-
 use crate::progress;
 use crate::tokenizer::Tokenizer;
 

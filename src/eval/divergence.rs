@@ -3,6 +3,8 @@
 //! mean KL(reference || model) per token, and how often both rank the same
 //! token first. Computed in f64 from the logits.
 
+use super::perplexity::log_sum_exp;
+use crate::sampling::argmax;
 use crate::session::Logits;
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -18,13 +20,8 @@ pub struct Divergence {
 
 /// `log softmax(row)`
 fn log_probs(row: &[f32]) -> Vec<f64> {
-    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    let lse = log_sum_exp(row);
     row.iter().map(|&x| x as f64 - lse).collect()
-}
-
-fn top(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
 }
 
 impl Divergence {
@@ -38,7 +35,7 @@ impl Divergence {
             let kl = kl.max(0.0);
             self.kl += kl;
             self.max_kl = self.max_kl.max(kl);
-            self.same_top += (top(r) == top(m)) as usize;
+            self.same_top += (argmax(r) == argmax(m)) as usize;
             self.positions += 1;
         }
     }

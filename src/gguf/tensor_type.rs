@@ -109,7 +109,7 @@ impl TensorType {
             TensorType::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
             TensorType::Bf16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
             TensorType::Q8_0 => {
-                if values.len() % q8::BLOCK != 0 {
+                if !values.len().is_multiple_of(q8::BLOCK) {
                     bail!("Q8_0 packs 32 values a block, which {} values do not fill", values.len());
                 }
                 q8::quantize(values)
@@ -121,7 +121,7 @@ impl TensorType {
     /// The f32 values of `bytes` in this type (a whole number of blocks).
     pub fn decode(self, bytes: &[u8]) -> Result<Vec<f32>> {
         let (_, block) = self.block()?;
-        if bytes.len() % block != 0 {
+        if !bytes.len().is_multiple_of(block) {
             bail!("{} bytes are not whole {self} blocks", bytes.len());
         }
         Ok(match self {
