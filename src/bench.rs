@@ -40,14 +40,17 @@ pub fn weight_bytes(def: &ModelDef) -> f64 {
 }
 
 /// Bytes of weights a decoded token reads when the params named in
-/// `quantized` are Q8_0 (34 bytes per 32 values) and the rest f32.
-pub fn weight_bytes_in(def: &ModelDef, quantized: &[String]) -> f64 {
-    let q8 = crate::model::params::param_specs(def)
+/// `packed` are stored as `precision` says and the rest f32.
+pub fn weight_bytes_in(def: &ModelDef, precision: Precision, packed: &[String]) -> f64 {
+    let Some(dtype) = precision.weight_dtype() else { return weight_bytes(def) };
+    let values = crate::model::params::param_specs(def)
         .iter()
-        .filter(|p| quantized.contains(&p.name) && p.routed_expert.is_none())
+        .filter(|p| packed.contains(&p.name) && p.routed_expert.is_none())
         .map(|p| p.shape.iter().product::<usize>() as f64)
         .sum::<f64>();
-    weight_bytes(def) - q8 * (4.0 - 34.0 / 32.0)
+    // (bytes per value in the packed type, from a whole Q8_0 block's worth)
+    let per = lumind_compilers::kernels::packed::bytes_for(dtype, 32) as f64 / 32.0;
+    weight_bytes(def) - values * (4.0 - per)
 }
 
 /// FLOPs of a forward pass over `n` tokens with `past` cached, logits for

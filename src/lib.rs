@@ -16,6 +16,7 @@ pub mod graph_io;
 pub mod io;
 pub mod lora;
 pub mod model;
+pub mod packed_weights;
 pub mod progress;
 pub mod rng;
 pub mod sampling;

@@ -43,6 +43,12 @@ pub struct Sampler {
     scratch: Vec<(f64, u32)>,
 }
 
+/// `ln sum exp(row)` in f64, shifted by the row's maximum so nothing overflows.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+}
+
 pub fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {

@@ -13,7 +13,6 @@ use crate::graph_io::{buffer, dim, input, output};
 use crate::model::builder::{declare_inputs, forward, ForwardOptions};
 use crate::model::def::ModelDef;
 use crate::model::memory;
-use crate::model::precision::Precision;
 use crate::model::weights::Weights;
 
 /// Prompt tokens fed per run of the graph. Prefilling in chunks lets a
@@ -28,8 +27,8 @@ pub struct Session {
     pub exec: Executor,
     /// Time spent building and compiling the graph.
     pub compile_time: Duration,
-    /// The params stored as Q8_0 (`--precision q8`).
-    pub quantized: Vec<String>,
+    /// The params stored packed (`--precision bf16` or `q8`).
+    pub packed: Vec<String>,
 }
 
 /// Logits of one run: `[rows, vocab]` row-major (rows = batch x positions).
@@ -85,12 +84,12 @@ impl Session {
         let mut built = b.finish().with_context(|| format!("building the graph of model `{}`", def.name))?;
         compile(&mut built, passes, |_, _| {});
         let mut exec = Executor::on(built, backend).with_context(|| format!("running model `{}` on {backend}", def.name))?;
-        let mut quantized = vec![];
-        if opts.precision == Precision::Q8 {
+        let mut packed = vec![];
+        if let Some(dtype) = opts.precision.weight_dtype() {
             if backend != Backend::Cpu {
-                bail!("precision q8 runs on the CPU only, not on {backend}");
+                bail!("precision {} runs on the CPU only, not on {backend}", opts.precision);
             }
-            quantized = exec.quantize_weights();
+            packed = exec.pack_weights(dtype);
         }
         let compile_time = t.elapsed();
         for (name, (_, data)) in weights.into_map() {
@@ -99,7 +98,7 @@ impl Session {
         let (cos, sin) = def.rope_tables(opts.max_positions);
         exec.set(buffer::ROPE_COS, cos)?;
         exec.set(buffer::ROPE_SIN, sin)?;
-        Ok(Session { def: def.clone(), opts, fusion, exec, compile_time, quantized })
+        Ok(Session { def: def.clone(), opts, fusion, exec, compile_time, packed })
     }
 
     /// Check token ids against the vocabulary.

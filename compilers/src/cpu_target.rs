@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::cuda::DeviceError;
 use crate::kernel::Arg;
-use crate::kernels::q8;
+use crate::kernels::packed::{self, Packed};
 use crate::step_stats::StepStats;
 use crate::target::{Buf, DType, StepCall, Target};
 
@@ -41,9 +41,13 @@ impl CpuTarget {
         Buf { id, len, cap, dtype: DType::F32 }
     }
 
-    /// The blocks of a Q8_0 buffer.
-    fn q8_bytes(&self, b: Buf) -> &[u8] {
-        &bytemuck::cast_slice(&self.bufs[b.id])[..q8::bytes_for(b.len)]
+    /// A packed buffer's elements.
+    fn packed(&self, b: Buf) -> Packed<'_> {
+        let bytes = &bytemuck::cast_slice::<f32, u8>(&self.bufs[b.id])[..packed::bytes_for(b.dtype, b.len)];
+        match b.dtype {
+            DType::Bf16 => Packed::Bf16(bytemuck::cast_slice(bytes)),
+            _ => Packed::Q8_0(bytes),
+        }
     }
 }
 
@@ -62,10 +66,10 @@ impl Target for CpuTarget {
         Ok(self.insert(data, false))
     }
 
-    fn adopt_q8(&mut self, bytes: Vec<u8>, len: usize) -> Result<Buf, DeviceError> {
+    fn adopt_packed(&mut self, dtype: DType, bytes: Vec<u8>, len: usize) -> Result<Buf, DeviceError> {
         let mut words = vec![0f32; bytes.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<f32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-        Ok(Buf { len, dtype: DType::Q8_0, ..self.insert(words, false) })
+        Ok(Buf { len, dtype, ..self.insert(words, false) })
     }
 
     fn free(&mut self, b: Buf) {
@@ -81,7 +85,7 @@ impl Target for CpuTarget {
     fn download(&self, b: Buf) -> Result<Vec<f32>, DeviceError> {
         Ok(match b.dtype {
             DType::F32 => self.bufs[b.id][..b.len].to_vec(),
-            DType::Q8_0 => q8::dequantize(self.q8_bytes(b)),
+            DType::Bf16 | DType::Q8_0 => self.packed(b).values(),
         })
     }
 
@@ -109,8 +113,8 @@ impl Target for CpuTarget {
             .map(|(i, (b, &view))| {
                 if c.inplace.iter().any(|x| x.1 == i) {
                     Arg::f32(&[], view)
-                } else if b.dtype == DType::Q8_0 {
-                    Arg { data: &[], view, q8: Some(self.q8_bytes(*b)) }
+                } else if b.dtype != DType::F32 {
+                    Arg { data: &[], view, packed: Some(self.packed(*b)) }
                 } else {
                     Arg::f32(&self.bufs[b.id][..b.len], view)
                 }

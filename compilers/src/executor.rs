@@ -18,7 +18,7 @@ use crate::backend::{open_device, Backend};
 use crate::cpu_target::CpuTarget;
 use crate::cuda::target::DeviceTarget;
 use crate::cuda::DeviceError;
-use crate::kernels::q8;
+use crate::kernels::packed;
 pub use crate::plan::Outputs;
 use crate::plan::{pool_fits, ExecError, Plan, Step};
 use crate::run_error::RunError;
@@ -96,29 +96,29 @@ impl Executor {
         }
         let b = match inp.dtype {
             DType::F32 => self.target.adopt(data)?,
-            DType::Q8_0 => self.target.adopt_q8(q8::quantize(&data), data.len())?,
+            DType::Bf16 | DType::Q8_0 => self.target.adopt_packed(inp.dtype, packed::pack(inp.dtype, &data), data.len())?,
         };
         self.store[slot] = Some(b);
         Ok(())
     }
 
-    /// Store as Q8_0 blocks, from the next [`Executor::set`] on, every
-    /// param that only kernels reading Q8_0 read (the weights of matrix
-    /// products) and that fills whole blocks; the others stay f32. Returns
-    /// the names of those stored so.
-    pub fn quantize_weights(&mut self) -> Vec<String> {
+    /// Store as `dtype` (bf16 or Q8_0), from the next [`Executor::set`] on,
+    /// every param that only kernels reading packed weights read (the
+    /// weights of matrix products) and that `dtype` can hold (Q8_0: whole
+    /// blocks); the others stay f32. Returns the names of those stored so.
+    pub fn pack_weights(&mut self, dtype: DType) -> Vec<String> {
         let mut names = vec![];
         for i in 0..self.plan.inputs.len() {
             let inp = &self.plan.inputs[i];
             let numel = inp.dims.iter().map(|d| d.to_usize()).product::<Option<usize>>();
             let readers: Vec<bool> = (self.plan.steps.iter())
-                .flat_map(|s| s.inputs.iter().enumerate().filter(|(_, e)| e.slot == inp.slot).map(|(j, _)| s.kernel.reads_q8(j)))
+                .flat_map(|s| s.inputs.iter().enumerate().filter(|(_, e)| e.slot == inp.slot).map(|(j, _)| s.kernel.reads_packed(j)))
                 .collect();
             let output = self.plan.outputs.iter().any(|o| o.1 == inp.slot);
-            let whole = numel.is_some_and(|n| n > 0 && n.is_multiple_of(q8::BLOCK));
+            let whole = numel.is_some_and(|n| packed::fits(dtype, n));
             if inp.kind == InputKind::Param && whole && !output && !readers.is_empty() && readers.iter().all(|&r| r) {
                 names.push(inp.name.clone());
-                self.plan.inputs[i].dtype = DType::Q8_0;
+                self.plan.inputs[i].dtype = dtype;
             }
         }
         names

@@ -14,6 +14,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::{ShapeTracker, Tensor};
 
 use crate::cuda::source::CudaKernel;
+use crate::kernels::packed::Packed;
 use crate::view::{DimValues, View};
 
 /// One input of a kernel: the producer's buffer and how to read it.
@@ -21,15 +22,15 @@ use crate::view::{DimValues, View};
 pub struct Arg<'a> {
     pub data: &'a [f32],
     pub view: View,
-    /// The input as Q8_0 blocks (then `data` is empty): only for an input
-    /// the kernel [reads as Q8_0](Kernel::reads_q8).
-    pub q8: Option<&'a [u8]>,
+    /// The input as packed weights, bf16 or Q8_0 (then `data` is empty):
+    /// only for an input the kernel [reads packed](Kernel::reads_packed).
+    pub packed: Option<Packed<'a>>,
 }
 
 impl<'a> Arg<'a> {
     /// An f32 input.
     pub fn f32(data: &'a [f32], view: View) -> Arg<'a> {
-        Arg { data, view, q8: None }
+        Arg { data, view, packed: None }
     }
 }
 
@@ -49,10 +50,10 @@ pub trait Kernel: Debug + Send + Sync + KernelEq + 'static {
     /// listed in `inplace` arrives holding its input's data and the matching
     /// `inputs[i].data` is empty.
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues);
-    /// Whether input `input` may arrive as Q8_0 weights (`Arg::q8`): the
-    /// executor stores a param so (`Executor::quantize_weights`) only when
+    /// Whether input `input` may arrive as packed weights (`Arg::packed`):
+    /// the executor stores a param so (`Executor::pack_weights`) only when
     /// every kernel that reads it says yes.
-    fn reads_q8(&self, _input: usize) -> bool {
+    fn reads_packed(&self, _input: usize) -> bool {
         false
     }
     /// `(output, input)` pairs whose output is the input's buffer, updated in place.

@@ -27,6 +27,7 @@ pub mod tensor;
 pub mod view;
 
 pub use backend::Backend;
+pub use dtype::DType;
 pub use executor::{Executor, Outputs};
 pub use passes::{compile, pipeline, Fusion};
 pub use plan::ExecError;

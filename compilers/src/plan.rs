@@ -38,7 +38,7 @@ pub(crate) struct InputSlot {
     pub slot: usize,
     pub kind: InputKind,
     pub dims: Vec<Dim>,
-    /// how a param is stored (Q8_0 after `Executor::quantize_weights`)
+    /// how a param is stored (bf16 or Q8_0 after `Executor::pack_weights`)
     pub dtype: DType,
 }
 

@@ -47,10 +47,10 @@ pub trait Target {
     /// A buffer holding `data`, which the CPU keeps as it is and a device
     /// copies up.
     fn adopt(&mut self, data: Vec<f32>) -> Result<Buf, DeviceError>;
-    /// A buffer holding `len` values as Q8_0 blocks (`bytes`), for the
-    /// kernels that read them ([`Kernel::reads_q8`]).
-    fn adopt_q8(&mut self, _bytes: Vec<u8>, _len: usize) -> Result<Buf, DeviceError> {
-        Err(DeviceError(format!("{} holds f32 values only: Q8_0 weights run on the CPU", self.name())))
+    /// A buffer holding `len` values packed as `dtype` (`bytes`: bf16 or
+    /// Q8_0), for the kernels that read them ([`Kernel::reads_packed`]).
+    fn adopt_packed(&mut self, dtype: DType, _bytes: Vec<u8>, _len: usize) -> Result<Buf, DeviceError> {
+        Err(DeviceError(format!("{} holds f32 values only: {dtype:?} weights run on the CPU", self.name())))
     }
     fn free(&mut self, b: Buf);
     /// Copy `data` (`b.len` values) into `b`.

@@ -47,9 +47,9 @@ pub struct CompileArgs {
     /// Compiler strategy
     #[arg(long, default_value = "full", value_parser = one_of::<Fusion>("fusion strategy"))]
     pub fusion: Fusion,
-    /// How the weights of matrix products are stored and multiplied: fp32, or q8 (GGUF's Q8_0, quantized at load; inference on the CPU)
-    #[arg(long, default_value = "fp32", value_parser = one_of::<Precision>("precision"))]
-    pub precision: Precision,
+    /// How the weights of matrix products are stored: fp32, bf16 (rounded at load, computed in f32) or q8 (GGUF's Q8_0, quantized at load); bf16 and q8 are for inference on the CPU [default: the weights file's, from `lumind quantize`, else fp32]
+    #[arg(long, value_parser = one_of::<Precision>("precision"))]
+    pub precision: Option<Precision>,
     #[command(flatten)]
     pub on: DeviceArgs,
 }
@@ -59,15 +59,20 @@ impl CompileArgs {
         self.on.device
     }
 
+    /// The precision asked for, else fp32.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_default()
+    }
+
     /// A session of `def` compiled and run as these flags say.
     pub fn session(&self, def: &ModelDef, weights: Weights, opts: ForwardOptions) -> Result<Session> {
-        Session::on(self.device(), def, weights, opts.with_precision(self.precision), self.fusion)
+        Session::on(self.device(), def, weights, opts.with_precision(self.precision()), self.fusion)
     }
 
     /// Refuse a precision a training graph does not run in.
     pub fn fp32_only(&self, what: &str) -> Result<()> {
-        if self.precision != Precision::Fp32 {
-            anyhow::bail!("{what} runs in fp32: --precision {} is for inference", self.precision);
+        if let Some(p) = self.precision.filter(|&p| p != Precision::Fp32) {
+            anyhow::bail!("{what} runs in fp32: --precision {p} is for inference");
         }
         Ok(())
     }
@@ -97,9 +102,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<(ModelDef, Weights)> {
+    /// The definition and weights; a file that `lumind quantize` wrote
+    /// sets the precision, unless `--precision` was given.
+    pub fn load(&mut self) -> Result<(ModelDef, Weights)> {
         let def = ModelDef::load(&self.model)?;
         let w = crate::weights_file::load(&def, &self.weights)?;
+        if self.compile.precision.is_none() {
+            self.compile.precision = crate::packed_weights::stored_precision(&self.weights)?;
+        }
         let w = match &self.adapter {
             Some(dir) => crate::lora::merge_adapter(&def, w, dir)?,
             None => w,

@@ -24,7 +24,7 @@ pub struct Args {
     /// Strategies to compare, comma-separated
     #[arg(long, default_value = "none,generic,full", value_delimiter = ',', value_parser = one_of::<Fusion>("fusion strategy"))]
     fusion: Vec<Fusion>,
-    /// Weight precisions to compare, comma-separated (fp32, q8); training runs in fp32 only
+    /// Weight precisions to compare, comma-separated (fp32, bf16, q8); training runs in fp32 only
     #[arg(long, default_value = "fp32", value_delimiter = ',', value_parser = one_of::<Precision>("precision"))]
     precision: Vec<Precision>,
     /// Prefill lengths (ppN)
@@ -98,7 +98,7 @@ pub fn run(a: Args) -> Result<()> {
     for (&precision, &fusion) in a.precision.iter().flat_map(|p| a.fusion.iter().map(move |f| (p, f))) {
         let mut s = generation_session_in(a.on.device, &def, fusion, precision, positions)?;
         let compile_ms = s.compile_time.as_secs_f64() * 1e3;
-        let bytes = weight_bytes_in(&def, &s.quantized);
+        let bytes = weight_bytes_in(&def, precision, &s.packed);
         let mut row = |test: String, tps: f64, gflops: f64, gbs: f64, warm_up: Duration| {
             if !a.json {
                 println!(

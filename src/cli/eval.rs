@@ -101,7 +101,7 @@ enum Cmd {
 
 pub fn run(a: Args) -> Result<()> {
     match a.cmd {
-        Cmd::Choice { model, data, tokenizer, raw } => {
+        Cmd::Choice { mut model, data, tokenizer, raw } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
             let template = if raw { None } else { Some(ChatTemplate::for_tokenizer(&tok)?) };
@@ -132,12 +132,12 @@ pub fn run(a: Args) -> Result<()> {
             bar.finish_and_clear();
             println!("{:<28} {:>9} {:>9} {:>8.1}%   (chance: 25%)", "total", all, right, 100.0 * right as f64 / all.max(1) as f64);
         }
-        Cmd::Ppl { model, data, tokenizer, max_seq_len, limit, kl_vs } => {
+        Cmd::Ppl { mut model, data, tokenizer, max_seq_len, limit, kl_vs } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
             let opts = ForwardOptions::full(max_seq_len);
             let mut reference = match kl_vs {
-                Some(p) => Some(CompileArgs { precision: p, ..model.compile }.session(&def, w.clone(), opts)?),
+                Some(p) => Some(CompileArgs { precision: Some(p), ..model.compile }.session(&def, w.clone(), opts)?),
                 None => None,
             };
             let mut s = model.compile.session(&def, w, opts)?;
@@ -147,17 +147,17 @@ pub fn run(a: Args) -> Result<()> {
             let mean = p.nll / p.tokens.max(1) as f64;
             println!(
                 "{} perplexity {:.4} (mean NLL {mean:.5} over {} tokens of {} texts)",
-                model.compile.precision,
+                model.compile.precision(),
                 p.value(),
                 p.tokens,
                 p.texts
             );
             if let (Some(r), Some((nll, d))) = (kl_vs, &p.reference) {
                 let ref_ppl = (nll / p.tokens.max(1) as f64).exp();
-                println!("{r} perplexity {ref_ppl:.4}: {} is {:+.3}%", model.compile.precision, 100.0 * (p.value() / ref_ppl - 1.0));
+                println!("{r} perplexity {ref_ppl:.4}: {} is {:+.3}%", model.compile.precision(), 100.0 * (p.value() / ref_ppl - 1.0));
                 println!(
                     "KL({r} || {}) per token: mean {:.6}, max {:.6} over {} positions; same top token {:.2}%",
-                    model.compile.precision,
+                    model.compile.precision(),
                     d.mean_kl(),
                     d.max_kl,
                     d.positions,
@@ -165,7 +165,7 @@ pub fn run(a: Args) -> Result<()> {
                 );
             }
         }
-        Cmd::Chat { model, data, tokenizer, max_new_tokens, expect, show, limit } => {
+        Cmd::Chat { mut model, data, tokenizer, max_new_tokens, expect, show, limit } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
             let cases = read_chat_cases(&data, limit)?;
@@ -197,7 +197,7 @@ pub fn run(a: Args) -> Result<()> {
             println!("{:<24} {:>6.1}%", "word F1", 100.0 * f1 / cases.len().max(1) as f64);
             println!("{:<24} {:>7.3} per token ({tokens} tokens)", "reference NLL", -log_prob / tokens.max(1) as f64);
         }
-        Cmd::Pairs { model, data, reference, beta, tokenizer, max_seq_len, limit } => {
+        Cmd::Pairs { mut model, data, reference, beta, tokenizer, max_seq_len, limit } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
             let mut s = model.compile.session(&def, w, ForwardOptions::full(max_seq_len))?;

@@ -39,7 +39,7 @@ pub struct ExportArgs {
     out: PathBuf,
 }
 
-pub fn run_export(a: ExportArgs) -> Result<()> {
+pub fn run_export(mut a: ExportArgs) -> Result<()> {
     let (def, w) = a.model.load()?;
     match a.format {
         Format::Hf => {
@@ -129,7 +129,7 @@ pub struct BundleArgs {
     out: PathBuf,
 }
 
-pub fn run_bundle(a: BundleArgs) -> Result<()> {
+pub fn run_bundle(mut a: BundleArgs) -> Result<()> {
     let (def, w) = a.model.load()?;
     let (tokenizer_json, tokenizer_config) = match &a.tokenizer {
         Some(d) => (

@@ -49,7 +49,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -20,7 +20,7 @@ pub struct Args {
     out: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     let tokens = parse_tokens(&a.tokens)?;
     if tokens.is_empty() {
         bail!("--tokens is empty");
@@ -40,6 +40,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut t = Tensors::default();
     t.insert("logits", vec![l.rows, l.vocab], l.data);
     t.save(&a.out)?;
-    eprintln!("wrote logits [{}, {}] to {}", tokens.len(), def.vocab_size, a.out.display());
+    let precision = s.opts.precision;
+    eprintln!("wrote logits [{}, {}] to {} ({precision}: {} params packed)", tokens.len(), def.vocab_size, a.out.display(), s.packed.len());
     Ok(())
 }

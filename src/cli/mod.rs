@@ -16,6 +16,7 @@ mod logits;
 mod lora;
 mod model_source;
 mod profile;
+mod quantize;
 mod serve;
 mod tokenizer;
 mod train;
@@ -65,6 +66,8 @@ enum Cmd {
     Eval(eval::Args),
     /// Write a transformers directory (config.json, model.safetensors, tokenizer)
     Export(export::ExportArgs),
+    /// Write a weights file with its matrices stored as bf16 or Q8_0
+    Quantize(quantize::Args),
     /// Read a transformers or MiniMind directory into a definition and weights
     Import(export::ImportArgs),
     /// Write one executable carrying the model, weights and tokenizer
@@ -106,6 +109,7 @@ pub fn main() -> i32 {
         Cmd::Eval(a) => eval::run(a),
         Cmd::Export(a) => export::run_export(a),
         Cmd::Import(a) => export::run_import(a),
+        Cmd::Quantize(a) => quantize::run(a),
         Cmd::Bundle(a) => export::run_bundle(a),
         Cmd::Lora(a) => lora::run(a),
     };

@@ -37,9 +37,12 @@ pub struct Loaded {
 
 impl ModelSource {
     pub fn load(&self, tokenizer: Option<&Path>) -> Result<Loaded> {
+        // (a file `lumind quantize` wrote runs at its precision unless told otherwise)
+        let mut stored = None;
         let (def, weights, bundled_tok) = match (&self.model, &self.weights) {
             (Some(m), Some(w)) => {
                 let def = ModelDef::load(m)?;
+                stored = crate::packed_weights::stored_precision(w)?;
                 let w = crate::weights_file::load(&def, w)?;
                 (def, w, None)
             }
@@ -69,7 +72,7 @@ impl ModelSource {
             weights,
             tokenizer,
             fusion: self.compile.fusion,
-            precision: self.compile.precision,
+            precision: self.compile.precision.or(stored).unwrap_or_default(),
             device: self.compile.device(),
         })
     }

@@ -45,10 +45,15 @@ pub struct Args {
     top: usize,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     let def = ModelDef::load(&a.model)?;
     let weights = match &a.weights {
-        Some(p) => crate::weights_file::load(&def, p)?,
+        Some(p) => {
+            if a.compile.precision.is_none() {
+                a.compile.precision = crate::packed_weights::stored_precision(p)?;
+            }
+            crate::weights_file::load(&def, p)?
+        }
         None => Weights::random(&def, 0, None)?,
     };
     let job = JobRun { command: "profile", job: a.job, compile: a.compile, tokens: a.tokens, batch: a.batch };

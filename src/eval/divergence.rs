@@ -3,8 +3,7 @@
 //! mean KL(reference || model) per token, and how often both rank the same
 //! token first. Computed in f64 from the logits.
 
-use super::perplexity::log_sum_exp;
-use crate::sampling::argmax;
+use crate::sampling::{argmax, log_sum_exp};
 use crate::session::Logits;
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -9,18 +9,13 @@ use indicatif::ProgressBar;
 use super::divergence::Divergence;
 use crate::data::jsonl::{check_text, JsonlIndex, OnBadLine};
 use crate::data::pretrain::encode_text;
+use crate::sampling::log_sum_exp;
 use crate::session::{Logits, Session};
 use crate::tokenizer::Tokenizer;
 
 /// Sum of `log p(ids[j] | ids[..j])` over the positions whose label is not
 /// -100 (labels align with `ids`, as the trainer's), and how many there were.
 /// `l` holds the logits of one sequence. Computed in f64.
-/// `ln sum exp(row)` in f64, shifted by the row's maximum so nothing overflows.
-pub fn log_sum_exp(row: &[f32]) -> f64 {
-    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-}
-
 pub fn scored_log_prob(l: &Logits, ids: &[u32], labels: &[i64]) -> (f64, usize) {
     let (mut sum, mut n) = (0f64, 0usize);
     for j in 1..ids.len() {

@@ -1,5 +1,7 @@
 //! How a session stores and multiplies its weights.
 
+use lumind_compilers::DType;
+
 /// The element type of a session's matrix-product weights.
 #[derive(
     Clone,
@@ -19,6 +21,11 @@ pub enum Precision {
     /// Every value f32.
     #[default]
     Fp32,
+    /// The weights of matrix products and the embedding rounded at load to
+    /// bfloat16 (f32's top half, to nearest even), so decoding reads half
+    /// the bytes; every product widens them back and computes in f32.
+    /// Norms stay f32. Inference only, on the CPU.
+    Bf16,
     /// The weights of matrix products quantized at load to GGUF's Q8_0
     /// (32 values per f16 scale). A few rows (decoding) multiply them as
     /// bytes against activations quantized the same way; longer prompts
@@ -31,5 +38,14 @@ pub enum Precision {
 impl Precision {
     pub fn name(self) -> &'static str {
         self.into()
+    }
+
+    /// How its weights are stored: `None` for f32.
+    pub fn weight_dtype(self) -> Option<DType> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(DType::Bf16),
+            Precision::Q8 => Some(DType::Q8_0),
+        }
     }
 }

@@ -11,6 +11,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::def::{InitScheme, ModelDef};
 use super::params::{param_specs, ParamInit};
+use lumind_compilers::kernels::{packed, q8};
+use lumind_compilers::DType;
+
 use crate::rng::Rng;
 
 /// A tensor as a file holds it: its shape and its values, row-major.
@@ -40,13 +43,19 @@ impl Tensors {
         Tensors::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
     }
 
-    /// Every tensor of a safetensors file's bytes, as f32.
+    /// Every tensor of a safetensors file's bytes, as f32 (Q8_0 tensors of
+    /// `lumind quantize` included).
     pub fn from_bytes(bytes: &[u8]) -> Result<Tensors> {
         let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
+        let (_, header) = SafeTensors::read_metadata(bytes).context("not a safetensors file")?;
+        let meta = header.metadata().clone().unwrap_or_default();
         let mut out = Tensors::default();
         for (name, view) in st.tensors() {
-            let data = to_f32(&view).with_context(|| format!("tensor `{name}`"))?;
-            out.insert(name, view.shape().to_vec(), data);
+            let (shape, data) = match q8_tensor(&name, &view, &meta)? {
+                Some(t) => t,
+                None => (view.shape().to_vec(), to_f32(&view).with_context(|| format!("tensor `{name}`"))?),
+            };
+            out.insert(name, shape, data);
         }
         Ok(out)
     }
@@ -78,6 +87,34 @@ impl Tensors {
         meta.insert("format".into(), "pt".into());
         Ok(safetensors::serialize(views, Some(meta))?)
     }
+}
+
+/// The header key holding the shape of a Q8_0 tensor (`lumind quantize`
+/// stores one as a `U8` tensor of its blocks' bytes).
+pub fn q8_shape_key(name: &str) -> String {
+    format!("lumind.shape.{name}")
+}
+
+/// A Q8_0 tensor's values and shape, from its header entry; `None` for a
+/// tensor stored any other way.
+fn q8_tensor(name: &str, view: &TensorView, meta: &HashMap<String, String>) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    let Some(shape) = meta.get(&q8_shape_key(name)) else { return Ok(None) };
+    let shape: Vec<usize> = shape
+        .split(',')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tensor `{name}`: its shape `{shape}` in the header is not a list of sizes"))?;
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let want = numel.filter(|&n| packed::fits(DType::Q8_0, n)).map(|n| packed::bytes_for(DType::Q8_0, n));
+    if view.dtype() != Dtype::U8 || Some(view.data().len()) != want {
+        bail!(
+            "tensor `{name}`: Q8_0 blocks of shape {shape:?} take {} bytes of U8, but it holds {} bytes of {:?}",
+            want.map_or("no whole number of".into(), |w| w.to_string()),
+            view.data().len(),
+            view.dtype()
+        );
+    }
+    Ok(Some((shape, q8::dequantize(view.data()))))
 }
 
 fn to_f32(v: &TensorView) -> Result<Vec<f32>> {

@@ -1,7 +1,6 @@
 //! Embedding lookup: rows of a table picked by ids (ids arrive as f32, as
 //! every luminal tensor is f32; exact for vocabularies below 2^24).
 
-use super::q8;
 use super::walk::for_each_index;
 use crate::cuda::source::{elementwise, push_view, unless_empty, Call, CudaKernel, VIEW_WORDS};
 use crate::kernel::{Arg, Cost, GradRule, Kernel};
@@ -27,8 +26,8 @@ impl Kernel for Gather {
         s.push(inputs[0].shape[1]);
         vec![s]
     }
-    /// (a Q8_0 table is a tied LM head's: its rows come out as their values)
-    fn reads_q8(&self, input: usize) -> bool {
+    /// (a packed table is a tied LM head's: its rows come out as their values)
+    fn reads_packed(&self, input: usize) -> bool {
         input == 0
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
@@ -42,9 +41,9 @@ impl Kernel for Gather {
             assert!(id >= 0.0 && row < vocab && id == row as f32, "Gather: id {id} is not a row of a table with {vocab} rows");
             let dst = &mut out[i * d..][..d];
             let base = table.view.offset + row as isize * rs;
-            if let Some(q) = table.q8 {
+            if let Some(p) = table.packed {
                 for (c, o) in dst.iter_mut().enumerate() {
-                    *o = q8::value(q, (base + c as isize * cs) as usize);
+                    *o = p.value((base + c as isize * cs) as usize);
                 }
             } else if cs == 1 {
                 dst.copy_from_slice(&table.data[base as usize..][..d]);

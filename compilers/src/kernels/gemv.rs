@@ -9,10 +9,55 @@
 //! AVX2 form, chosen at run time, does that arithmetic too, a lane per
 //! partial sum. (There is no AVX-512 form yet: the one tried measured
 //! slower, see `docs/performance.md`.)
+//!
+//! The weights are f32 or bf16 ([`Weight`]): a bf16 weight is widened to
+//! the f32 it stands for (exactly: its bits, shifted) where it is read, so
+//! decoding streams half the bytes and the arithmetic stays f32's.
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::Ptr;
+
+/// An element type weight rows may be stored in.
+pub trait Weight: Copy + Send + Sync + 'static {
+    /// The f32 value this element stands for.
+    fn f32(self) -> f32;
+    /// Eight consecutive elements from `p`, as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points at eight readable elements; the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // a bf16 is the top half of the f32 it stands for
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))))
+    }
+}
 
 /// Up to this many rows go through [`gemv_as`]; more are a matrix product
 /// (prefill), where gemm's register blocking wins.
@@ -24,13 +69,13 @@ const LANES: usize = 8;
 
 /// The dot product every GEMV value is: eight partial sums over the
 /// chunks of eight, added pairwise as [`finish`] does, then the tail in order.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot products of unequal lengths");
     let full = b.len() / LANES * LANES;
     let mut p = [0.0f32; LANES];
     for (x, y) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
         for i in 0..LANES {
-            p[i] += x[i] * y[i];
+            p[i] += x[i] * y[i].f32();
         }
     }
     finish(&p, a, b, full)
@@ -39,25 +84,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// A dot product's value from its partial sums over `x[..full]` and
 /// `w[..full]`: added pairwise, then the tail in order.
 #[inline(always)]
-fn finish(p: &[f32; LANES], x: &[f32], w: &[f32], full: usize) -> f32 {
+fn finish<W: Weight>(p: &[f32; LANES], x: &[f32], w: &[W], full: usize) -> f32 {
     let mut s = (p[0] + p[4]) + (p[1] + p[5]) + (p[2] + p[6]) + (p[3] + p[7]);
     for i in full..w.len() {
-        s += x[i] * w[i];
+        s += x[i] * w[i].f32();
     }
     s
 }
 
 /// Rows of a matrix in a buffer: row `i` is `data[offset + i * stride..][..len]`.
 #[derive(Clone, Copy)]
-pub(crate) struct Rows<'a> {
-    pub data: &'a [f32],
+pub(crate) struct Rows<'a, T = f32> {
+    pub data: &'a [T],
     pub offset: isize,
     pub stride: isize,
     pub len: usize,
 }
 
-impl<'a> Rows<'a> {
-    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
+impl<'a, T> Rows<'a, T> {
+    pub(crate) fn row(&self, i: usize) -> &'a [T] {
         &self.data[(self.offset + i as isize * self.stride) as usize..][..self.len]
     }
 }
@@ -146,7 +191,7 @@ impl GemvForm {
 /// # Safety
 /// `out` points at a buffer holding every `r * out_row + j`, which no other
 /// thread writes during the call; `form.isa` is one of [`Isa::available`].
-pub(crate) unsafe fn gemv_as(form: GemvForm, a: Rows, m: usize, b: Rows, n: usize, out: Ptr, out_row: usize) {
+pub(crate) unsafe fn gemv_as<W: Weight>(form: GemvForm, a: Rows, m: usize, b: Rows<W>, n: usize, out: Ptr, out_row: usize) {
     assert_eq!(a.len, b.len, "dot products of unequal lengths");
     let part = |j0: usize, j1: usize| match form.isa {
         // SAFETY: the CPU has AVX2; each part writes its own columns
@@ -166,14 +211,14 @@ pub(crate) unsafe fn gemv_as(form: GemvForm, a: Rows, m: usize, b: Rows, n: usiz
 /// passed over by every group of rows of `a` ([`Isa::group`]); `group`
 /// computes one group's dot products with one weight row.
 #[inline(always)]
-fn columns(
+fn columns<W: Weight>(
     a: Rows,
     m: usize,
-    b: Rows,
+    b: Rows<W>,
     (j0, j1): (usize, usize),
     out: Ptr,
     out_row: usize,
-    group: impl Fn(&[&[f32]], &[f32], &mut [f32; 8]),
+    group: impl Fn(&[&[f32]], &[W], &mut [f32; 8]),
 ) {
     let (block, per) = (block_rows(b.len), Isa::group(b.len));
     for jb in (j0..j1).step_by(block) {
@@ -197,7 +242,7 @@ fn columns(
 }
 
 /// The dot products of up to 8 rows with `w` (the portable form).
-fn dots(xs: &[&[f32]], w: &[f32], out: &mut [f32; 8]) {
+fn dots<W: Weight>(xs: &[&[f32]], w: &[W], out: &mut [f32; 8]) {
     for (o, x) in out.iter_mut().zip(xs) {
         *o = dot(x, w);
     }
@@ -210,26 +255,26 @@ fn dots(xs: &[&[f32]], w: &[f32], out: &mut [f32; 8]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{finish, Ptr, Rows, LANES};
+    use super::{finish, Ptr, Rows, Weight, LANES};
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn columns_avx2(a: Rows, m: usize, b: Rows, js: (usize, usize), out: Ptr, out_row: usize) {
+    pub(super) unsafe fn columns_avx2<W: Weight>(a: Rows, m: usize, b: Rows<W>, js: (usize, usize), out: Ptr, out_row: usize) {
         // (each arm monomorphises the kernel for one group size)
         super::columns(a, m, b, js, out, out_row, |xs, w, v| match xs.len() {
-            8 => unsafe { dots::<8>(xs, w, v) },
-            7 => unsafe { dots::<7>(xs, w, v) },
-            6 => unsafe { dots::<6>(xs, w, v) },
-            5 => unsafe { dots::<5>(xs, w, v) },
-            4 => unsafe { dots::<4>(xs, w, v) },
-            3 => unsafe { dots::<3>(xs, w, v) },
-            2 => unsafe { dots::<2>(xs, w, v) },
-            _ => unsafe { dots::<1>(xs, w, v) },
+            8 => unsafe { dots::<8, W>(xs, w, v) },
+            7 => unsafe { dots::<7, W>(xs, w, v) },
+            6 => unsafe { dots::<6, W>(xs, w, v) },
+            5 => unsafe { dots::<5, W>(xs, w, v) },
+            4 => unsafe { dots::<4, W>(xs, w, v) },
+            3 => unsafe { dots::<3, W>(xs, w, v) },
+            2 => unsafe { dots::<2, W>(xs, w, v) },
+            _ => unsafe { dots::<1, W>(xs, w, v) },
         });
     }
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn dots<const R: usize>(xs: &[&[f32]], w: &[f32], out: &mut [f32; 8]) {
+    unsafe fn dots<const R: usize, W: Weight>(xs: &[&[f32]], w: &[W], out: &mut [f32; 8]) {
         let k = w.len();
         assert!(xs.len() == R && xs.iter().all(|x| x.len() == k));
         let full = k / LANES * LANES;
@@ -237,7 +282,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         let mut c = 0;
         while c < full {
-            let y = _mm256_loadu_ps(w.as_ptr().add(c));
+            let y = W::load8(w.as_ptr().add(c));
             for r in 0..R {
                 acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_loadu_ps(px[r].add(c)), y));
             }
@@ -255,7 +300,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn run(isa: Isa, a: Rows, m: usize, b: Rows, n: usize, out: &mut [f32], out_row: usize) {
+    fn run<W: Weight>(isa: Isa, a: Rows, m: usize, b: Rows<W>, n: usize, out: &mut [f32], out_row: usize) {
         let out = Ptr(out.as_mut_ptr());
         // SAFETY: the test's output holds every row; the form is the CPU's
         unsafe {
@@ -304,6 +349,22 @@ mod tests {
                     let same = (0..m * n).all(|i| out[i].to_bits() == dot(ar.row(i / n), br.row(i % n)).to_bits());
                     assert!(same, "{isa:?} in {parts} parts, m {m} n {n} k {k}");
                 }
+            }
+            // bf16 weights: every form gives what f32 gives on their values
+            let bh: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+            let bw: Vec<f32> = bh.iter().map(|x| x.to_f32()).collect();
+            let bhr = Rows { data: &bh[..], offset: br.offset, stride: br.stride, len: k };
+            let bwr = Rows { data: &bw[..], ..br };
+            for &(isa, _) in &forms {
+                let mut out = vec![f32::NAN; m * n];
+                run(isa, ar, m, bhr, n, &mut out, n);
+                let same = (0..m * n).all(|i| out[i].to_bits() == dot(ar.row(i / n), bwr.row(i % n)).to_bits());
+                assert!(same, "bf16 weights, {isa:?}, m {m} n {n} k {k}");
+            }
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; m * n];
+                unsafe { gemv_as(GemvForm { isa, parts: 3 }, ar, m, bhr, n, Ptr(out.as_mut_ptr()), n) };
+                assert!((0..m * n).all(|i| out[i].to_bits() == dot(ar.row(i / n), bwr.row(i % n)).to_bits()), "bf16 {isa:?} 3 parts");
             }
             // and dot itself is the plain formula, up to rounding
             let plain: f32 = ar.row(0).iter().zip(br.row(0)).map(|(x, y)| x * y).sum();

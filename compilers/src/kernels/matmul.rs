@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use super::contiguous::Contiguous;
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
-use super::q8::{self, gemv_q8, Q8Rows};
+use super::packed::Packed;
+use super::q8::{gemv_q8, Q8Rows};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::search;
@@ -152,19 +153,19 @@ impl Kernel for MatMul {
         s.remove(self.axis);
         vec![s]
     }
-    fn reads_q8(&self, input: usize) -> bool {
+    fn reads_packed(&self, input: usize) -> bool {
         input == 1
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
-        if let Some(q) = inputs[1].q8 {
-            // Q8_0 weights: a GEMV on rows of whole blocks reads them as they
-            // are; any other call (a prompt) multiplies their values in f32
+        if let Some(w) = inputs[1].packed {
+            // packed weights: a GEMV reads them as they are (Q8_0 on rows of
+            // whole blocks); any other call (a prompt) multiplies their
+            // values in f32
             let p = self.plan(&inputs[0].view, &inputs[1].view);
-            let rows = (p.is_gemv() && !inputs[0].view.padded).then(|| Q8Rows::new(q, inputs[1].view.offset, p.col.1, p.k)).flatten();
-            if let Some(w) = rows {
-                return self.run_q8(&p, inputs[0], w, outputs[0]);
+            if p.is_gemv() && !inputs[0].view.padded && self.run_packed(&p, inputs[0], (w, inputs[1].view.offset), outputs[0]) {
+                return;
             }
-            return q8::with_values(q, |values| self.run(&[inputs[0], Arg::f32(values, inputs[1].view)], outputs, dims));
+            return w.with_values(|values| self.run(&[inputs[0], Arg::f32(values, inputs[1].view)], outputs, dims));
         }
         // Padded operands are rare (never in our models): materialise them.
         let dense: Vec<(Vec<f32>, View)> = inputs
@@ -212,20 +213,33 @@ impl Kernel for MatMul {
 }
 
 impl MatMul {
-    /// A GEMV call against Q8_0 weight rows, in the hand-written form or
-    /// the one searched for.
-    fn run_q8(&self, p: &GemmPlan, a: Arg, w: Q8Rows, out: &mut [f32]) {
+    /// A GEMV call against packed weight rows from element `offset`, in the
+    /// hand-written form or the one searched for; false (and nothing done)
+    /// where Q8_0 rows do not start on block boundaries.
+    fn run_packed(&self, p: &GemmPlan, a: Arg, (w, offset): (Packed, isize), out: &mut [f32]) -> bool {
         let rows = Rows { data: a.data, offset: a.view.offset, stride: p.row.0, len: p.k };
-        let out = Ptr(out.as_mut_ptr());
-        // SAFETY: views were bounds-checked by the executor; `out` is the
-        // contiguous [m, n] output; every form is one this CPU runs
-        let go = |form: GemvForm| unsafe { gemv_q8(form, rows, p.m, w, p.n, out, p.out_row() as usize) };
+        let (out, out_row) = (Ptr(out.as_mut_ptr()), p.out_row() as usize);
+        // SAFETY (both): views were bounds-checked by the executor; `out` is
+        // the contiguous [m, n] output; every form is one this CPU runs
+        let go: Box<dyn Fn(GemvForm)> = match w {
+            Packed::Q8_0(q) => {
+                let Some(w) = Q8Rows::new(q, offset, p.col.1, p.k) else { return false };
+                Box::new(move |form| unsafe { gemv_q8(form, rows, p.m, w, p.n, out, out_row) })
+            }
+            Packed::Bf16(v) => {
+                let w = Rows { data: v, offset, stride: p.col.1, len: p.k };
+                Box::new(move |form| unsafe { gemv_as(form, rows, p.m, w, p.n, out, out_row) })
+            }
+        };
         let threads = rayon::current_num_threads();
         let Some(node) = self.search else {
-            return go(GemvForm::default_for(threads > 1 && p.n * p.k >= 1 << 16));
+            go(GemvForm::default_for(threads > 1 && p.n * p.k >= 1 << 16));
+            return true;
         };
         let forms = GemvForm::all(threads, p.n);
-        search::run_searched(node, &format!("{} q8_0", p.key(threads)), || forms.iter().map(|f| f.name()).collect(), |i| go(forms[i]));
+        let key = format!("{} {}", p.key(threads), w.dtype().name());
+        search::run_searched(node, &key, || forms.iter().map(|f| f.name()).collect(), |i| go(forms[i]));
+        true
     }
 }
 

@@ -11,6 +11,7 @@ pub mod gemv;
 pub mod iota;
 pub mod kv_write;
 pub mod matmul;
+pub mod packed;
 pub mod product_chain;
 pub mod q8;
 pub mod reduce;

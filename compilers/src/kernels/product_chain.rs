@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::matmul::sgemm;
+use super::packed::Packed;
 use super::q8::{self, gemv_q8, Q8Rows};
 use super::row_program::{RowOp, RowProgram, Scratch};
 use super::Ptr;
@@ -38,18 +39,17 @@ pub struct ProductChain {
 /// Query rows per block.
 const BLOCK: usize = 64;
 
-/// Whether a call with Q8_0 weights runs every product as GEMVs on rows
-/// of whole blocks: at most [`MAX_ROWS`] query rows per block of them (so
-/// never the column split over many rows), each operand's rows contiguous,
-/// and every Q8_0 operand's rows, wherever a task starts, on block
-/// boundaries.
-fn q8_gemvs_fit(inputs: &[Arg]) -> bool {
+/// Whether a call with packed weights runs every product as GEMVs: at
+/// most [`MAX_ROWS`] query rows per block of them (so never the column
+/// split over many rows), each operand's rows contiguous, and every Q8_0
+/// operand's rows, wherever a task starts, on block boundaries.
+fn packed_gemvs_fit(inputs: &[Arg]) -> bool {
     let (q, k, v) = (&inputs[0].view, &inputs[1].view, &inputs[2].view);
     let r = q.rank;
     let query_rows = (0..r - 2).filter(|&d| k.strides[d] == 0 && v.strides[d] == 0).map(|d| q.shape[d]).max().unwrap_or(1);
     let blocks = |a: &Arg| {
         let w = &a.view;
-        a.q8.is_none()
+        !matches!(a.packed, Some(Packed::Q8_0(_)))
             || (w.offset % q8::BLOCK as isize == 0
                 && w.shape[r - 1].is_multiple_of(q8::BLOCK)
                 && (0..r - 1).all(|d| w.strides[d] % q8::BLOCK as isize == 0))
@@ -79,19 +79,19 @@ impl Kernel for ProductChain {
         f.push("MatMul (p v)".into());
         f
     }
-    fn reads_q8(&self, input: usize) -> bool {
+    fn reads_packed(&self, input: usize) -> bool {
         // (a guard shortens the rows of `v` a GEMV reads to a row's live
         // keys, which need not end on a block boundary)
         (input == 1 || input == 2) && self.program.guard.is_none()
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
-        if inputs[1].q8.is_some() || inputs[2].q8.is_some() {
-            // Q8_0 weights: a few rows (decoding) read them as they are in
+        if inputs[1].packed.is_some() || inputs[2].packed.is_some() {
+            // packed weights: a few rows (decoding) read them as they are in
             // GEMVs; more rows multiply their values in f32
-            if !q8_gemvs_fit(inputs) {
+            if !packed_gemvs_fit(inputs) {
                 // one operand's values at a time: run again with it in f32
-                let i = if inputs[1].q8.is_some() { 1 } else { 2 };
-                return q8::with_values(inputs[i].q8.unwrap(), |values| {
+                let i = if inputs[1].packed.is_some() { 1 } else { 2 };
+                return inputs[i].packed.unwrap().with_values(|values| {
                     let mut args = inputs.to_vec();
                     args[i] = Arg::f32(values, inputs[i].view);
                     self.run(&args, outputs, dims)
@@ -165,8 +165,13 @@ impl Kernel for ProductChain {
                 let qr = Rows { data: q.data, offset: qo, stride: row_stride(&q.view), len: kd };
                 let (ks, scores) = (k.view.strides[rank - 2], Ptr(scores.as_mut_ptr()));
                 // SAFETY: views were bounds-checked by the executor; `scores` holds rows x tb
-                match k.q8 {
-                    Some(kq) => unsafe { gemv_q8(form, qr, rows, Q8Rows::new(kq, ko, ks, kd).expect("checked"), tb, scores, tb) },
+                match k.packed {
+                    Some(Packed::Q8_0(kq)) => unsafe {
+                        gemv_q8(form, qr, rows, Q8Rows::new(kq, ko, ks, kd).expect("checked"), tb, scores, tb)
+                    },
+                    Some(Packed::Bf16(kh)) => unsafe {
+                        gemv_as(form, qr, rows, Rows { data: kh, offset: ko, stride: ks, len: kd }, tb, scores, tb)
+                    },
                     None => unsafe { gemv_as(form, qr, rows, Rows { data: k.data, offset: ko, stride: ks, len: kd }, tb, scores, tb) },
                 }
             } else {
@@ -199,8 +204,13 @@ impl Kernel for ProductChain {
                 let pr = Rows { data: &probs[..rows * tb], offset: 0, stride: tb as isize, len: tb };
                 let (vs, o) = (v.view.strides[rank - 2], Ptr(unsafe { out.get().offset(oo) }));
                 // SAFETY: this task's output rows
-                match v.q8 {
-                    Some(vq) => unsafe { gemv_q8(form, pr, rows, Q8Rows::new(vq, vo, vs, tb).expect("checked"), hd, o, out_rs as usize) },
+                match v.packed {
+                    Some(Packed::Q8_0(vq)) => unsafe {
+                        gemv_q8(form, pr, rows, Q8Rows::new(vq, vo, vs, tb).expect("checked"), hd, o, out_rs as usize)
+                    },
+                    Some(Packed::Bf16(vh)) => unsafe {
+                        gemv_as(form, pr, rows, Rows { data: vh, offset: vo, stride: vs, len: tb }, hd, o, out_rs as usize)
+                    },
                     None => unsafe {
                         gemv_as(form, pr, rows, Rows { data: v.data, offset: vo, stride: vs, len: tb }, hd, o, out_rs as usize)
                     },

@@ -34,7 +34,7 @@ fn scale(block: &[u8]) -> f32 {
 }
 
 /// Values that Q8_0 blocks of `bytes` bytes hold.
-fn values_in(bytes: usize) -> usize {
+pub(crate) fn values_in(bytes: usize) -> usize {
     bytes / BLOCK_BYTES * BLOCK
 }
 
@@ -71,25 +71,9 @@ pub fn value(q: &[u8], i: usize) -> f32 {
     scale(b) * b[2 + i % BLOCK] as i8 as f32
 }
 
-thread_local! {
-    /// Buffers [`with_values`] lends, kept so that a prompt's every
-    /// product does not map (and fault in) fresh pages.
-    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(vec![]) };
-}
-
-/// `f` of the values of Q8_0 blocks, in a buffer of this thread's.
-pub fn with_values<R>(q: &[u8], f: impl FnOnce(&[f32]) -> R) -> R {
-    let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-    buf.resize(values_in(q.len()), 0.0);
-    dequantize_into(q, &mut buf);
-    let r = f(&buf);
-    SCRATCH.with(|s| s.borrow_mut().push(buf));
-    r
-}
-
 /// [`dequantize`] into `out`, on every thread (a prompt's matrix products
 /// wait for it).
-fn dequantize_into(q: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_into(q: &[u8], out: &mut [f32]) {
     let per = 256;
     out.par_chunks_mut(BLOCK * per).zip(q.par_chunks(BLOCK_BYTES * per)).for_each(|(o, q)| {
         for (o, b) in o.chunks_exact_mut(BLOCK).zip(q.chunks_exact(BLOCK_BYTES)) {
