@@ -1,10 +1,12 @@
 """lumind against PyTorch and llama.cpp on the same definition and the same
 random weights, in one run: eager PyTorch (tools/reference/torch_minimind.py)
-for prefill, a KV-cache decode loop and a training step, transformers'
+in fp32 and bf16 (bf16 weights for inference, autocast for the training
+step) for prefill, a KV-cache decode loop and a training step, transformers'
 `generate` where transformers is installed, llama.cpp's `llama-bench` on the
-weights exported to GGUF (f32) where a llama.cpp build is present
-(tools/build_llama_cpp.sh), and `lumind bench` (also with one thread, for
-decode's scaling), measured in turn for several rounds. Prints the tables
+weights exported to GGUF (f32, and bf16, q8_0 and q4_0 by its own
+llama-quantize) where a llama.cpp build is present
+(tools/build_llama_cpp.sh), and `lumind bench` in fp32, bf16 and q8 (also
+with one thread, for decode's scaling), measured in turn for several rounds. Prints the tables
 (medians) and the ratios the issues target (the median of each round's
 ratio, and their range).
 
@@ -21,6 +23,7 @@ reference venv (tools/reference/requirements.txt) has everything; on a GPU
 machine torch alone is enough.
 """
 import argparse
+import copy
 import glob
 import json
 import os
@@ -80,26 +83,30 @@ def hf_generate_rate(model_toml, weights, ids, device, reps, sync):
 
 
 def torch_round(a, d, model, w, dev, sync):
-    """One round of PyTorch measurements: tokens/s per test."""
+    """One round of PyTorch measurements: tokens/s per test. Under bf16 the
+    inference tests run a bf16 copy of the model, and the training step
+    autocasts to bf16 (the f32 master weights and AdamW state kept)."""
     vocab = d["vocab_size"]
+    bf16 = a.torch_dtype == "bf16"
+    infer = copy.deepcopy(model).to(torch.bfloat16) if bf16 else model
     ids = lambda n, s=1: torch.tensor([[3 + (i * 7919 + s * 104729) % (vocab - 3) for i in range(n)]], device=dev)
-    model.eval()
+    infer.eval()
     res = {}
     with torch.no_grad():
         for n in (64, 256):
             x = ids(n)
-            model(x, last_only=True)
-            res[f"pp{n}"] = n / timed(lambda: model(x, last_only=True), a.reps, sync)
+            infer(x, last_only=True)
+            res[f"pp{n}"] = n / timed(lambda: infer(x, last_only=True), a.reps, sync)
         x = ids(1, 2)
 
         def decode():
-            caches = model.new_caches()
-            tok = model(x, caches, 0, True).argmax(-1)
+            caches = infer.new_caches()
+            tok = infer(x, caches, 0, True).argmax(-1)
             for i in range(1, 128):
-                tok = model(tok, caches, i, True).argmax(-1)
+                tok = infer(tok, caches, i, True).argmax(-1)
         decode()
         res["tg128 (KV loop)"] = 128 / timed(decode, a.reps, sync)
-    hf = hf_generate_rate(a.model, w, x, dev, a.reps, sync)
+    hf = None if bf16 else hf_generate_rate(a.model, w, x, dev, a.reps, sync)
     if hf is not None:
         res["tg128 (HF generate)"] = hf
     b, s_len = map(int, a.train.split("x"))
@@ -108,7 +115,8 @@ def torch_round(a, d, model, w, dev, sync):
     batch = torch.cat([ids(s_len, r + 3) for r in range(b)])
 
     def step():
-        logits = model(batch)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch).float()
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -120,10 +128,10 @@ def torch_round(a, d, model, w, dev, sync):
     return res
 
 
-def torch_child(a, weights):
+def torch_child(a, weights, dtype):
     """One PyTorch round in a child process (see the module comment)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--model", a.model, "--threads", str(a.threads), "--reps", str(a.reps),
-           "--train", a.train, "--device", a.device, "--torch-round", weights]
+           "--train", a.train, "--device", a.device, "--torch-round", weights, "--torch-dtype", dtype]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -131,7 +139,7 @@ def torch_child(a, weights):
 def lumind_round(a, dev):
     """One run of `lumind bench` (JSON)."""
     fusion = a.fusion or ("none,full" if dev == "cuda" else "none,generic,full,search")
-    precision = "fp32" if dev == "cuda" else "fp32,q8"
+    precision = "fp32" if dev == "cuda" else "fp32,bf16,q8"
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     out = subprocess.run([LUMIND, "--threads", str(a.threads), "bench", "--model", a.model, "--train", a.train, "--device", dev,
                           "--fusion", fusion, "--precision", precision, "--reps", str(a.reps), "--json"],
@@ -186,12 +194,12 @@ def to_gguf(build, model, weights, tmp):
     return gguf
 
 
-def to_q8_0(build, gguf, tmp):
-    """The f32 GGUF quantized to Q8_0 by llama.cpp's own `llama-quantize`, or None without it."""
-    tool, out = os.path.join(build, "bin", "llama-quantize"), os.path.join(tmp, "model-q8_0.gguf")
+def quantized(build, gguf, tmp, kind):
+    """The f32 GGUF as `kind` (BF16, Q8_0, Q4_0) by llama.cpp's own `llama-quantize`, or None without it."""
+    tool, out = os.path.join(build, "bin", "llama-quantize"), os.path.join(tmp, f"model-{kind}.gguf")
     if not os.path.exists(tool):
         return None
-    subprocess.run([tool, gguf, out, "Q8_0"], check=True, capture_output=True)
+    subprocess.run([tool, gguf, out, kind], check=True, capture_output=True)
     return out
 
 
@@ -221,6 +229,7 @@ def main():
     ap.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out")
     ap.add_argument("--json", default=None, help="also write the tables here")
     ap.add_argument("--torch-round", default=None, help=argparse.SUPPRESS)  # child: one PyTorch round on these weights
+    ap.add_argument("--torch-dtype", default="fp32", help=argparse.SUPPRESS)  # ... in this precision
     a = ap.parse_args()
     dev = a.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -231,23 +240,29 @@ def main():
         return
     with open(a.model, "rb") as f:
         name = tomllib.load(f)["name"]
-    torch_rounds, lum_rounds, llama_rounds, llama_q8_rounds, one_thread = [], [], [], [], []
+    torch_rounds, torch_bf16_rounds, lum_rounds, one_thread = [], [], [], []
+    # llama.cpp's rounds per GGUF type
+    llama = {"f32": [], "BF16": [], "Q8_0": [], "Q4_0": []}
     build = llama_cpp_build(a) if dev == "cpu" else None
     with tempfile.TemporaryDirectory() as tmp:
         w = os.path.join(tmp, "w.safetensors")
         subprocess.run([LUMIND, "init", "--model", a.model, "--seed", "0", "--out", w], check=True, capture_output=True)
         gguf = to_gguf(build, a.model, w, tmp) if build else None
-        gguf_q8 = to_q8_0(build, gguf, tmp) if gguf else None
+        files = {"f32": gguf} if gguf else {}
+        for kind in ("BF16", "Q8_0", "Q4_0") if gguf else ():
+            files[kind] = quantized(build, gguf, tmp, kind)
         for r in range(a.rounds):
             print(f"round {r + 1}/{a.rounds} ...", file=sys.stderr, flush=True)
-            torch_rounds.append(torch_child(a, w))
+            torch_rounds.append(torch_child(a, w, "fp32"))
+            if dev == "cpu":
+                torch_bf16_rounds.append(torch_child(a, w, "bf16"))
             lum_rounds.append(lumind_round(a, dev))
-            if gguf:
-                llama_rounds.append(llama_round(a, build, gguf))
-            if gguf_q8:
-                llama_q8_rounds.append(llama_round(a, build, gguf_q8))
+            for kind, f in files.items():
+                if f:
+                    llama[kind].append(llama_round(a, build, f))
             if dev == "cpu" and a.threads > 1:
                 one_thread.append(lumind_one_thread_decode(a))
+    llama_rounds, llama_q8_rounds = llama["f32"], llama["Q8_0"]
     torch_res = {k: median([t[k] for t in torch_rounds]) for k in torch_rounds[0]}
     key = lambda r: (r["fusion"], r.get("precision", "fp32"), r["test"])
     lum = dict(lum_rounds[0])
@@ -263,7 +278,11 @@ def main():
     print("\nPyTorch eager (tokens/s):")
     for k, v in torch_res.items():
         print(f"  {k:<22} {v:10.1f}")
-    for kind, rounds in (("f32", llama_rounds), ("q8_0", llama_q8_rounds)):
+    if torch_bf16_rounds:
+        print("\nPyTorch eager bf16 (bf16 weights; training autocast to bf16; tokens/s):")
+        for k in torch_bf16_rounds[0]:
+            print(f"  {k:<22} {median([t[k] for t in torch_bf16_rounds]):10.1f}")
+    for kind, rounds in llama.items():
         if rounds:
             print(f"\nllama.cpp {kind} ({build}, tokens/s):")
             for k in rounds[0]:
@@ -305,10 +324,17 @@ def main():
         if llama_rounds:
             print(f"  prefill 256 vs llama.cpp f32  {ratio('pp256', 'pp256', peer=llama_rounds)}   [>= 1.5x]")
             print(f"  decode vs llama.cpp f32       {ratio('tg128', 'tg128', peer=llama_rounds)}   [>= 1.2x]")
+        if llama["BF16"]:
+            print(f"  bf16: prefill 256 vs llama.cpp bf16  {ratio('pp256', 'pp256', peer=llama['BF16'], precision='bf16')}")
+            print(f"  bf16: decode vs llama.cpp bf16       {ratio('tg128', 'tg128', peer=llama['BF16'], precision='bf16')}   [>= 1.2x]")
         if llama_q8_rounds:
             print(f"  q8: prefill 256 vs llama.cpp q8_0  {ratio('pp256', 'pp256', peer=llama_q8_rounds, precision='q8')}")
-            print(f"  q8: decode vs llama.cpp q8_0       {ratio('tg128', 'tg128', peer=llama_q8_rounds, precision='q8')}")
-        print(f"  q8 / fp32 decode  {ratio('tg128', lambda L: rate(L, 'full', 'tg128'), precision='q8')}")
+            print(f"  q8: decode vs llama.cpp q8_0       {ratio('tg128', 'tg128', peer=llama_q8_rounds, precision='q8')}   [>= 1.2x]")
+        if torch_bf16_rounds:
+            print(f"  bf16: prefill 256 vs PyTorch bf16  {ratio('pp256', 'pp256', peer=torch_bf16_rounds, precision='bf16')}")
+            print(f"  train {a.train} (fp32) vs PyTorch bf16 autocast  {ratio(train, train, peer=torch_bf16_rounds)}")
+        print(f"  bf16 / fp32 decode  {ratio('tg128', lambda L: rate(L, 'full', 'tg128'), precision='bf16')}")
+        print(f"  q8 / fp32 decode  {ratio('tg128', lambda L: rate(L, 'full', 'tg128'), precision='q8')}   [>= 3x]")
         if one_thread:
             two = [rate(L, "full", "tg128") for L in lum_rounds]
             rs = [x / y for x, y in zip(two, one_thread)]
@@ -327,8 +353,8 @@ def main():
                   f" 1.5x PyTorch would be {1.5 * torch_res['pp256'] / pb:.0%}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": dev, "where": where, "rounds": a.rounds, "torch": torch_rounds, "lumind": lum_rounds,
-                       "llama_cpp": llama_rounds, "llama_cpp_q8_0": llama_q8_rounds, "lumind_one_thread_tg128": one_thread}, f, indent=1)
+            json.dump({"device": dev, "where": where, "rounds": a.rounds, "torch": torch_rounds, "torch_bf16": torch_bf16_rounds,
+                       "lumind": lum_rounds, "llama_cpp": llama, "lumind_one_thread_tg128": one_thread}, f, indent=1)
 
 
 if __name__ == "__main__":

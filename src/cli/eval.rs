@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 use super::args::{one_of, CompileArgs, ModelArgs};
 use crate::chat_template::ChatTemplate;
+use crate::eval::agreement::{greedy_agreement, prompts_from};
 use crate::eval::chat::{read_chat_cases, ChatScorer};
 use crate::eval::pairs::{pair_log_probs, summarize};
 use crate::eval::{answer, letter_ids, perplexity, read_choice_files};
@@ -54,6 +55,9 @@ enum Cmd {
         /// Also run the model at this precision (usually fp32) and report its perplexity, the mean per-token KL divergence from it and how often both rank the same token first
         #[arg(long, value_parser = one_of::<Precision>("precision"))]
         kl_vs: Option<Precision>,
+        /// With --kl-vs: also continue the first 16 tokens of the first 16 texts greedily for this many tokens at both precisions and count how many continuations agree (0: skip)
+        #[arg(long, default_value_t = 32)]
+        greedy_tokens: usize,
     },
     /// Greedy answers to held-out conversations (`{"conversations": [...]}`)
     /// against their last assistant reply: exact match, containment, word F1
@@ -132,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
             bar.finish_and_clear();
             println!("{:<28} {:>9} {:>9} {:>8.1}%   (chance: 25%)", "total", all, right, 100.0 * right as f64 / all.max(1) as f64);
         }
-        Cmd::Ppl { mut model, data, tokenizer, max_seq_len, limit, kl_vs } => {
+        Cmd::Ppl { mut model, data, tokenizer, max_seq_len, limit, kl_vs, greedy_tokens } => {
             let (def, w) = model.load()?;
             let tok = Tokenizer::load_or_default(tokenizer.as_deref())?;
             let opts = ForwardOptions::full(max_seq_len);
@@ -140,6 +144,7 @@ pub fn run(a: Args) -> Result<()> {
                 Some(p) => Some(CompileArgs { precision: Some(p), ..model.compile }.session(&def, w.clone(), opts)?),
                 None => None,
             };
+            let weights = (kl_vs.is_some() && greedy_tokens > 0).then(|| w.clone());
             let mut s = model.compile.session(&def, w, opts)?;
             let bar = progress::bar(0, 0);
             let p = perplexity(&mut s, reference.as_mut(), &tok, &data, max_seq_len, limit, &bar)?;
@@ -162,6 +167,21 @@ pub fn run(a: Args) -> Result<()> {
                     d.max_kl,
                     d.positions,
                     d.same_top_percent()
+                );
+            }
+            if let (Some(r), Some(w)) = (kl_vs, weights) {
+                let prompts = prompts_from(&tok, &data, 16, limit.unwrap_or(16).min(16))?;
+                let opts = ForwardOptions::generation(16 + greedy_tokens);
+                let mut a = model.compile.session(&def, w.clone(), opts)?;
+                let mut b = CompileArgs { precision: Some(r), ..model.compile }.session(&def, w, opts)?;
+                let g = greedy_agreement(&mut a, &mut b, &prompts, greedy_tokens)?;
+                println!(
+                    "greedy continuations of {} prompts: {}/{} agree with {r} on all {} tokens; mean agreeing start {:.1} tokens",
+                    model.compile.precision(),
+                    g.whole,
+                    g.prompts,
+                    g.tokens,
+                    g.mean_leading()
                 );
             }
         }

@@ -1,6 +1,7 @@
 //! Scoring a model: multiple choice (C-Eval), perplexity, chat answers
 //! against references, and preference pairs.
 
+pub mod agreement;
 pub mod chat;
 pub mod choice;
 pub mod divergence;
