@@ -60,6 +60,12 @@ impl Bundle {
         let w = Weights::check(&def, t).context("the bundled weights")?;
         Ok((def, w, tok))
     }
+
+    /// The precision its weights were packed in (`lumind quantize`), which
+    /// the bundled commands run at unless told otherwise.
+    pub fn precision(&self) -> Result<Option<crate::model::Precision>> {
+        crate::packed_weights::precision_in(&self.weights).context("the bundled weights")
+    }
 }
 
 /// FNV-1a over 8-byte words: cheap, and any flipped byte changes it.

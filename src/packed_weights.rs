@@ -64,11 +64,22 @@ pub fn stored_precision(path: &Path) -> Result<Option<Precision>> {
     let len = u64::from_le_bytes(len);
     let mut header = vec![];
     f.take(len.min(100 << 20)).read_to_end(&mut header)?;
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&header) else { return Ok(None) };
+    precision_in_header(&header).with_context(|| format!("{}", path.display()))
+}
+
+/// [`stored_precision`] of a safetensors file's bytes.
+pub fn precision_in(bytes: &[u8]) -> Result<Option<Precision>> {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize) else { return Ok(None) };
+    precision_in_header(bytes.get(8..8usize.saturating_add(len)).unwrap_or_default())
+}
+
+/// The precision a safetensors header (its JSON) names, if any.
+fn precision_in_header(header: &[u8]) -> Result<Option<Precision>> {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(header) else { return Ok(None) };
     let Some(p) = json.get("__metadata__").and_then(|m| m.get(PRECISION_KEY)) else { return Ok(None) };
     let p = p.as_str().unwrap_or_default();
     let known = p.parse::<Precision>();
-    Ok(Some(known.map_err(|_| anyhow::anyhow!("{}: `{PRECISION_KEY}` is `{p}`, not a precision lumind knows", path.display()))?))
+    Ok(Some(known.map_err(|_| anyhow::anyhow!("`{PRECISION_KEY}` is `{p}`, not a precision lumind knows"))?))
 }
 
 /// Write `weights` of `def` quantized to `precision`, atomically; returns

@@ -138,7 +138,21 @@ fn terminal_chat_and_bundled_executable() {
     let mut c = Command::new(&exe);
     c.args(["chat"]).current_dir(empty.path());
     let (ok, _, err) = run(c, Some("/quit\n"));
-    assert!(ok, "{err}");
+    assert!(ok && err.contains("fp32)"), "{err}");
+    // a bundle of q8 weights stays q8 (a third of the bytes) and chats at q8
+    let exe8 = dir.path().join("tiny-chat-q8");
+    let (ok, _, err) = lumind(
+        &["bundle", "--model", "models/tiny.toml", "--weights", w.to_str().unwrap(), "--precision", "q8", "--out", exe8.to_str().unwrap()],
+        None,
+    );
+    assert!(ok && err.contains("q8"), "{err}");
+    let payload =
+        |p: &Path| std::fs::metadata(p).unwrap().len() as f64 - std::fs::metadata(env!("CARGO_BIN_EXE_lumind")).unwrap().len() as f64;
+    assert!(payload(&exe8) < 0.5 * payload(&exe), "q8 payload {} against {}", payload(&exe8), payload(&exe));
+    let mut c = Command::new(&exe8);
+    c.args(["chat", "--max-new-tokens", "4"]).current_dir(empty.path());
+    let (ok, _, err) = run(c, Some("Hi\n/quit\n"));
+    assert!(ok && err.contains("tokens of context, q8)"), "{err}");
     // without a bundle, chat needs files
     let (ok, _, err) = lumind(&["chat"], Some("/quit\n"));
     assert!(!ok && err.contains("--model and --weights"), "{err}");
@@ -208,7 +222,8 @@ fn scoring_choice_and_perplexity() {
     let (ok, out, err) =
         lumind(&["eval", "ppl", "--model", "models/tiny.toml", "--weights", w, "--data", "data/pretrain_eval.jsonl", "--limit", "5"], None);
     assert!(ok, "{err}");
-    let ppl: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // `fp32 perplexity X (...)`
+    let ppl: f64 = out.split_whitespace().skip_while(|w| *w != "perplexity").nth(1).unwrap().parse().unwrap();
     // random weights: about as perplexed as a uniform guess over 6400 tokens
     assert!(ppl > 1000.0 && ppl < 100000.0, "{out}");
 }

@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     });
     let mut conv = Conversation::new(a.system.clone());
     let mut sampler = Sampler::new(params);
-    eprintln!("chatting with `{}` ({context} tokens of context). {HELP}", def.name);
+    eprintln!("chatting with `{}` ({context} tokens of context, {}). {HELP}", def.name, loaded.precision);
     let stdin = std::io::stdin();
     // piped input is echoed, so a transcript reads like the terminal session
     let echo = !stdin.is_terminal();

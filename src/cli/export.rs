@@ -9,6 +9,7 @@ use crate::bundle::{write, Manifest};
 use crate::export::{export, import};
 use crate::gguf::{self, OutType};
 use crate::model::params::{count_params, human};
+use crate::model::Precision;
 use crate::tokenizer::{Tokenizer, DEFAULT_TOKENIZER_CONFIG, DEFAULT_TOKENIZER_JSON};
 
 /// What `lumind export` writes.
@@ -140,7 +141,13 @@ pub fn run_bundle(mut a: BundleArgs) -> Result<()> {
     };
     let model_toml = std::fs::read_to_string(&a.model.model)?;
     let manifest = Manifest { model_toml, tokenizer_json, tokenizer_config };
-    write(&std::env::current_exe()?, &manifest, &w.0.to_bytes(Default::default())?, &a.out)?;
-    eprintln!("wrote {} (`{}`): run `{} chat` or `{} serve`", a.out.display(), def.name, a.out.display(), a.out.display());
+    // (weights packed as bf16 or q8 stay packed: the bundle runs at that precision)
+    let precision = a.model.compile.precision();
+    let weights = match precision {
+        Precision::Fp32 => w.0.to_bytes(Default::default())?,
+        p => crate::packed_weights::to_bytes(&w, p)?,
+    };
+    write(&std::env::current_exe()?, &manifest, &weights, &a.out)?;
+    eprintln!("wrote {} (`{}`, {precision}): run `{} chat` or `{} serve`", a.out.display(), def.name, a.out.display(), a.out.display());
     Ok(())
 }

@@ -38,18 +38,18 @@ pub struct Loaded {
 impl ModelSource {
     pub fn load(&self, tokenizer: Option<&Path>) -> Result<Loaded> {
         // (a file `lumind quantize` wrote runs at its precision unless told otherwise)
-        let mut stored = None;
-        let (def, weights, bundled_tok) = match (&self.model, &self.weights) {
+        let (def, weights, bundled_tok, stored) = match (&self.model, &self.weights) {
             (Some(m), Some(w)) => {
                 let def = ModelDef::load(m)?;
-                stored = crate::packed_weights::stored_precision(w)?;
+                let stored = crate::packed_weights::stored_precision(w)?;
                 let w = crate::weights_file::load(&def, w)?;
-                (def, w, None)
+                (def, w, None, stored)
             }
             (None, None) => match crate::bundle::current()? {
                 Some(b) => {
+                    let stored = b.precision()?;
                     let (def, w, tok) = b.open()?;
-                    (def, w, Some(tok))
+                    (def, w, Some(tok), stored)
                 }
                 None => bail!("give --model and --weights (this executable carries no bundled model)"),
             },
