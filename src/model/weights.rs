@@ -6,14 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use lumind_compilers::kernels::{packed, q8};
+use lumind_compilers::DType;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::def::{InitScheme, ModelDef};
 use super::params::{param_specs, ParamInit};
-use lumind_compilers::kernels::{packed, q8};
-use lumind_compilers::DType;
-
 use crate::rng::Rng;
 
 /// A tensor as a file holds it: its shape and its values, row-major.
