@@ -67,6 +67,15 @@ pub fn stored_precision(path: &Path) -> Result<Option<Precision>> {
     precision_in_header(&header).with_context(|| format!("{}", path.display()))
 }
 
+/// The precision a command runs `path` at: the one `asked` for, else the
+/// one the file was packed in (`None`: fp32).
+pub fn precision_for(asked: Option<Precision>, path: &Path) -> Result<Option<Precision>> {
+    match asked {
+        Some(p) => Ok(Some(p)),
+        None => stored_precision(path),
+    }
+}
+
 /// [`stored_precision`] of a safetensors file's bytes.
 pub fn precision_in(bytes: &[u8]) -> Result<Option<Precision>> {
     let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize) else { return Ok(None) };

@@ -107,9 +107,7 @@ impl ModelArgs {
     pub fn load(&mut self) -> Result<(ModelDef, Weights)> {
         let def = ModelDef::load(&self.model)?;
         let w = crate::weights_file::load(&def, &self.weights)?;
-        if self.compile.precision.is_none() {
-            self.compile.precision = crate::packed_weights::stored_precision(&self.weights)?;
-        }
+        self.compile.precision = crate::packed_weights::precision_for(self.compile.precision, &self.weights)?;
         let w = match &self.adapter {
             Some(dir) => crate::lora::merge_adapter(&def, w, dir)?,
             None => w,

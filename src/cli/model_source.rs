@@ -41,7 +41,7 @@ impl ModelSource {
         let (def, weights, bundled_tok, stored) = match (&self.model, &self.weights) {
             (Some(m), Some(w)) => {
                 let def = ModelDef::load(m)?;
-                let stored = crate::packed_weights::stored_precision(w)?;
+                let stored = crate::packed_weights::precision_for(self.compile.precision, w)?;
                 let w = crate::weights_file::load(&def, w)?;
                 (def, w, None, stored)
             }

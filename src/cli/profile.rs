@@ -49,9 +49,7 @@ pub fn run(mut a: Args) -> Result<()> {
     let def = ModelDef::load(&a.model)?;
     let weights = match &a.weights {
         Some(p) => {
-            if a.compile.precision.is_none() {
-                a.compile.precision = crate::packed_weights::stored_precision(p)?;
-            }
+            a.compile.precision = crate::packed_weights::precision_for(a.compile.precision, p)?;
             crate::weights_file::load(&def, p)?
         }
         None => Weights::random(&def, 0, None)?,
