@@ -3,9 +3,12 @@
 //! scored on the held-out texts (`data/pretrain_eval.jsonl`) against fp32:
 //! perplexity, the per-token KL divergence, and greedy continuations.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::root;
 use lumind::compilers::Fusion;
 use lumind::eval::agreement::{greedy_agreement, prompts_from};
 use lumind::eval::perplexity;
@@ -13,10 +16,6 @@ use lumind::model::builder::ForwardOptions;
 use lumind::model::{ModelDef, Precision, Weights};
 use lumind::session::Session;
 use lumind::tokenizer::Tokenizer;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The tiny model pretrained for `steps` steps, its weights in `dir`.
 fn pretrained(dir: &Path, steps: usize) -> PathBuf {

@@ -4,9 +4,12 @@
 //! tokenizer; llama.cpp's own reader (the `gguf` Python package) agrees;
 //! what lumind cannot express is refused by name.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
+use common::{root, run};
 use half::{bf16, f16};
 use lumind::gguf::file::{Tensor, Value};
 use lumind::gguf::{from_gguf, to_gguf, Gguf, OutType};
@@ -14,10 +17,6 @@ use lumind::model::rope::RopeScaling;
 use lumind::model::{ModelDef, Weights};
 use lumind::tokenizer::Tokenizer;
 use lumind_compilers::kernels::q8;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A test model with the MiniMind tokenizer's 6400 tokens, so that it
 /// exports with its tokenizer: a llama (tied, GQA), a llama with YaRN, and
@@ -166,13 +165,6 @@ fn gguf_python() -> Option<Command> {
     let required = std::env::var("LUMIND_REQUIRE_GGUF").is_ok_and(|v| v == "1");
     assert!(found || !required, "LUMIND_REQUIRE_GGUF=1 but python3 cannot import gguf (LUMIND_GGUF_PYTHONPATH?)");
     found.then_some(c)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //! gives the same logits as one packing the original weights at load, and
 //! every command runs such a file at its precision by default.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
+use common::{root, run};
 use lumind::compilers::Fusion;
 use lumind::model::builder::ForwardOptions;
 use lumind::model::weights::Tensors;
@@ -13,10 +16,6 @@ use lumind::model::{ModelDef, Precision, Weights};
 use lumind::packed_weights::to_bytes;
 use lumind::session::Session;
 use lumind_compilers::kernels::q8;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn model(name: &str) -> (ModelDef, Weights) {
     let def = ModelDef::load(root().join(format!("models/{name}.toml"))).unwrap();
@@ -71,13 +70,6 @@ fn damaged_packed_files_are_refused_by_name() {
     bad[at] = if bad[at] == b'9' { b'8' } else { b'9' };
     let e = format!("{:#}", Tensors::from_bytes(&bad).and_then(|t| Weights::check(&def, t)).unwrap_err());
     assert!(e.contains("down_proj") && e.contains("Q8_0"), "{e}");
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
 }
 
 #[test]
