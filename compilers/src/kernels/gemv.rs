@@ -23,6 +23,8 @@ use super::Ptr;
 pub trait Weight: Copy + Send + Sync + 'static {
     /// The f32 value this element stands for.
     fn f32(self) -> f32;
+    /// The bits of this element as a bf16 (an f32 rounds to nearest even).
+    fn bf16_bits(self) -> u16;
     /// Eight consecutive elements from `p`, as f32 lanes.
     ///
     /// # Safety
@@ -36,6 +38,10 @@ impl Weight for f32 {
     fn f32(self) -> f32 {
         self
     }
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        bf16::from_f32(self).to_bits()
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -48,6 +54,10 @@ impl Weight for bf16 {
     #[inline(always)]
     fn f32(self) -> f32 {
         self.to_f32()
+    }
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        self.to_bits()
     }
     #[cfg(target_arch = "x86_64")]
     #[inline]

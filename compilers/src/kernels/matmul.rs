@@ -12,6 +12,9 @@ use gemm::Parallelism;
 use luminal::prelude::ShapeTracker;
 use rayon::prelude::*;
 
+use half::bf16;
+
+use super::bf16_gemm::{self, gemm_bf16};
 use super::contiguous::Contiguous;
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::packed::Packed;
@@ -165,6 +168,11 @@ impl Kernel for MatMul {
             if p.is_gemv() && !inputs[0].view.padded && self.run_packed(&p, inputs[0], (w, inputs[1].view.offset), outputs[0]) {
                 return;
             }
+            // a prompt: in bf16 where the CPU multiplies bf16 (Q8_0 values
+            // rounded to it), else in f32
+            if bf16_gemm::available() && !p.is_gemv() && !inputs[0].view.padded && !inputs[1].view.padded && p.k > 0 {
+                return w.with_bf16(|h| self.run_plan(&p, (inputs[0].data, inputs[0].view), (Rhs::Bf16(h), inputs[1].view), outputs[0]));
+            }
             return w.with_values(|values| self.run(&[inputs[0], Arg::f32(values, inputs[1].view)], outputs, dims));
         }
         // Padded operands are rare (never in our models): materialise them.
@@ -195,12 +203,7 @@ impl Kernel for MatMul {
             out.fill(0.0);
             return;
         }
-        let threads = rayon::current_num_threads();
-        let Some(node) = self.search else {
-            return run_way(Way::hand_written(&p, threads), &p, a, b, out);
-        };
-        let ways = Way::candidates(&p, threads);
-        search::run_searched(node, &p.key(threads), || ways.iter().map(|w| w.name()).collect(), |i| run_way(ways[i], &p, a, b, out));
+        self.run_plan(&p, a, (Rhs::F32(b.0), b.1), out)
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
         let (a, b) = (&inputs[0], &inputs[1]);
@@ -213,6 +216,20 @@ impl Kernel for MatMul {
 }
 
 impl MatMul {
+    /// Plan `p`'s product in the hand-written way or the one searched for.
+    fn run_plan(&self, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut [f32]) {
+        let threads = rayon::current_num_threads();
+        let Some(node) = self.search else {
+            return run_way(Way::hand_written(p, threads), p, a, b, out);
+        };
+        let ways = Way::candidates(p, threads);
+        let key = match b.0 {
+            Rhs::F32(_) => p.key(threads),
+            Rhs::Bf16(_) => format!("{} bf16", p.key(threads)),
+        };
+        search::run_searched(node, &key, || ways.iter().map(|w| w.name()).collect(), |i| run_way(ways[i], p, a, b, out));
+    }
+
     /// A GEMV call against packed weight rows from element `offset`, in the
     /// hand-written form or the one searched for; false (and nothing done)
     /// where Q8_0 rows do not start on block boundaries.
@@ -349,19 +366,23 @@ impl GemmPlan {
 
 /// Run a product `way`: `out` is the contiguous output of plan `p` over
 /// the operands `a` and `b` (data and view).
-fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (&[f32], View), out: &mut [f32]) {
+fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut [f32]) {
     if let Way::Gemv(form) = way {
         let rows = Rows { data: a.0, offset: a.1.offset, stride: p.row.0, len: p.k };
-        let weights = Rows { data: b.0, offset: b.1.offset, stride: p.col.1, len: p.k };
+        let (out, out_row) = (Ptr(out.as_mut_ptr()), p.out_row() as usize);
+        let (offset, stride) = (b.1.offset, p.col.1);
         // SAFETY: views were bounds-checked by the executor; `out` is the
         // contiguous [m, n] output; the form is one this CPU runs
-        unsafe { gemv_as(form, rows, p.m, weights, p.n, Ptr(out.as_mut_ptr()), p.out_row() as usize) };
+        match b.0 {
+            Rhs::F32(data) => unsafe { gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row) },
+            Rhs::Bf16(data) => unsafe { gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row) },
+        }
         return;
     }
     let threads = rayon::current_num_threads();
     let batches = p.batches();
     let a_ptr = SendPtr(a.0.as_ptr());
-    let b_ptr = SendPtr(b.0.as_ptr());
+    let b_ptr = SendPtr(b.0);
     let o_ptr = SendPtr(out.as_mut_ptr());
     let (a_off, b_off) = (a.1.offset, b.1.offset);
     // columns [c0, c0 + cols) of product `batch`
@@ -379,11 +400,11 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (&[f32], View), out: &m
         // writes a disjoint block of the contiguous output.
         unsafe {
             let c0 = c0 as isize;
-            sgemm(
+            product(
                 (p.m, cols, p.k),
                 ({ o_ptr }.0.offset(oo + c0 * p.out_col), p.out_col, p.out_row),
                 ({ a_ptr }.0.offset(ao), p.inner.0, p.row.0),
-                ({ b_ptr }.0.offset(bo + c0 * p.col.1), p.col.1, p.inner.1),
+                ({ b_ptr }.0, bo + c0 * p.col.1, p.col.1, p.inner.1),
                 par,
             );
         }
@@ -404,6 +425,56 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (&[f32], View), out: &m
             (0..batches).for_each(|i| call(i, par));
         }
         Way::Gemv(_) => unreachable!("handled above"),
+    }
+}
+
+/// A product's right operand as a kernel holds it: f32 values, or bf16
+/// values (packed weights), multiplied in bf16 ([`gemm_bf16`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Rhs<'a> {
+    F32(&'a [f32]),
+    /// only where [`bf16_gemm::available`]
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Rhs<'a> {
+    /// An input's elements: its f32 data, or its values packed as bf16
+    /// (Q8_0 ones are rounded to bf16 before a product: [`Packed::with_bf16`]).
+    pub(crate) fn of(arg: &Arg<'a>) -> Rhs<'a> {
+        match arg.packed {
+            None => Rhs::F32(arg.data),
+            Some(Packed::Bf16(h)) => Rhs::Bf16(h),
+            Some(Packed::Q8_0(_)) => unreachable!("Q8_0 operands are rounded to bf16 before a product"),
+        }
+    }
+}
+
+/// [`sgemm`] with the right operand `(data, offset, col stride, row
+/// stride)` in f32, or in bf16 through [`gemm_bf16`] (which then rounds the
+/// left operand to bf16 too).
+///
+/// # Safety
+/// As for [`sgemm`]; a bf16 operand only where [`bf16_gemm::available`].
+pub(crate) unsafe fn product(
+    mnk: (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    (rhs, offset, cs, rs): (Rhs, isize, isize, isize),
+    par: Parallelism,
+) {
+    // SAFETY: per the contract
+    unsafe {
+        match rhs {
+            Rhs::F32(b) => sgemm(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), par),
+            Rhs::Bf16(b) => {
+                let threads = match par {
+                    Parallelism::None => 1,
+                    Parallelism::Rayon(0) => rayon::current_num_threads(),
+                    Parallelism::Rayon(t) => t,
+                };
+                gemm_bf16(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), false, threads)
+            }
+        }
     }
 }
 
@@ -503,10 +574,21 @@ mod tests {
                 for way in Way::candidates(&p, 2) {
                     seen.insert(way.name());
                     let mut out = vec![f32::NAN; want.len()];
-                    run_way(way, &p, (&ad, av), (&bd, bv), &mut out);
+                    run_way(way, &p, (&ad, av), (Rhs::F32(&bd), bv), &mut out);
                     let worst = out.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                     // (sums of up to 128 products of values below 0.5, against f64)
                     assert!(worst < 1e-4, "{dims:?} {}: off by {worst}", way.name());
+                    if bf16_gemm::available() {
+                        // bf16 weights: the product of both operands rounded to bf16
+                        let round = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+                        let (ah, bh) = (round(&ad), round(&bd));
+                        let widen = |v: &[bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+                        let want = naive((&widen(&ah), av), (&widen(&bh), bv), &dims);
+                        run_way(way, &p, (&ad, av), (Rhs::Bf16(&bh), bv), &mut out);
+                        let worst = out.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                        assert!(worst < 1e-4, "{dims:?} {} on bf16: off by {worst}", way.name());
+                        seen.insert(format!("{} on bf16", way.name()));
+                    }
                 }
             });
         }

@@ -62,6 +62,22 @@ impl<'a> Packed<'a> {
         r
     }
 
+    /// `f` of the values as bf16: a bf16 input's own, Q8_0 blocks' values
+    /// rounded (to nearest even) into a buffer of this thread's, for a
+    /// product in bf16 ([`super::bf16_gemm`]).
+    pub fn with_bf16<R>(&self, f: impl FnOnce(&[bf16]) -> R) -> R {
+        let q = match self {
+            Packed::Bf16(v) => return f(v),
+            Packed::Q8_0(q) => q,
+        };
+        let mut buf = SCRATCH_BF16.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        buf.resize(self.len(), bf16::ZERO);
+        q8::dequantize_bf16_into(q, &mut buf);
+        let r = f(&buf);
+        SCRATCH_BF16.with(|s| s.borrow_mut().push(buf));
+        r
+    }
+
     /// The values into `out`, on every thread (a prompt's matrix products
     /// wait for them).
     fn values_into(&self, out: &mut [f32]) {
@@ -80,6 +96,8 @@ thread_local! {
     /// Buffers [`Packed::with_values`] lends, kept so that a prompt's every
     /// product does not map (and fault in) fresh pages.
     static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(vec![]) };
+    /// The same for [`Packed::with_bf16`].
+    static SCRATCH_BF16: std::cell::RefCell<Vec<Vec<bf16>>> = const { std::cell::RefCell::new(vec![]) };
 }
 
 /// `values` packed as `dtype` (bf16 rounds to nearest even), as bytes.

@@ -15,7 +15,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
-use super::matmul::sgemm;
+use super::bf16_gemm;
+use super::matmul::{product, Rhs};
 use super::packed::Packed;
 use super::q8::{self, gemv_q8, Q8Rows};
 use super::row_program::{RowOp, RowProgram, Scratch};
@@ -89,13 +90,26 @@ impl Kernel for ProductChain {
             // packed weights: a few rows (decoding) read them as they are in
             // GEMVs; more rows multiply their values in f32
             if !packed_gemvs_fit(inputs) {
-                // one operand's values at a time: run again with it in f32
+                // a prompt: its products in bf16 where the CPU multiplies
+                // bf16 (a Q8_0 operand's values rounded to it first), else
+                // in f32; one operand at a time, run again with its values
                 let i = if inputs[1].packed.is_some() { 1 } else { 2 };
-                return inputs[i].packed.unwrap().with_values(|values| {
-                    let mut args = inputs.to_vec();
-                    args[i] = Arg::f32(values, inputs[i].view);
-                    self.run(&args, outputs, dims)
-                });
+                let packed = inputs[i].packed.unwrap();
+                if !bf16_gemm::available() {
+                    return packed.with_values(|values| {
+                        let mut args = inputs.to_vec();
+                        args[i] = Arg::f32(values, inputs[i].view);
+                        self.run(&args, outputs, dims)
+                    });
+                }
+                let q8 = (1..3).find(|&i| matches!(inputs[i].packed, Some(Packed::Q8_0(_))));
+                if let Some(i) = q8 {
+                    return inputs[i].packed.unwrap().with_bf16(|h| {
+                        let mut args = inputs.to_vec();
+                        args[i] = Arg { packed: Some(Packed::Bf16(h)), ..inputs[i] };
+                        self.run(&args, outputs, dims)
+                    });
+                }
             }
         }
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
@@ -179,11 +193,11 @@ impl Kernel for ProductChain {
                 // writes its own rows of the output.
                 unsafe {
                     // scores[rows, tb] = q[rows, K] @ k^T[K, tb]
-                    sgemm(
+                    product(
                         (rows, tb, kd),
                         (scores.as_mut_ptr(), 1, tb as isize),
                         (q.data.as_ptr().offset(qo), q.view.strides[rank - 1], row_stride(&q.view)),
-                        (k.data.as_ptr().offset(ko), k.view.strides[rank - 2], k.view.strides[rank - 1]),
+                        (Rhs::of(k), ko, k.view.strides[rank - 2], k.view.strides[rank - 1]),
                         par,
                     );
                 }
@@ -219,11 +233,11 @@ impl Kernel for ProductChain {
             }
             unsafe {
                 // out[rows, hd] = p[rows, tb] @ v[tb, hd]
-                sgemm(
+                product(
                     (rows, hd, tb),
                     (out.get().offset(oo), 1, out_rs),
                     (probs.as_ptr(), 1, tb as isize),
-                    (v.data.as_ptr().offset(vo), v.view.strides[rank - 2], v.view.strides[rank - 1]),
+                    (Rhs::of(v), vo, v.view.strides[rank - 2], v.view.strides[rank - 1]),
                     par,
                 );
             }
@@ -306,12 +320,13 @@ impl ProductChain {
                 // SAFETY: views were bounds-checked by the executor; each part
                 // writes its own columns of `p` (here the scores q k^T).
                 unsafe {
-                    sgemm(
+                    product(
                         (rows, cols, kd),
                         (p_ptr.at(c0), 1, t as isize),
                         (q.data.as_ptr().offset(at(&q.view)), q.view.strides[rank - 1], q.view.strides[bd]),
                         (
-                            k.data.as_ptr().offset(at(&k.view) + c0 as isize * k.view.strides[rank - 2]),
+                            Rhs::of(k),
+                            at(&k.view) + c0 as isize * k.view.strides[rank - 2],
                             k.view.strides[rank - 2],
                             k.view.strides[rank - 1],
                         ),
@@ -352,12 +367,13 @@ impl ProductChain {
                 let (h0, cols) = (j * h_chunk, h_chunk.min(hd - j * h_chunk));
                 // SAFETY: as above; each part writes its own output columns
                 unsafe {
-                    sgemm(
+                    product(
                         (rows, cols, t),
                         (out.get().offset(r0 as isize * out_rs + h0 as isize), 1, out_rs),
                         (p_ptr.get(), 1, t as isize),
                         (
-                            v.data.as_ptr().offset(at(&v.view) + h0 as isize * v.view.strides[rank - 2]),
+                            Rhs::of(v),
+                            at(&v.view) + h0 as isize * v.view.strides[rank - 2],
                             v.view.strides[rank - 2],
                             v.view.strides[rank - 1],
                         ),

@@ -85,6 +85,19 @@ pub(crate) fn dequantize_into(q: &[u8], out: &mut [f32]) {
     });
 }
 
+/// [`dequantize_into`] rounding each value to bf16 (to nearest even).
+pub(crate) fn dequantize_bf16_into(q: &[u8], out: &mut [half::bf16]) {
+    let per = 256;
+    out.par_chunks_mut(BLOCK * per).zip(q.par_chunks(BLOCK_BYTES * per)).for_each(|(o, q)| {
+        for (o, b) in o.chunks_exact_mut(BLOCK).zip(q.chunks_exact(BLOCK_BYTES)) {
+            let d = scale(b);
+            for (o, &v) in o.iter_mut().zip(&b[2..]) {
+                *o = half::bf16::from_f32(d * v as i8 as f32);
+            }
+        }
+    });
+}
+
 /// Rows of Q8_0 weights: row `j` is the `blocks` blocks from block
 /// `first + j * stride` of `data`.
 #[derive(Clone, Copy)]
