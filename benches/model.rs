@@ -41,7 +41,7 @@ fn model(c: &mut Criterion) {
     let mut g = c.benchmark_group("minimind-small-T training step 2x128");
     g.sample_size(10);
     for &fusion in Fusion::all() {
-        let (mut s, batch) = train_setup(Backend::Cpu, &def, fusion, 2, 128).unwrap();
+        let (mut s, batch) = train_setup(Backend::Cpu, &def, fusion.into(), 2, 128).unwrap();
         let mut step = 0;
         g.bench_function(BenchmarkId::from_parameter(fusion), |b| {
             b.iter(|| {

@@ -15,7 +15,7 @@ use crate::sampling::argmax;
 use crate::session::Session;
 use crate::slots::Slots;
 use crate::train::graph::Update;
-use crate::train::{Batch, TrainSession};
+use crate::train::{Batch, TrainCompile, TrainSession};
 
 /// Token ids that look like text to nobody but stay inside the vocabulary.
 pub fn synthetic_tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
@@ -318,7 +318,7 @@ pub fn decode_streams(slots: &mut Slots, streams: usize, n: usize, rounds: usize
 
 /// A pretraining session on random weights and a synthetic `batch` x `seq`
 /// batch, for timing steps.
-pub fn train_setup(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize) -> Result<(TrainSession, Batch)> {
+pub fn train_setup(device: Backend, def: &ModelDef, how: TrainCompile, batch: usize, seq: usize) -> Result<(TrainSession, Batch)> {
     let s = TrainSession::on(
         device,
         def,
@@ -326,7 +326,7 @@ pub fn train_setup(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize
         seq,
         crate::train::graph::Stage::LanguageModel,
         Update::AdamW(AdamWConfig::default()),
-        fusion,
+        how,
     )?;
     let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..batch)
         .map(|r| {
@@ -340,8 +340,8 @@ pub fn train_setup(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize
 
 /// One pretraining step (forward, backward, AdamW) on `batch` x `seq`
 /// tokens.
-pub fn train_step(device: Backend, def: &ModelDef, fusion: Fusion, batch: usize, seq: usize, reps: usize) -> Result<Rate> {
-    let (mut s, b) = train_setup(device, def, fusion, batch, seq)?;
+pub fn train_step(device: Backend, def: &ModelDef, how: TrainCompile, batch: usize, seq: usize, reps: usize) -> Result<Rate> {
+    let (mut s, b) = train_setup(device, def, how, batch, seq)?;
     let mut step = 0;
     let mut run = || {
         step += 1;

@@ -47,7 +47,7 @@ pub struct CompileArgs {
     /// Compiler strategy
     #[arg(long, default_value = "full", value_parser = one_of::<Fusion>("fusion strategy"))]
     pub fusion: Fusion,
-    /// How the weights of matrix products are stored: fp32, bf16 (rounded at load, computed in f32) or q8 (GGUF's Q8_0, quantized at load); bf16 and q8 are for inference on the CPU [default: the weights file's, from `lumind quantize`, else fp32]
+    /// How the weights of matrix products are stored: fp32, bf16 (rounded at load; prompts multiply in bf16 where the CPU has AVX512-BF16) or q8 (GGUF's Q8_0, quantized at load); bf16 and q8 run on the CPU, and a training step takes fp32 or bf16 (mixed precision) [default: the weights file's, from `lumind quantize`, else fp32]
     #[arg(long, value_parser = one_of::<Precision>("precision"))]
     pub precision: Option<Precision>,
     #[command(flatten)]

@@ -15,6 +15,7 @@ use crate::bench::{
 use crate::model::params::{count_params, human};
 use crate::model::{ModelDef, Precision};
 use crate::slots::MAX_PARALLEL;
+use crate::train::TrainCompile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,7 +25,7 @@ pub struct Args {
     /// Strategies to compare, comma-separated
     #[arg(long, default_value = "none,generic,full", value_delimiter = ',', value_parser = one_of::<Fusion>("fusion strategy"))]
     fusion: Vec<Fusion>,
-    /// Weight precisions to compare, comma-separated (fp32, bf16, q8); training runs in fp32 only
+    /// Weight precisions to compare, comma-separated (fp32, bf16, q8); a training step runs in fp32 and bf16 (mixed precision)
     #[arg(long, default_value = "fp32", value_delimiter = ',', value_parser = one_of::<Precision>("precision"))]
     precision: Vec<Precision>,
     /// Prefill lengths (ppN)
@@ -141,8 +142,8 @@ pub fn run(a: Args) -> Result<()> {
                     "vs_one_stream": r.vs_one, "greedy_same_as_alone": r.same_as_alone}));
             }
         }
-        if let Some((b, seq)) = train.filter(|_| precision == Precision::Fp32) {
-            let r = train_step(a.on.device, &def, fusion, b, seq, a.reps.min(3))?;
+        if let Some((b, seq)) = train.filter(|_| precision != Precision::Q8) {
+            let r = train_step(a.on.device, &def, TrainCompile { fusion, precision }, b, seq, a.reps.min(3))?;
             let tps = r.tokens_per_s;
             row(format!("train{b}x{seq}"), tps, tps * 3.0 * forward_flops(&def, seq, 0) / seq as f64 / 1e9, 0.0, r.warm_up);
         }

@@ -121,8 +121,9 @@ impl JobRun {
             ),
             Job::Train => {
                 use crate::train::graph::Update;
-                use crate::train::{Batch, TrainSession};
-                compile.fp32_only("a training step")?;
+                use crate::train::{Batch, TrainCompile, TrainSession};
+                // (bf16: mixed precision; TrainSession refuses q8)
+                let how = TrainCompile { fusion: compile.fusion, precision: compile.precision.unwrap_or_default() };
                 let mut s = TrainSession::on(
                     compile.device(),
                     def,
@@ -130,7 +131,7 @@ impl JobRun {
                     self.tokens,
                     crate::train::graph::Stage::LanguageModel,
                     Update::AdamW(Default::default()),
-                    compile.fusion,
+                    how,
                 )?;
                 let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..self.batch)
                     .map(|r| {

@@ -42,6 +42,11 @@ pub struct TrainConfig {
     pub seed: u64,
     #[serde(default)]
     pub fusion: lumind_compilers::Fusion,
+    /// what the matrix products multiply in: `fp32`, or `bf16` (mixed
+    /// precision on the CPU: products in bf16 where it has AVX512-BF16;
+    /// weights, gradients, optimizer state and checkpoints stay f32)
+    #[serde(default)]
+    pub precision: crate::model::Precision,
     pub data: DataConfig,
     pub optim: OptimConfig,
     #[serde(default)]

@@ -10,4 +10,4 @@ pub mod schedule;
 pub mod session;
 pub mod trainer;
 
-pub use session::{Batch, StepLoss, TrainSession};
+pub use session::{Batch, StepLoss, TrainCompile, TrainSession};

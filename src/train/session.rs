@@ -5,12 +5,14 @@
 
 use anyhow::{bail, Context, Result};
 use lumind_compilers::optim::{input_values, state_names};
-use lumind_compilers::passes::{fuses_attention, pipeline_for};
+use lumind_compilers::passes::bf16_products::Bf16Products;
+use lumind_compilers::passes::{fuses_attention, pipeline_for, Pass};
 use lumind_compilers::{compile, Backend, DimValues, Executor, Fusion};
 
 use super::graph::{build, Stage, Update};
 use crate::graph_io::{dim, input, output};
 use crate::model::def::ModelDef;
+use crate::model::Precision;
 use crate::model::weights::{Tensors, Weights};
 use crate::rng::Rng;
 
@@ -62,6 +64,21 @@ impl Batch {
     }
 }
 
+/// How a training graph compiles: its fusion strategy, and the precision
+/// its matrix products multiply in (`bf16`: mixed precision, with f32
+/// weights, gradients and optimizer state; fp32 or bf16 only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainCompile {
+    pub fusion: Fusion,
+    pub precision: Precision,
+}
+
+impl From<Fusion> for TrainCompile {
+    fn from(fusion: Fusion) -> TrainCompile {
+        TrainCompile { fusion, precision: Precision::Fp32 }
+    }
+}
+
 pub struct TrainSession {
     pub def: ModelDef,
     pub exec: Executor,
@@ -92,8 +109,15 @@ impl TrainSession {
     /// `weights` are the model's (the base for LoRA, the policy and reference
     /// for DPO); `trained` overrides the trained tensors (LoRA adapters; a
     /// checkpoint's weights).
-    pub fn new(def: &ModelDef, weights: Weights, positions: usize, stage: Stage, update: Update, fusion: Fusion) -> Result<TrainSession> {
-        TrainSession::on(Backend::Cpu, def, weights, positions, stage, update, fusion)
+    pub fn new(
+        def: &ModelDef,
+        weights: Weights,
+        positions: usize,
+        stage: Stage,
+        update: Update,
+        how: impl Into<TrainCompile>,
+    ) -> Result<TrainSession> {
+        TrainSession::on(Backend::Cpu, def, weights, positions, stage, update, how)
     }
 
     /// On a backend (`cpu`, `cuda`, `emulated`).
@@ -104,10 +128,18 @@ impl TrainSession {
         positions: usize,
         stage: Stage,
         update: Update,
-        fusion: Fusion,
+        how: impl Into<TrainCompile>,
     ) -> Result<TrainSession> {
+        let TrainCompile { fusion, precision } = how.into();
+        let mut passes = pipeline_for(fusion, backend);
+        match precision {
+            Precision::Fp32 => {}
+            Precision::Bf16 if backend == Backend::Cpu => passes.push(Pass::new("Bf16Products", Bf16Products)),
+            Precision::Bf16 => bail!("precision bf16 trains on the CPU only (asked for on {backend}); use fp32 there"),
+            Precision::Q8 => bail!("precision q8 is for inference (`lumind quantize`); training runs in fp32 or bf16"),
+        }
         let mut g = build(def, positions, &stage, &update, fuses_attention(fusion, backend))?;
-        compile(&mut g.graph, &pipeline_for(fusion, backend), |_, _| {});
+        compile(&mut g.graph, &passes, |_, _| {});
         let mut exec = Executor::on(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
         let w = weights.into_map();
         for (name, input) in &g.frozen {

@@ -16,10 +16,10 @@ use super::graph::Update;
 use super::lock::RunLock;
 use super::metrics::{self, Metrics};
 use super::schedule::lr_at;
-use super::session::TrainSession;
+use super::session::{TrainCompile, TrainSession};
 use crate::data::chat::{ChatData, Kind};
 use crate::data::pretrain::{Position, PretrainData};
-use crate::model::{ModelDef, Weights};
+use crate::model::{ModelDef, Precision, Weights};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::StageName;
 use crate::train::Batch;
@@ -121,7 +121,8 @@ pub fn session_for(cfg: &TrainConfig, def: &ModelDef, update: Update, device: Ba
         Some(p) => crate::weights_file::load(def, p)?,
         None => Weights::random(def, cfg.seed, None)?,
     };
-    let mut session = TrainSession::on(device, def, weights, cfg.data.max_seq_len, cfg.stage(), update, fusion)?;
+    let how = TrainCompile { fusion, precision: cfg.precision };
+    let mut session = TrainSession::on(device, def, weights, cfg.data.max_seq_len, cfg.stage(), update, how)?;
     if let Some(r) = &cfg.dpo.reference {
         session.set_reference(&crate::weights_file::load(def, r)?)?;
     }
@@ -196,6 +197,13 @@ pub fn train(cfg: &TrainConfig, resume: bool, device: Backend) -> Result<Summary
         session.trainable.len(),
         compile_ms
     );
+    if cfg.precision == Precision::Bf16 {
+        let cpu = lumind_compilers::kernels::bf16_gemm::available();
+        eprintln!(
+            "mixed precision: {}; weights, gradients, optimizer state and checkpoints in f32",
+            if cpu { "matrix products in bf16 (AVX512-BF16)" } else { "this CPU has no AVX512-BF16, so matrix products run in f32" }
+        );
+    }
     install_ctrl_c();
     INTERRUPTED.store(false, Ordering::SeqCst);
     let summary = run_loop(cfg, &def, &tok, &data, &mut session, &mut state)?;

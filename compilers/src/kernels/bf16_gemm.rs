@@ -139,19 +139,31 @@ unsafe fn pack_lhs((m, k): (usize, usize), lhs: Operand<f32>) -> Vec<u32> {
     let kp = k.div_ceil(2);
     let mut a = vec![0u32; m * kp];
     let lhs = Shared(lhs);
-    a.par_chunks_mut(kp).enumerate().with_min_len(16).for_each(|(i, row)| {
+    // 16 rows at a time
+    a.par_chunks_mut(16 * kp).enumerate().for_each(|(b, rows)| {
         let (ptr, cs, rs) = lhs.get();
+        let (i0, n) = (16 * b, rows.len() / kp);
         // SAFETY: per the contract
-        let at = |kk: usize| unsafe { *ptr.offset(i as isize * rs + kk as isize * cs) };
+        let at = |i: usize, kk: usize| unsafe { *ptr.offset(i as isize * rs + kk as isize * cs) };
         let mut p0 = 0;
         #[cfg(target_arch = "x86_64")]
-        if cs == 1 {
-            // SAFETY: the row's k values are contiguous
-            p0 = unsafe { x86::pack_row(ptr.offset(i as isize * rs), k, row) };
+        if rs == 1 && n == 16 {
+            // (a transposed operand: the 16 rows' values contiguous per k)
+            // SAFETY: per the contract
+            p0 = unsafe { x86::pack_columns(ptr.add(i0), cs, k, rows, kp) };
         }
-        for (p, w) in row.iter_mut().enumerate().skip(p0) {
-            let hi = if 2 * p + 1 < k { at(2 * p + 1).bf16_bits() } else { 0 };
-            *w = pair(at(2 * p).bf16_bits(), hi);
+        for (r, row) in rows.chunks_exact_mut(kp).enumerate() {
+            let i = i0 + r;
+            let mut p1 = p0;
+            #[cfg(target_arch = "x86_64")]
+            if cs == 1 {
+                // SAFETY: the row's k values are contiguous
+                p1 = unsafe { x86::pack_row(ptr.offset(i as isize * rs), k, row) };
+            }
+            for (p, w) in row.iter_mut().enumerate().skip(p1) {
+                let hi = if 2 * p + 1 < k { at(i, 2 * p + 1).bf16_bits() } else { 0 };
+                *w = pair(at(i, 2 * p).bf16_bits(), hi);
+            }
         }
     });
     a
@@ -165,6 +177,13 @@ unsafe fn pack_lhs((m, k): (usize, usize), lhs: Operand<f32>) -> Vec<u32> {
 /// Every element the strides reach is in bounds.
 unsafe fn pack_panel<B: Weight>(panel: &mut [u32], (j0, cols, k): (usize, usize, usize), (ptr, cs, rs): Operand<B>) {
     let kp = k.div_ceil(2);
+    #[cfg(target_arch = "x86_64")]
+    if cs == 1 && cols == NR && std::any::TypeId::of::<B>() == std::any::TypeId::of::<f32>() {
+        // (rows of `rhs` contiguous along n, as the backward pass's are)
+        // SAFETY: B is f32; per the contract
+        unsafe { x86::pack_panel_rows(ptr.add(j0) as *const f32, rs, k, panel) };
+        return;
+    }
     for c in 0..NR {
         if c >= cols {
             for p in 0..kp {
@@ -206,6 +225,67 @@ mod x86 {
             p += 16;
         }
         p
+    }
+
+    /// Words `(x0[c], x1[c])` for 16 columns `c` of two rows of f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pairs16(x0: *const f32, x1: *const f32) -> __m512i {
+        // x0's values in the low half, x1's in the high, then interleaved
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x1), _mm512_loadu_ps(x0)));
+        const INTERLEAVE: [i16; 32] = {
+            let mut v = [0i16; 32];
+            let mut c = 0;
+            while c < 16 {
+                v[2 * c] = c as i16;
+                v[2 * c + 1] = 16 + c as i16;
+                c += 1;
+            }
+            v
+        };
+        _mm512_permutexvar_epi16(_mm512_loadu_si512(INTERLEAVE.as_ptr() as *const __m512i), both)
+    }
+
+    /// A panel of [`NR`] columns from f32 rows of `rhs` `rs` apart (`x`:
+    /// row 0's first column), pairs of rows at a time.
+    ///
+    /// # Safety
+    /// `x` reaches `k` rows of [`NR`] values; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_panel_rows(x: *const f32, rs: isize, k: usize, panel: &mut [u32]) {
+        assert!(panel.len() >= k.div_ceil(2) * NR);
+        let out = panel.as_mut_ptr() as *mut __m512i;
+        for p in 0..k / 2 {
+            let (x0, x1) = (x.offset(2 * p as isize * rs), x.offset((2 * p + 1) as isize * rs));
+            _mm512_storeu_si512(out.add(2 * p), pairs16(x0, x1));
+            _mm512_storeu_si512(out.add(2 * p + 1), pairs16(x0.add(16), x1.add(16)));
+        }
+        if k % 2 == 1 {
+            let (x0, p) = (x.offset((k - 1) as isize * rs), k / 2);
+            for c in 0..NR {
+                panel[p * NR + c] = half::bf16::from_f32(*x0.add(c)).to_bits() as u32;
+            }
+        }
+    }
+
+    /// The first words of 16 packed lhs rows (`kp` words apart in `rows`)
+    /// whose values are contiguous down each k (`x`: row 0's first value,
+    /// `cs` apart along k); returns how many words of each row it wrote.
+    ///
+    /// # Safety
+    /// `x` reaches 16 values at each of `k` steps of `cs`; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_columns(x: *const f32, cs: isize, k: usize, rows: &mut [u32], kp: usize) -> usize {
+        assert!(rows.len() >= 16 * kp);
+        let mut w = [0u32; 16];
+        for p in 0..k / 2 {
+            let v = pairs16(x.offset(2 * p as isize * cs), x.offset((2 * p + 1) as isize * cs));
+            _mm512_storeu_si512(w.as_mut_ptr() as *mut __m512i, v);
+            for (r, &w) in w.iter().enumerate() {
+                rows[r * kp + p] = w;
+            }
+        }
+        k / 2
     }
 
     /// Rows `0..rows` (at most [`MR`]) of the product of packed lhs rows
@@ -304,6 +384,7 @@ mod tests {
             (13, 70, 129, false, true, 2),
             (64, 100, 512, true, false, 2),
             (9, 33, 1408, true, true, 4),
+            (40, 64, 37, true, false, 2),
             (256, 96, 48, false, false, 3),
         ] {
             let lhs: Vec<f32> = (0..m * k).map(|_| rand(&mut seed)).collect();
@@ -380,7 +461,9 @@ mod tests {
                     gemm::Parallelism::Rayon(threads),
                 )
             });
-            eprintln!("{m}x{n}x{k}: bf16 {bf:.1} GFLOP/s, gemm f32 {f32:.1} GFLOP/s, ratio {:.2}", bf / f32);
+            // the backward pass's layouts: lhs stored transposed, rhs as [k, n]
+            let bt = time(&mut || unsafe { gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), (w.as_ptr(), 1, n as isize), false, threads) });
+            eprintln!("{m}x{n}x{k}: bf16 {bf:.1} GFLOP/s (transposed operands {bt:.1}), gemm f32 {f32:.1} GFLOP/s, ratio {:.2}", bf / f32);
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct MatMul {
     /// Under `--fusion search`, the kernel's node: each call's way is then
     /// searched for ([`crate::search`]) instead of `full`'s hand-written rules.
     pub search: Option<usize>,
+    /// Multiply in bf16 (operands rounded, sums in f32) where the CPU has
+    /// AVX512-BF16: mixed-precision training ([`crate::passes::bf16_products`]).
+    pub bf16: bool,
 }
 
 /// What each logical dim of `sum(a * b, axis)` is to a matrix product.
@@ -145,7 +148,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 
 impl Kernel for MatMul {
     fn name(&self) -> String {
-        "MatMul".into()
+        if self.bf16 { "MatMul bf16" } else { "MatMul" }.into()
     }
     fn fused_from(&self) -> Vec<String> {
         vec!["Mul".into(), format!("SumReduce({})", self.axis)]
@@ -203,7 +206,8 @@ impl Kernel for MatMul {
             out.fill(0.0);
             return;
         }
-        self.run_plan(&p, a, (Rhs::F32(b.0), b.1), out)
+        let rhs = if self.bf16 && bf16_gemm::available() { Rhs::F32InBf16(b.0) } else { Rhs::F32(b.0) };
+        self.run_plan(&p, a, (rhs, b.1), out)
     }
     fn cost(&self, inputs: &[View], outputs: &[Vec<usize>]) -> Cost {
         let (a, b) = (&inputs[0], &inputs[1]);
@@ -225,7 +229,7 @@ impl MatMul {
         let ways = Way::candidates(p, threads);
         let key = match b.0 {
             Rhs::F32(_) => p.key(threads),
-            Rhs::Bf16(_) => format!("{} bf16", p.key(threads)),
+            Rhs::Bf16(_) | Rhs::F32InBf16(_) => format!("{} bf16", p.key(threads)),
         };
         search::run_searched(node, &key, || ways.iter().map(|w| w.name()).collect(), |i| run_way(ways[i], p, a, b, out));
     }
@@ -374,7 +378,9 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut 
         // SAFETY: views were bounds-checked by the executor; `out` is the
         // contiguous [m, n] output; the form is one this CPU runs
         match b.0 {
-            Rhs::F32(data) => unsafe { gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row) },
+            Rhs::F32(data) | Rhs::F32InBf16(data) => unsafe {
+                gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row)
+            },
             Rhs::Bf16(data) => unsafe { gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row) },
         }
         return;
@@ -428,20 +434,26 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut 
     }
 }
 
-/// A product's right operand as a kernel holds it: f32 values, or bf16
-/// values (packed weights), multiplied in bf16 ([`gemm_bf16`]).
+/// A product's right operand as a kernel holds it, and how it multiplies:
+/// f32 values in f32, or bf16 values (packed weights), or f32 values
+/// rounded to bf16 (mixed precision), in bf16 ([`gemm_bf16`]). A GEMV
+/// (a few rows) multiplies every kind in f32.
 #[derive(Clone, Copy)]
 pub(crate) enum Rhs<'a> {
     F32(&'a [f32]),
     /// only where [`bf16_gemm::available`]
     Bf16(&'a [bf16]),
+    /// only where [`bf16_gemm::available`]
+    F32InBf16(&'a [f32]),
 }
 
 impl<'a> Rhs<'a> {
-    /// An input's elements: its f32 data, or its values packed as bf16
-    /// (Q8_0 ones are rounded to bf16 before a product: [`Packed::with_bf16`]).
-    pub(crate) fn of(arg: &Arg<'a>) -> Rhs<'a> {
+    /// An input's elements: its f32 data (multiplied in bf16 when `bf16` and
+    /// the CPU can), or its values packed as bf16 (Q8_0 ones are rounded to
+    /// bf16 before a product: [`Packed::with_bf16`]).
+    pub(crate) fn of(arg: &Arg<'a>, bf16: bool) -> Rhs<'a> {
         match arg.packed {
+            None if bf16 && bf16_gemm::available() => Rhs::F32InBf16(arg.data),
             None => Rhs::F32(arg.data),
             Some(Packed::Bf16(h)) => Rhs::Bf16(h),
             Some(Packed::Q8_0(_)) => unreachable!("Q8_0 operands are rounded to bf16 before a product"),
@@ -462,18 +474,17 @@ pub(crate) unsafe fn product(
     (rhs, offset, cs, rs): (Rhs, isize, isize, isize),
     par: Parallelism,
 ) {
+    let threads = match par {
+        Parallelism::None => 1,
+        Parallelism::Rayon(0) => rayon::current_num_threads(),
+        Parallelism::Rayon(t) => t,
+    };
     // SAFETY: per the contract
     unsafe {
         match rhs {
             Rhs::F32(b) => sgemm(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), par),
-            Rhs::Bf16(b) => {
-                let threads = match par {
-                    Parallelism::None => 1,
-                    Parallelism::Rayon(0) => rayon::current_num_threads(),
-                    Parallelism::Rayon(t) => t,
-                };
-                gemm_bf16(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), false, threads)
-            }
+            Rhs::Bf16(b) => gemm_bf16(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), false, threads),
+            Rhs::F32InBf16(b) => gemm_bf16(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), false, threads),
         }
     }
 }
@@ -569,7 +580,7 @@ mod tests {
             let ad: Vec<f32> = (0..len(&av)).map(|_| next()).collect();
             let bd: Vec<f32> = (0..len(&bv)).map(|_| next()).collect();
             let want = naive((&ad, av), (&bd, bv), &dims);
-            let p = MatMul { axis: 3, search: None }.plan(&av, &bv);
+            let p = MatMul { axis: 3, search: None, bf16: false }.plan(&av, &bv);
             pool.install(|| {
                 for way in Way::candidates(&p, 2) {
                     seen.insert(way.name());
@@ -598,13 +609,13 @@ mod tests {
     #[test]
     fn batch_rows_join_the_row_dim() {
         let (a, w) = operands(4, 256, 512, 1408);
-        let p = MatMul { axis: 3, search: None }.plan(&a, &w);
+        let p = MatMul { axis: 3, search: None, bf16: false }.plan(&a, &w);
         assert_eq!((p.m, p.n, p.k), (1024, 1408, 512));
         assert!(p.loops.is_empty(), "{:?}", p.loops);
         // a sliced batch (rows not adjacent to the next batch) stays a loop
         let (mut a, w) = operands(4, 256, 512, 1408);
         a.strides[0] = 2 * 256 * 512;
-        let p = MatMul { axis: 3, search: None }.plan(&a, &w);
+        let p = MatMul { axis: 3, search: None, bf16: false }.plan(&a, &w);
         assert_eq!((p.m, p.loops.len()), (256, 1));
     }
 }

@@ -35,6 +35,8 @@ pub struct ProductChain {
     /// Under `--fusion search`, the kernel's node: a call of a few rows
     /// (decoding) then searches for its GEMVs' form ([`crate::search`]).
     pub search: Option<usize>,
+    /// Products of many rows in bf16, as [`super::matmul::MatMul::bf16`].
+    pub bf16: bool,
 }
 
 /// Query rows per block.
@@ -65,7 +67,8 @@ impl Kernel for ProductChain {
     }
     fn name(&self) -> String {
         // the same shape also matches a gated MLP: x Wg -> silu * up -> Wd
-        if self.program.has_softmax() { "Attention" } else { "GatedMLP" }.into()
+        let name = if self.program.has_softmax() { "Attention" } else { "GatedMLP" };
+        if self.bf16 { format!("{name} bf16") } else { name.into() }
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         let (q, v) = (&inputs[0], &inputs[2]);
@@ -88,7 +91,7 @@ impl Kernel for ProductChain {
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], dims: &DimValues) {
         if inputs[1].packed.is_some() || inputs[2].packed.is_some() {
             // packed weights: a few rows (decoding) read them as they are in
-            // GEMVs; more rows multiply their values in f32
+            // GEMVs; more rows multiply in bf16 or f32 (below)
             if !packed_gemvs_fit(inputs) {
                 // a prompt: its products in bf16 where the CPU multiplies
                 // bf16 (a Q8_0 operand's values rounded to it first), else
@@ -197,7 +200,7 @@ impl Kernel for ProductChain {
                         (rows, tb, kd),
                         (scores.as_mut_ptr(), 1, tb as isize),
                         (q.data.as_ptr().offset(qo), q.view.strides[rank - 1], row_stride(&q.view)),
-                        (Rhs::of(k), ko, k.view.strides[rank - 2], k.view.strides[rank - 1]),
+                        (Rhs::of(k, self.bf16), ko, k.view.strides[rank - 2], k.view.strides[rank - 1]),
                         par,
                     );
                 }
@@ -237,7 +240,7 @@ impl Kernel for ProductChain {
                     (rows, hd, tb),
                     (out.get().offset(oo), 1, out_rs),
                     (probs.as_ptr(), 1, tb as isize),
-                    (Rhs::of(v), vo, v.view.strides[rank - 2], v.view.strides[rank - 1]),
+                    (Rhs::of(v, self.bf16), vo, v.view.strides[rank - 2], v.view.strides[rank - 1]),
                     par,
                 );
             }
@@ -325,7 +328,7 @@ impl ProductChain {
                         (p_ptr.at(c0), 1, t as isize),
                         (q.data.as_ptr().offset(at(&q.view)), q.view.strides[rank - 1], q.view.strides[bd]),
                         (
-                            Rhs::of(k),
+                            Rhs::of(k, self.bf16),
                             at(&k.view) + c0 as isize * k.view.strides[rank - 2],
                             k.view.strides[rank - 2],
                             k.view.strides[rank - 1],
@@ -372,7 +375,7 @@ impl ProductChain {
                         (out.get().offset(r0 as isize * out_rs + h0 as isize), 1, out_rs),
                         (p_ptr.get(), 1, t as isize),
                         (
-                            Rhs::of(v),
+                            Rhs::of(v, self.bf16),
                             at(&v.view) + h0 as isize * v.view.strides[rank - 2],
                             v.view.strides[rank - 2],
                             v.view.strides[rank - 1],

@@ -40,7 +40,7 @@ impl Compiler for MatMulPass {
                 continue;
             }
             let new = graph
-                .add_op(KernelOp::new(MatMul { axis, search: None }))
+                .add_op(KernelOp::new(MatMul { axis, search: None, bf16: false }))
                 .input(ins[0].0, ins[0].1, ins[0].2)
                 .input(ins[1].0, ins[1].1, ins[1].2)
                 .finish();

@@ -4,6 +4,7 @@
 //! a list of named passes; [`compile`] runs them in order and can show the
 //! graph after each one (that is what `lumind inspect` prints).
 
+pub mod bf16_products;
 pub mod causal_attention;
 pub mod lower;
 pub mod masked;

@@ -88,7 +88,7 @@ impl Compiler for ProductChainFusion {
             if q_edge.2.len() != r || !shapes_eq(&scores, &p_dims) || [m1, rf, m2].iter().any(|n| graph.no_delete.contains(n)) {
                 continue;
             }
-            let kernel = ProductChain { program: prog, scores_input, search: None };
+            let kernel = ProductChain { program: prog, scores_input, search: None, bf16: false };
             let mut new = graph.add_op(KernelOp::new(kernel));
             for (src, out, st) in [q_edge, k_edge, v_edge] {
                 new = new.input(src, out, st);
