@@ -53,7 +53,14 @@ fn bf16_pretraining_tracks_fp32_and_resumes_exactly() {
     // after the warm-up (10 steps), every step's loss within 1% of fp32's
     // on the same batch (measured: at most 0.34% on Zen 4)
     let worst = (10..200).map(|i| ((bf16[i] - fp32[i]) / fp32[i]).abs()).fold(0f64, f64::max);
-    eprintln!("bf16 against fp32 over 200 steps: loss {:.4} -> {:.4} vs {:.4} -> {:.4}, worst step {:.3}%", bf16[0], bf16[199], fp32[0], fp32[199], 100.0 * worst);
+    eprintln!(
+        "bf16 against fp32 over 200 steps: loss {:.4} -> {:.4} vs {:.4} -> {:.4}, worst step {:.3}%",
+        bf16[0],
+        bf16[199],
+        fp32[0],
+        fp32[199],
+        100.0 * worst
+    );
     assert!(worst < 0.01, "bf16 loss strays {:.3}% from fp32's", 100.0 * worst);
     assert!(fp32[199] < 0.8 * fp32[0], "fp32 did not learn: {} -> {}", fp32[0], fp32[199]);
     if in_bf16 {

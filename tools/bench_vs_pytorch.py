@@ -332,7 +332,8 @@ def main():
             print(f"  q8: decode vs llama.cpp q8_0       {ratio('tg128', 'tg128', peer=llama_q8_rounds, precision='q8')}   [>= 1.2x]")
         if torch_bf16_rounds:
             print(f"  bf16: prefill 256 vs PyTorch bf16  {ratio('pp256', 'pp256', peer=torch_bf16_rounds, precision='bf16')}")
-            print(f"  train {a.train} (fp32) vs PyTorch bf16 autocast  {ratio(train, train, peer=torch_bf16_rounds)}")
+            print(f"  bf16: train {a.train} (mixed precision) vs PyTorch bf16 autocast  {ratio(train, train, peer=torch_bf16_rounds, precision='bf16')}   [>= 1.3x]")
+        print(f"  bf16 / fp32 train  {ratio(train, lambda L: rate(L, 'full', train), precision='bf16')}   [>= 2x]")
         print(f"  bf16 / fp32 decode  {ratio('tg128', lambda L: rate(L, 'full', 'tg128'), precision='bf16')}")
         print(f"  q8 / fp32 decode  {ratio('tg128', lambda L: rate(L, 'full', 'tg128'), precision='q8')}   [>= 3x]")
         if one_thread:

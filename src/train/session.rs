@@ -12,8 +12,8 @@ use lumind_compilers::{compile, Backend, DimValues, Executor, Fusion};
 use super::graph::{build, Stage, Update};
 use crate::graph_io::{dim, input, output};
 use crate::model::def::ModelDef;
-use crate::model::Precision;
 use crate::model::weights::{Tensors, Weights};
+use crate::model::Precision;
 use crate::rng::Rng;
 
 /// Losses of one step.

@@ -297,7 +297,15 @@ mod x86 {
     /// The CPU has AVX512-BF16; `a` holds `rows` rows and `panel` `kp * NR`
     /// words; `out` reaches every element it writes.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn tile(rows: usize, a: &[u32], kp: usize, panel: &[u32], cols: usize, out: (*mut f32, isize, isize), accumulate: bool) {
+    pub(super) unsafe fn tile(
+        rows: usize,
+        a: &[u32],
+        kp: usize,
+        panel: &[u32],
+        cols: usize,
+        out: (*mut f32, isize, isize),
+        accumulate: bool,
+    ) {
         assert!(rows <= MR && a.len() >= (rows - 1) * kp + kp && panel.len() >= kp * NR);
         // (each arm monomorphises the kernel for one row count)
         match rows {
@@ -451,7 +459,9 @@ mod tests {
                 2.0 * (m * n * k) as f64 / best / 1e9
             };
             let dst = (out.as_mut_ptr(), 1, n as isize);
-            let bf = time(&mut || unsafe { gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), (wh.as_ptr(), k as isize, 1), false, threads) });
+            let bf = time(&mut || unsafe {
+                gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), (wh.as_ptr(), k as isize, 1), false, threads)
+            });
             let f32 = time(&mut || unsafe {
                 super::super::matmul::sgemm(
                     (m, n, k),
@@ -462,7 +472,9 @@ mod tests {
                 )
             });
             // the backward pass's layouts: lhs stored transposed, rhs as [k, n]
-            let bt = time(&mut || unsafe { gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), (w.as_ptr(), 1, n as isize), false, threads) });
+            let bt = time(&mut || unsafe {
+                gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), (w.as_ptr(), 1, n as isize), false, threads)
+            });
             eprintln!("{m}x{n}x{k}: bf16 {bf:.1} GFLOP/s (transposed operands {bt:.1}), gemm f32 {f32:.1} GFLOP/s, ratio {:.2}", bf / f32);
         }
     }

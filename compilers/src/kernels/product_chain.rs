@@ -14,8 +14,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::bf16_gemm;
+use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::matmul::{product, Rhs};
 use super::packed::Packed;
 use super::q8::{self, gemv_q8, Q8Rows};
@@ -68,7 +68,11 @@ impl Kernel for ProductChain {
     fn name(&self) -> String {
         // the same shape also matches a gated MLP: x Wg -> silu * up -> Wd
         let name = if self.program.has_softmax() { "Attention" } else { "GatedMLP" };
-        if self.bf16 { format!("{name} bf16") } else { name.into() }
+        if self.bf16 {
+            format!("{name} bf16")
+        } else {
+            name.into()
+        }
     }
     fn output_shapes(&self, inputs: &[View], _: &DimValues) -> Vec<Vec<usize>> {
         let (q, v) = (&inputs[0], &inputs[2]);

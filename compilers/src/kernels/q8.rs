@@ -4,13 +4,15 @@
 //! `d = max|x| / 127`, `q = round(x / d)`, so every `q` is in -127..=127.
 //!
 //! A GEMV against Q8_0 weight rows ([`gemv_q8`]) quantizes each activation
-//! row the same way per block (with an f32 scale), multiplies bytes with
-//! bytes exactly in integers and scales each block's sums: llama.cpp's
-//! `q8_0 x q8_0` dot product. Like [`super::gemv`], every form of it
-//! (SIMD level, thread split) gives the same values bit for bit: lane `i` of
-//! a dot product's eight partial sums adds, per block, `s * (the exact sum of
-//! the products of elements 4i..4i+3)` with `s = d_w * d_x`, a multiply and
-//! an add (not fused), and the lanes are added pairwise at the end.
+//! row the same way per block (with an f32 scale, rounding half to even),
+//! multiplies bytes with bytes exactly in integers and scales each block's
+//! sums: llama.cpp's `q8_0 x q8_0` dot product. Like [`super::gemv`],
+//! every form of it (SIMD level, thread split) gives the same values bit for
+//! bit: lane `i` of a dot product's eight partial sums adds, per block,
+//! `s * (the exact sum of the products of elements 4i..4i+3)` with
+//! `s = d_w * d_x`, a multiply and an add (not fused), and the lanes are
+//! added pairwise at the end. (A bit-exact AVX-512 VNNI form, two weight
+//! rows to a register, measured slower on Zen 4: see docs/performance.md.)
 
 use half::f16;
 use rayon::prelude::*;
@@ -126,6 +128,16 @@ impl<'a> Q8Rows<'a> {
     }
 }
 
+/// An activation block quantized as [`quantize_block`] does, but with
+/// values rounded half to even (what the vector form rounds by, so that
+/// every CPU quantizes an activation alike).
+fn quantize_activation_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    (d, std::array::from_fn(|i| (x[i] * id).round_ties_even() as i8))
+}
+
 /// Activation rows quantized per block: a scale and 32 values a block.
 struct QuantRows {
     scales: Vec<f32>,
@@ -137,9 +149,15 @@ impl QuantRows {
     fn new(a: Rows, m: usize) -> QuantRows {
         let blocks = a.len / BLOCK;
         let (mut scales, mut values) = (Vec::with_capacity(m * blocks), Vec::with_capacity(m * a.len));
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = super::simd::avx2();
         for r in 0..m {
             for x in a.row(r).chunks_exact(BLOCK) {
-                let (d, q) = quantize_block(x);
+                // SAFETY: the CPU has AVX2
+                #[cfg(target_arch = "x86_64")]
+                let (d, q) = if avx2 { unsafe { x86::quantize_activation_block(x) } } else { quantize_activation_block(x) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let (d, q) = quantize_activation_block(x);
                 scales.push(d);
                 values.extend_from_slice(&q);
             }
@@ -261,6 +279,34 @@ mod x86 {
         _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(d * dx), sums))
     }
 
+    /// [`super::quantize_activation_block`], eight lanes at a time: the
+    /// same scale (a maximum is exact) and the same values (a product and a
+    /// rounding half to even are exact in any form).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_activation_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
+        assert_eq!(x.len(), BLOCK);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for v in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *v));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let amax = lanes.iter().fold(0f32, |a, &b| a.max(b));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[i], id)))
+        });
+        // (packing works within 128-bit halves: the permute restores the order)
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut out = [0i8; BLOCK];
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, bytes);
+        (d, out)
+    }
+
     /// A dot product's lanes added as [`finish`] adds them.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -369,6 +415,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn activations_quantize_alike_on_every_path() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::simd::avx2() {
+            eprintln!("activation quantizer checked: AVX2 against portable");
+            let mut x = values(32 * 64, 9);
+            // random blocks, one with an outlier, and an all-zero one
+            x[0] = -60.0;
+            x[32..64].fill(0.0);
+            for b in x.chunks_exact(32) {
+                let (d, q) = quantize_activation_block(b);
+                // SAFETY: the CPU has AVX2
+                let (dv, qv) = unsafe { x86::quantize_activation_block(b) };
+                assert_eq!((d.to_bits(), q), (dv.to_bits(), qv), "{b:?}");
+            }
+            return;
+        }
+        eprintln!("activation quantizer: no AVX2 here, portable only");
     }
 
     #[test]
