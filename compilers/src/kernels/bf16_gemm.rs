@@ -194,7 +194,23 @@ unsafe fn pack_panel<B: Weight>(panel: &mut [u32], (j0, cols, k): (usize, usize,
         // SAFETY: per the contract
         let col = unsafe { ptr.offset((j0 + c) as isize * cs) };
         let at = |kk: usize| unsafe { (*col.offset(kk as isize * rs)).bf16_bits() };
-        for p in 0..k / 2 {
+        // a column contiguous along k (weights stored as rows of k): bf16
+        // pairs are the words as stored; f32 ones convert 16 pairs at a time
+        let mut p0 = 0;
+        if rs == 1 && std::any::TypeId::of::<B>() == std::any::TypeId::of::<half::bf16>() {
+            let words = col as *const u32;
+            for p in 0..k / 2 {
+                // SAFETY: elements 2p and 2p + 1 of the column, little-endian
+                panel[p * NR + c] = unsafe { words.add(p).read_unaligned() };
+            }
+            p0 = k / 2;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if rs == 1 && std::any::TypeId::of::<B>() == std::any::TypeId::of::<f32>() {
+            // SAFETY: B is f32; the CPU has AVX512-BF16 (the contract)
+            p0 = unsafe { x86::pack_column(col as *const f32, k, panel, c) };
+        }
+        for p in p0..k / 2 {
             panel[p * NR + c] = pair(at(2 * p), at(2 * p + 1));
         }
         if k % 2 == 1 {
@@ -266,6 +282,25 @@ mod x86 {
                 panel[p * NR + c] = half::bf16::from_f32(*x0.add(c)).to_bits() as u32;
             }
         }
+    }
+
+    /// The first words of column `c` of a panel from `k` contiguous f32
+    /// values, 16 pairs at a time; returns how many words it wrote.
+    ///
+    /// # Safety
+    /// `x` points at `k` readable values; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_column(x: *const f32, k: usize, panel: &mut [u32], c: usize) -> usize {
+        let mut w = [0u32; 16];
+        let mut p = 0;
+        while 2 * p + 32 <= k {
+            pack_row(x.add(2 * p), 32, &mut w);
+            for (i, &w) in w.iter().enumerate() {
+                panel[(p + i) * NR + c] = w;
+            }
+            p += 16;
+        }
+        p
     }
 
     /// The first words of 16 packed lhs rows (`kp` words apart in `rows`)
