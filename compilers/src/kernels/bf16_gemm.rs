@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use super::gemv::Weight;
+use super::q8::{self, Q8Rows};
 
 /// Columns per panel: two 16-lane registers.
 pub const NR: usize = 32;
@@ -39,6 +40,57 @@ pub fn available() -> bool {
 /// `ptr + col * col_stride + row * row_stride`, as gemm takes them.
 pub(crate) type Operand<T> = (*const T, isize, isize);
 
+/// A right operand as [`gemm_bf16`] packs it into panels: strided values
+/// ([`Strided`]) or Q8_0 weight rows (columns of the product), dequantized
+/// as they are packed.
+pub(crate) trait Panels: Copy + Send + Sync {
+    /// Columns `j0..j0 + cols` of rows `0..k` as one panel: word
+    /// `p * NR + c` holds the pair `(rhs[2p, j0 + c], rhs[2p + 1, j0 + c])`
+    /// in bf16; columns past `cols` are zero.
+    ///
+    /// # Safety
+    /// The operand reaches every element asked for; the CPU has AVX512-BF16.
+    unsafe fn pack(self, panel: &mut [u32], j0: usize, cols: usize, k: usize);
+}
+
+/// An [`Operand`] the tasks of a product share (they only read it).
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<B>(pub Operand<B>);
+unsafe impl<B> Send for Strided<B> {}
+unsafe impl<B> Sync for Strided<B> {}
+
+impl<B: Weight> Panels for Strided<B> {
+    unsafe fn pack(self, panel: &mut [u32], j0: usize, cols: usize, k: usize) {
+        // SAFETY: per the contract
+        unsafe { pack_panel(panel, (j0, cols, k), self.0) }
+    }
+}
+
+impl Panels for Q8Rows<'_> {
+    unsafe fn pack(self, panel: &mut [u32], j0: usize, cols: usize, k: usize) {
+        assert_eq!(k, self.blocks * q8::BLOCK, "Q8_0 rows of another length");
+        for c in 0..NR {
+            if c >= cols {
+                (0..k / 2).for_each(|p| panel[p * NR + c] = 0);
+                continue;
+            }
+            for (b, block) in self.row(j0 + c).chunks_exact(q8::BLOCK_BYTES).enumerate() {
+                let d = q8::scale(block);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX512-BF16 (the contract)
+                unsafe {
+                    x86::pack_q8_block(d, &block[2..], panel, b * q8::BLOCK / 2, c)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                for i in 0..q8::BLOCK / 2 {
+                    let v = |e: usize| half::bf16::from_f32(d * block[2 + e] as i8 as f32).to_bits();
+                    panel[(b * q8::BLOCK / 2 + i) * NR + c] = pair(v(2 * i), v(2 * i + 1));
+                }
+            }
+        }
+    }
+}
+
 /// `dst[m, n] (+)= lhs[m, k] rhs[k, n]`, operands rounded to bf16 (to
 /// nearest even) and products summed in f32; `dst` is `(ptr, col stride,
 /// row stride)`. Adds to `dst` when `accumulate`. Splits the work across
@@ -47,11 +99,11 @@ pub(crate) type Operand<T> = (*const T, isize, isize);
 /// # Safety
 /// [`available`] is true; every element the strides reach is in bounds, and
 /// no other thread writes the part of `dst` this product writes.
-pub(crate) unsafe fn gemm_bf16<B: Weight>(
+pub(crate) unsafe fn gemm_bf16(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, isize, isize),
     lhs: Operand<f32>,
-    rhs: Operand<B>,
+    rhs: impl Panels,
     accumulate: bool,
     threads: usize,
 ) {
@@ -81,9 +133,9 @@ pub(crate) unsafe fn gemm_bf16<B: Weight>(
     let row_parts = m.div_ceil(rows_per);
     let per_task = panels.div_ceil(want.div_ceil(row_parts));
     let tasks = panels.div_ceil(per_task) * row_parts;
-    let (dst, rhs) = (Shared(dst), Shared(rhs));
+    let dst = Shared(dst);
     let task = |t: usize| {
-        let (dst, rhs) = (dst.get(), rhs.get());
+        let dst = dst.get();
         let (pc, rc) = (t / row_parts, t % row_parts);
         let (i0, i1) = (rc * rows_per, (rc * rows_per + rows_per).min(m));
         let mut panel = vec![0u32; kp * NR];
@@ -91,7 +143,7 @@ pub(crate) unsafe fn gemm_bf16<B: Weight>(
             let j0 = p * NR;
             let cols = NR.min(n - j0);
             // SAFETY: per the contract
-            unsafe { pack_panel(&mut panel, (j0, cols, k), rhs) };
+            unsafe { rhs.pack(&mut panel, j0, cols, k) };
             for i in (i0..i1).step_by(MR) {
                 let rows = MR.min(i1 - i);
                 // SAFETY: the CPU has AVX512-BF16 (the contract); the tile
@@ -169,9 +221,7 @@ unsafe fn pack_lhs((m, k): (usize, usize), lhs: Operand<f32>) -> Vec<u32> {
     a
 }
 
-/// Columns `j0..j0 + cols` of `rhs` as one panel: word `p * NR + c` holds
-/// the pair `(rhs[2p, j0 + c], rhs[2p + 1, j0 + c])`; columns past `cols`
-/// are zero.
+/// [`Panels::pack`] of strided values.
 ///
 /// # Safety
 /// Every element the strides reach is in bounds.
@@ -301,6 +351,26 @@ mod x86 {
             p += 16;
         }
         p
+    }
+
+    /// Block `d * q` of a Q8_0 weight row as 16 words of column `c` of a
+    /// panel, from word `p0` on.
+    ///
+    /// # Safety
+    /// `q` holds 32 values; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_q8_block(d: f32, q: &[u8], panel: &mut [u32], p0: usize, c: usize) {
+        assert!(q.len() >= 32);
+        let wide = |h: usize| {
+            let bytes = _mm_loadu_si128(q.as_ptr().add(16 * h) as *const __m128i);
+            _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)))
+        };
+        let mut w = [0u32; 16];
+        let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(wide(1), wide(0)));
+        _mm512_storeu_si512(w.as_mut_ptr() as *mut __m512i, h);
+        for (i, &w) in w.iter().enumerate() {
+            panel[(p0 + i) * NR + c] = w;
+        }
     }
 
     /// The first words of 16 packed lhs rows (`kp` words apart in `rows`)
@@ -444,9 +514,9 @@ mod tests {
                 let dst = (out.as_mut_ptr(), 1, (n + 3) as isize);
                 unsafe {
                     if bf16_rhs {
-                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), (rhs_h.as_ptr(), rc, rr), accumulate, threads)
+                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), Strided((rhs_h.as_ptr(), rc, rr)), accumulate, threads)
                     } else {
-                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), (rhs_f.as_ptr(), rc, rr), accumulate, threads)
+                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), Strided((rhs_f.as_ptr(), rc, rr)), accumulate, threads)
                     }
                 }
                 for i in 0..m {
@@ -466,6 +536,31 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Q8_0 weight rows packed as they dequantize give, bit for bit, the
+    /// product of their values rounded to bf16 (what [`crate::kernels::packed::Packed::with_bf16`] makes).
+    #[test]
+    fn q8_rows_multiply_as_their_bf16_values() {
+        if !available() {
+            return eprintln!("bf16 GEMM: AVX512-BF16 absent on this CPU, nothing to check");
+        }
+        let mut seed = 11u64;
+        for (m, n, k) in [(3, 5, 32), (17, 70, 96), (64, 33, 512)] {
+            let lhs: Vec<f32> = (0..m * k).map(|_| rand(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * (k + 64)).map(|_| rand(&mut seed)).collect();
+            let q = q8::quantize(&w);
+            let mut h = vec![bf16::ZERO; w.len()];
+            q8::dequantize_bf16_into(&q, &mut h);
+            let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
+            let rows = Q8Rows::new(&q, 32, (k + 64) as isize, k).unwrap();
+            unsafe {
+                gemm_bf16((m, n, k), (a.as_mut_ptr(), 1, n as isize), (lhs.as_ptr(), 1, k as isize), rows, false, 2);
+                let strided = Strided((h.as_ptr().add(32), (k + 64) as isize, 1));
+                gemm_bf16((m, n, k), (b.as_mut_ptr(), 1, n as isize), (lhs.as_ptr(), 1, k as isize), strided, false, 2);
+            }
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}");
         }
     }
 
@@ -495,7 +590,7 @@ mod tests {
             };
             let dst = (out.as_mut_ptr(), 1, n as isize);
             let bf = time(&mut || unsafe {
-                gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), (wh.as_ptr(), k as isize, 1), false, threads)
+                gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), Strided((wh.as_ptr(), k as isize, 1)), false, threads)
             });
             let f32 = time(&mut || unsafe {
                 super::super::matmul::sgemm(
@@ -508,7 +603,7 @@ mod tests {
             });
             // the backward pass's layouts: lhs stored transposed, rhs as [k, n]
             let bt = time(&mut || unsafe {
-                gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), (w.as_ptr(), 1, n as isize), false, threads)
+                gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), Strided((w.as_ptr(), 1, n as isize)), false, threads)
             });
             eprintln!("{m}x{n}x{k}: bf16 {bf:.1} GFLOP/s (transposed operands {bt:.1}), gemm f32 {f32:.1} GFLOP/s, ratio {:.2}", bf / f32);
         }

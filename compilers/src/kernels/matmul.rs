@@ -14,11 +14,11 @@ use rayon::prelude::*;
 
 use half::bf16;
 
-use super::bf16_gemm::{self, gemm_bf16};
+use super::bf16_gemm::{self, gemm_bf16, Strided};
 use super::contiguous::Contiguous;
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::packed::Packed;
-use super::q8::{gemv_q8, Q8Rows};
+use super::q8::{self, gemv_q8, Q8Rows};
 use super::Ptr;
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::search;
@@ -174,7 +174,19 @@ impl Kernel for MatMul {
             // a prompt: in bf16 where the CPU multiplies bf16 (Q8_0 values
             // rounded to it), else in f32
             if bf16_gemm::available() && !p.is_gemv() && !inputs[0].view.padded && !inputs[1].view.padded && p.k > 0 {
-                return w.with_bf16(|h| self.run_plan(&p, (inputs[0].data, inputs[0].view), (Rhs::Bf16(h), inputs[1].view), outputs[0]));
+                let a = (inputs[0].data, inputs[0].view);
+                // Q8_0 rows on block boundaries dequantize as they are packed
+                let on_blocks = |q| {
+                    p.inner.1 == 1
+                        && Q8Rows::new(q, inputs[1].view.offset, p.col.1, p.k).is_some()
+                        && p.loops.iter().all(|l| l.2 % q8::BLOCK as isize == 0)
+                };
+                if let Packed::Q8_0(q) = w {
+                    if on_blocks(q) {
+                        return self.run_plan(&p, a, (Rhs::Q8(q), inputs[1].view), outputs[0]);
+                    }
+                }
+                return w.with_bf16(|h| self.run_plan(&p, a, (Rhs::Bf16(h), inputs[1].view), outputs[0]));
             }
             return w.with_values(|values| self.run(&[inputs[0], Arg::f32(values, inputs[1].view)], outputs, dims));
         }
@@ -229,7 +241,7 @@ impl MatMul {
         let ways = Way::candidates(p, threads);
         let key = match b.0 {
             Rhs::F32(_) => p.key(threads),
-            Rhs::Bf16(_) | Rhs::F32InBf16(_) => format!("{} bf16", p.key(threads)),
+            Rhs::Bf16(_) | Rhs::F32InBf16(_) | Rhs::Q8(_) => format!("{} bf16", p.key(threads)),
         };
         search::run_searched(node, &key, || ways.iter().map(|w| w.name()).collect(), |i| run_way(ways[i], p, a, b, out));
     }
@@ -382,6 +394,10 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut 
                 gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row)
             },
             Rhs::Bf16(data) => unsafe { gemv_as(form, rows, p.m, Rows { data, offset, stride, len: p.k }, p.n, out, out_row) },
+            Rhs::Q8(q) => unsafe {
+                let w = Q8Rows::new(q, offset, stride, p.k).expect("Q8_0 operands are checked to sit on block boundaries");
+                gemv_q8(form, rows, p.m, w, p.n, out, out_row)
+            },
         }
         return;
     }
@@ -445,18 +461,23 @@ pub(crate) enum Rhs<'a> {
     Bf16(&'a [bf16]),
     /// only where [`bf16_gemm::available`]
     F32InBf16(&'a [f32]),
+    /// Q8_0 blocks, each row of k (a column of the product) on block
+    /// boundaries ([`Q8Rows::new`]), dequantized to bf16 as they are packed;
+    /// only where [`bf16_gemm::available`]
+    Q8(&'a [u8]),
 }
 
 impl<'a> Rhs<'a> {
     /// An input's elements: its f32 data (multiplied in bf16 when `bf16` and
-    /// the CPU can), or its values packed as bf16 (Q8_0 ones are rounded to
-    /// bf16 before a product: [`Packed::with_bf16`]).
+    /// the CPU can), or its packed values (a Q8_0 input's rows on block
+    /// boundaries, which callers check: [`Q8Rows::new`]; else they round it
+    /// to bf16 first, [`Packed::with_bf16`]).
     pub(crate) fn of(arg: &Arg<'a>, bf16: bool) -> Rhs<'a> {
         match arg.packed {
             None if bf16 && bf16_gemm::available() => Rhs::F32InBf16(arg.data),
             None => Rhs::F32(arg.data),
             Some(Packed::Bf16(h)) => Rhs::Bf16(h),
-            Some(Packed::Q8_0(_)) => unreachable!("Q8_0 operands are rounded to bf16 before a product"),
+            Some(Packed::Q8_0(q)) => Rhs::Q8(q),
         }
     }
 }
@@ -483,8 +504,12 @@ pub(crate) unsafe fn product(
     unsafe {
         match rhs {
             Rhs::F32(b) => sgemm(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), par),
-            Rhs::Bf16(b) => gemm_bf16(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), false, threads),
-            Rhs::F32InBf16(b) => gemm_bf16(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), false, threads),
+            Rhs::Bf16(b) => gemm_bf16(mnk, dst, lhs, Strided((b.as_ptr().offset(offset), cs, rs)), false, threads),
+            Rhs::F32InBf16(b) => gemm_bf16(mnk, dst, lhs, Strided((b.as_ptr().offset(offset), cs, rs)), false, threads),
+            Rhs::Q8(q) => {
+                let rows = Q8Rows::new(q, offset, cs, mnk.2).filter(|_| rs == 1);
+                gemm_bf16(mnk, dst, lhs, rows.expect("Q8_0 operands are checked to sit on block boundaries"), false, threads)
+            }
         }
     }
 }

@@ -50,15 +50,19 @@ fn packed_gemvs_fit(inputs: &[Arg]) -> bool {
     let (q, k, v) = (&inputs[0].view, &inputs[1].view, &inputs[2].view);
     let r = q.rank;
     let query_rows = (0..r - 2).filter(|&d| k.strides[d] == 0 && v.strides[d] == 0).map(|d| q.shape[d]).max().unwrap_or(1);
-    let blocks = |a: &Arg| {
-        let w = &a.view;
-        !matches!(a.packed, Some(Packed::Q8_0(_)))
-            || (w.offset % q8::BLOCK as isize == 0
-                && w.shape[r - 1].is_multiple_of(q8::BLOCK)
-                && (0..r - 1).all(|d| w.strides[d] % q8::BLOCK as isize == 0))
-    };
     let contiguous = [q, k, v].iter().all(|w| w.strides[r - 1] == 1 && !w.padded);
-    query_rows <= MAX_ROWS && contiguous && blocks(&inputs[1]) && blocks(&inputs[2])
+    query_rows <= MAX_ROWS && contiguous && q8_on_blocks(&inputs[1]) && q8_on_blocks(&inputs[2])
+}
+
+/// Whether an operand is not Q8_0, or its rows, wherever a task starts,
+/// lie on block boundaries (contiguous along the last dim).
+fn q8_on_blocks(a: &Arg) -> bool {
+    let (w, r) = (&a.view, a.view.rank);
+    !matches!(a.packed, Some(Packed::Q8_0(_)))
+        || (w.offset % q8::BLOCK as isize == 0
+            && w.strides[r - 1] == 1
+            && w.shape[r - 1].is_multiple_of(q8::BLOCK)
+            && (0..r - 1).all(|d| w.strides[d] % q8::BLOCK as isize == 0))
 }
 
 impl Kernel for ProductChain {
@@ -98,7 +102,7 @@ impl Kernel for ProductChain {
             // GEMVs; more rows multiply in bf16 or f32 (below)
             if !packed_gemvs_fit(inputs) {
                 // a prompt: its products in bf16 where the CPU multiplies
-                // bf16 (a Q8_0 operand's values rounded to it first), else
+                // bf16 (Q8_0 values rounded to it), else
                 // in f32; one operand at a time, run again with its values
                 let i = if inputs[1].packed.is_some() { 1 } else { 2 };
                 let packed = inputs[i].packed.unwrap();
@@ -109,7 +113,8 @@ impl Kernel for ProductChain {
                         self.run(&args, outputs, dims)
                     });
                 }
-                let q8 = (1..3).find(|&i| matches!(inputs[i].packed, Some(Packed::Q8_0(_))));
+                // (Q8_0 rows on block boundaries dequantize as they are packed)
+                let q8 = (1..3).find(|&i| !q8_on_blocks(&inputs[i]));
                 if let Some(i) = q8 {
                     return inputs[i].packed.unwrap().with_bf16(|h| {
                         let mut args = inputs.to_vec();

@@ -31,7 +31,7 @@ pub fn bytes_for(len: usize) -> usize {
 }
 
 /// A block's scale.
-fn scale(block: &[u8]) -> f32 {
+pub(crate) fn scale(block: &[u8]) -> f32 {
     f16::from_le_bytes([block[0], block[1]]).to_f32()
 }
 
@@ -123,7 +123,7 @@ impl<'a> Q8Rows<'a> {
         })
     }
 
-    fn row(&self, j: usize) -> &'a [u8] {
+    pub(crate) fn row(&self, j: usize) -> &'a [u8] {
         &self.data[(self.first + j * self.stride) * BLOCK_BYTES..][..self.blocks * BLOCK_BYTES]
     }
 }
