@@ -10,7 +10,8 @@ use lumind_compilers::passes::{fuses_attention, pipeline_for};
 use lumind_compilers::{compile, search, Backend, Fusion};
 
 use super::job::{build_job_graph, Job};
-use crate::model::{ModelDef, Weights};
+use crate::model::{ModelDef, Precision, Weights};
+use crate::train::TrainCompile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,12 +44,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (def, stage) = match (&a.config, &a.model) {
+    let (def, stage, trained_in) = match (&a.config, &a.model) {
         (Some(c), _) => {
             let cfg = crate::train::config::TrainConfig::load(c)?;
-            (ModelDef::load(&cfg.model)?, Some(cfg.stage()))
+            (ModelDef::load(&cfg.model)?, Some(cfg.stage()), cfg.precision)
         }
-        (None, Some(m)) => (ModelDef::load(m)?, None),
+        (None, Some(m)) => (ModelDef::load(m)?, None, Precision::Fp32),
         (None, None) => anyhow::bail!("give --model or --config"),
     };
     if matches!(a.job, Job::Lora | Job::Dpo)
@@ -58,7 +59,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fuses_attention(a.compile.fusion, a.compile.device()))?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
-    compile(&mut built, &pipeline_for(a.compile.fusion, a.compile.device()), |pass, g| {
+    // a training job's passes end with its precision's (bf16: Bf16Products)
+    let passes = if matches!(a.job, Job::Train | Job::Sft | Job::Lora | Job::Dpo) {
+        let how = TrainCompile { fusion: a.compile.fusion, precision: a.compile.precision.unwrap_or(trained_in) };
+        how.passes(a.compile.device())?
+    } else {
+        pipeline_for(a.compile.fusion, a.compile.device())
+    };
+    compile(&mut built, &passes, |pass, g| {
         let s = Snapshot::take(pass, g, snaps.last());
         snaps.push(s);
     });

@@ -73,6 +73,21 @@ pub struct TrainCompile {
     pub precision: Precision,
 }
 
+impl TrainCompile {
+    /// The compiler passes of a training graph on `backend`: the fusion's
+    /// pipeline, then `Bf16Products` for bf16.
+    pub fn passes(self, backend: Backend) -> Result<Vec<Pass>> {
+        let mut passes = pipeline_for(self.fusion, backend);
+        match self.precision {
+            Precision::Fp32 => {}
+            Precision::Bf16 if backend == Backend::Cpu => passes.push(Pass::new("Bf16Products", Bf16Products)),
+            Precision::Bf16 => bail!("precision bf16 trains on the CPU only (asked for on {backend}); use fp32 there"),
+            Precision::Q8 => bail!("precision q8 is for inference (`lumind quantize`); training runs in fp32 or bf16"),
+        }
+        Ok(passes)
+    }
+}
+
 impl From<Fusion> for TrainCompile {
     fn from(fusion: Fusion) -> TrainCompile {
         TrainCompile { fusion, precision: Precision::Fp32 }
@@ -130,15 +145,9 @@ impl TrainSession {
         update: Update,
         how: impl Into<TrainCompile>,
     ) -> Result<TrainSession> {
-        let TrainCompile { fusion, precision } = how.into();
-        let mut passes = pipeline_for(fusion, backend);
-        match precision {
-            Precision::Fp32 => {}
-            Precision::Bf16 if backend == Backend::Cpu => passes.push(Pass::new("Bf16Products", Bf16Products)),
-            Precision::Bf16 => bail!("precision bf16 trains on the CPU only (asked for on {backend}); use fp32 there"),
-            Precision::Q8 => bail!("precision q8 is for inference (`lumind quantize`); training runs in fp32 or bf16"),
-        }
-        let mut g = build(def, positions, &stage, &update, fuses_attention(fusion, backend))?;
+        let how = how.into();
+        let passes = how.passes(backend)?;
+        let mut g = build(def, positions, &stage, &update, fuses_attention(how.fusion, backend))?;
         compile(&mut g.graph, &passes, |_, _| {});
         let mut exec = Executor::on(g.graph, backend).with_context(|| format!("training model `{}` on {backend}", def.name))?;
         let w = weights.into_map();

@@ -593,11 +593,26 @@ mod tests {
                 gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), Strided((wh.as_ptr(), k as isize, 1)), false, threads)
             });
             let f32 = time(&mut || unsafe {
-                super::super::matmul::sgemm(
-                    (m, n, k),
-                    (dst.0, 1, n as isize),
-                    (a.as_ptr(), 1, k as isize),
-                    (w.as_ptr(), k as isize, 1),
+                // (gemm itself: the f32 products every kernel calls)
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.0,
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
                     gemm::Parallelism::Rayon(threads),
                 )
             });
