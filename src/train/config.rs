@@ -44,8 +44,9 @@ pub struct TrainConfig {
     pub fusion: lumind_compilers::Fusion,
     /// what the matrix products multiply in: `fp32`, or `bf16` (mixed
     /// precision on the CPU: products in bf16 where it has AVX512-BF16;
-    /// weights, gradients, optimizer state and checkpoints stay f32)
-    #[serde(default)]
+    /// weights, gradients, optimizer state and checkpoints stay f32; left
+    /// out when fp32, so fp32 runs keep the fingerprint they had before it)
+    #[serde(default, skip_serializing_if = "is_fp32")]
     pub precision: crate::model::Precision,
     pub data: DataConfig,
     pub optim: OptimConfig,
@@ -159,6 +160,10 @@ fn default_clip() -> f32 {
 fn default_wd() -> f32 {
     0.01
 }
+fn is_fp32(p: &crate::model::Precision) -> bool {
+    *p == crate::model::Precision::Fp32
+}
+
 fn default_every() -> usize {
     100
 }

@@ -102,8 +102,8 @@ impl Kernel for ProductChain {
             // GEMVs; more rows multiply in bf16 or f32 (below)
             if !packed_gemvs_fit(inputs) {
                 // a prompt: its products in bf16 where the CPU multiplies
-                // bf16 (Q8_0 values rounded to it), else
-                // in f32; one operand at a time, run again with its values
+                // bf16 (Q8_0 values rounded to it), else in f32: one
+                // operand at a time, run again with its values
                 let i = if inputs[1].packed.is_some() { 1 } else { 2 };
                 let packed = inputs[i].packed.unwrap();
                 if !bf16_gemm::available() {
