@@ -124,7 +124,7 @@ pub(crate) unsafe fn gemm_bf16(
     }
     let kp = k.div_ceil(2);
     // SAFETY: per the contract
-    let a = unsafe { pack_lhs((m, k), lhs) };
+    let a = unsafe { pack_lhs((m, k), lhs, threads) };
     // tasks: ranges of panels times ranges of rows, about four per thread
     let panels = n.div_ceil(NR);
     let want = if threads > 1 { threads * 4 } else { 1 };
@@ -183,16 +183,17 @@ fn pair(lo: u16, hi: u16) -> u32 {
     lo as u32 | (hi as u32) << 16
 }
 
-/// `lhs` as `[m, k/2]` words of bf16 pairs (an odd `k` pads with a zero).
+/// `lhs` as `[m, k/2]` words of bf16 pairs (an odd `k` pads with a zero),
+/// on `threads` threads.
 ///
 /// # Safety
 /// Every element the strides reach is in bounds.
-unsafe fn pack_lhs((m, k): (usize, usize), lhs: Operand<f32>) -> Vec<u32> {
+unsafe fn pack_lhs((m, k): (usize, usize), lhs: Operand<f32>, threads: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
     let mut a = vec![0u32; m * kp];
     let lhs = Shared(lhs);
     // 16 rows at a time
-    a.par_chunks_mut(16 * kp).enumerate().for_each(|(b, rows)| {
+    let pack = |(b, rows): (usize, &mut [u32])| {
         let (ptr, cs, rs) = lhs.get();
         let (i0, n) = (16 * b, rows.len() / kp);
         // SAFETY: per the contract
@@ -217,7 +218,12 @@ unsafe fn pack_lhs((m, k): (usize, usize), lhs: Operand<f32>) -> Vec<u32> {
                 *w = pair(at(i, 2 * p).bf16_bits(), hi);
             }
         }
-    });
+    };
+    if threads > 1 {
+        a.par_chunks_mut(16 * kp).enumerate().for_each(pack);
+    } else {
+        a.chunks_mut(16 * kp).enumerate().for_each(pack);
+    }
     a
 }
 
