@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::gemv::Weight;
 use super::q8::{self, Q8Rows};
+use super::Shared;
 
 /// Columns per panel: two 16-lane registers.
 pub const NR: usize = 32;
@@ -41,7 +42,7 @@ pub fn available() -> bool {
 pub(crate) type Operand<T> = (*const T, isize, isize);
 
 /// A right operand as [`gemm_bf16`] packs it into panels: strided values
-/// ([`Strided`]) or Q8_0 weight rows (columns of the product), dequantized
+/// (a [`Shared`] [`Operand`]) or Q8_0 weight rows (columns of the product), dequantized
 /// as they are packed.
 pub(crate) trait Panels: Copy + Send + Sync {
     /// Columns `j0..j0 + cols` of rows `0..k` as one panel: word
@@ -53,13 +54,8 @@ pub(crate) trait Panels: Copy + Send + Sync {
     unsafe fn pack(self, panel: &mut [u32], j0: usize, cols: usize, k: usize);
 }
 
-/// An [`Operand`] the tasks of a product share (they only read it).
-#[derive(Clone, Copy)]
-pub(crate) struct Strided<B>(pub Operand<B>);
-unsafe impl<B> Send for Strided<B> {}
-unsafe impl<B> Sync for Strided<B> {}
-
-impl<B: Weight> Panels for Strided<B> {
+/// Strided values, which the tasks of a product share (they only read them).
+impl<B: Weight> Panels for Shared<Operand<B>> {
     unsafe fn pack(self, panel: &mut [u32], j0: usize, cols: usize, k: usize) {
         // SAFETY: per the contract
         unsafe { pack_panel(panel, (j0, cols, k), self.0) }
@@ -162,18 +158,6 @@ pub(crate) unsafe fn gemm_bf16(
         (0..tasks).into_par_iter().for_each(task);
     } else {
         task(0)
-    }
-}
-
-/// A pointer tuple the tasks share (each writes its own part of `dst`).
-#[derive(Clone, Copy)]
-struct Shared<T>(T);
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-impl<T: Copy> Shared<T> {
-    /// (a method, so closures capture the whole wrapper)
-    fn get(&self) -> T {
-        self.0
     }
 }
 
@@ -351,12 +335,19 @@ mod x86 {
         let mut p = 0;
         while 2 * p + 32 <= k {
             pack_row(x.add(2 * p), 32, &mut w);
-            for (i, &w) in w.iter().enumerate() {
-                panel[(p + i) * NR + c] = w;
-            }
+            scatter(&w, panel, p * NR + c, NR);
             p += 16;
         }
         p
+    }
+
+    /// `words` into `out` from `first` on, `stride` apart: 16 words of one
+    /// panel column, or word `p` of 16 packed rows.
+    #[inline]
+    fn scatter(words: &[u32; 16], out: &mut [u32], first: usize, stride: usize) {
+        for (i, &w) in words.iter().enumerate() {
+            out[first + i * stride] = w;
+        }
     }
 
     /// Block `d * q` of a Q8_0 weight row as 16 words of column `c` of a
@@ -374,9 +365,7 @@ mod x86 {
         let mut w = [0u32; 16];
         let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(wide(1), wide(0)));
         _mm512_storeu_si512(w.as_mut_ptr() as *mut __m512i, h);
-        for (i, &w) in w.iter().enumerate() {
-            panel[(p0 + i) * NR + c] = w;
-        }
+        scatter(&w, panel, p0 * NR + c, NR);
     }
 
     /// The first words of 16 packed lhs rows (`kp` words apart in `rows`)
@@ -392,9 +381,7 @@ mod x86 {
         for p in 0..k / 2 {
             let v = pairs16(x.offset(2 * p as isize * cs), x.offset((2 * p + 1) as isize * cs));
             _mm512_storeu_si512(w.as_mut_ptr() as *mut __m512i, v);
-            for (r, &w) in w.iter().enumerate() {
-                rows[r * kp + p] = w;
-            }
+            scatter(&w, rows, p, kp);
         }
         k / 2
     }
@@ -520,9 +507,9 @@ mod tests {
                 let dst = (out.as_mut_ptr(), 1, (n + 3) as isize);
                 unsafe {
                     if bf16_rhs {
-                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), Strided((rhs_h.as_ptr(), rc, rr)), accumulate, threads)
+                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), Shared((rhs_h.as_ptr(), rc, rr)), accumulate, threads)
                     } else {
-                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), Strided((rhs_f.as_ptr(), rc, rr)), accumulate, threads)
+                        gemm_bf16((m, n, k), dst, (lhs.as_ptr(), la, lb), Shared((rhs_f.as_ptr(), rc, rr)), accumulate, threads)
                     }
                 }
                 for i in 0..m {
@@ -563,7 +550,7 @@ mod tests {
             let rows = Q8Rows::new(&q, 32, (k + 64) as isize, k).unwrap();
             unsafe {
                 gemm_bf16((m, n, k), (a.as_mut_ptr(), 1, n as isize), (lhs.as_ptr(), 1, k as isize), rows, false, 2);
-                let strided = Strided((h.as_ptr().add(32), (k + 64) as isize, 1));
+                let strided = Shared((h.as_ptr().add(32), (k + 64) as isize, 1));
                 gemm_bf16((m, n, k), (b.as_mut_ptr(), 1, n as isize), (lhs.as_ptr(), 1, k as isize), strided, false, 2);
             }
             assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}");
@@ -596,7 +583,7 @@ mod tests {
             };
             let dst = (out.as_mut_ptr(), 1, n as isize);
             let bf = time(&mut || unsafe {
-                gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), Strided((wh.as_ptr(), k as isize, 1)), false, threads)
+                gemm_bf16((m, n, k), dst, (a.as_ptr(), 1, k as isize), Shared((wh.as_ptr(), k as isize, 1)), false, threads)
             });
             let f32 = time(&mut || unsafe {
                 // (gemm itself: the f32 products every kernel calls)
@@ -624,7 +611,7 @@ mod tests {
             });
             // the backward pass's layouts: lhs stored transposed, rhs as [k, n]
             let bt = time(&mut || unsafe {
-                gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), Strided((w.as_ptr(), 1, n as isize)), false, threads)
+                gemm_bf16((m, n, k), dst, (a.as_ptr(), m as isize, 1), Shared((w.as_ptr(), 1, n as isize)), false, threads)
             });
             eprintln!("{m}x{n}x{k}: bf16 {bf:.1} GFLOP/s (transposed operands {bt:.1}), gemm f32 {f32:.1} GFLOP/s, ratio {:.2}", bf / f32);
         }

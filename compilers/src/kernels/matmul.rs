@@ -14,12 +14,12 @@ use rayon::prelude::*;
 
 use half::bf16;
 
-use super::bf16_gemm::{self, gemm_bf16, Strided};
+use super::bf16_gemm::{self, gemm_bf16};
 use super::contiguous::Contiguous;
 use super::gemv::{gemv_as, GemvForm, Rows, MAX_ROWS};
 use super::packed::Packed;
 use super::q8::{self, gemv_q8, Q8Rows};
-use super::Ptr;
+use super::{Ptr, Shared};
 use crate::kernel::{Arg, Cost, Kernel};
 use crate::search;
 use crate::shape::is_broadcast;
@@ -140,11 +140,6 @@ impl MatMul {
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr<T>(T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
 
 impl Kernel for MatMul {
     fn name(&self) -> String {
@@ -403,9 +398,7 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut 
     }
     let threads = rayon::current_num_threads();
     let batches = p.batches();
-    let a_ptr = SendPtr(a.0.as_ptr());
-    let b_ptr = SendPtr(b.0);
-    let o_ptr = SendPtr(out.as_mut_ptr());
+    let (a_ptr, o_ptr) = (Shared(a.0.as_ptr()), Shared(out.as_mut_ptr()));
     let (a_off, b_off) = (a.1.offset, b.1.offset);
     // columns [c0, c0 + cols) of product `batch`
     let call_cols = |batch: usize, (c0, cols): (usize, usize), par: Parallelism| {
@@ -424,9 +417,9 @@ fn run_way(way: Way, p: &GemmPlan, a: (&[f32], View), b: (Rhs, View), out: &mut 
             let c0 = c0 as isize;
             product(
                 (p.m, cols, p.k),
-                ({ o_ptr }.0.offset(oo + c0 * p.out_col), p.out_col, p.out_row),
-                ({ a_ptr }.0.offset(ao), p.inner.0, p.row.0),
-                ({ b_ptr }.0, bo + c0 * p.col.1, p.col.1, p.inner.1),
+                (o_ptr.get().offset(oo + c0 * p.out_col), p.out_col, p.out_row),
+                (a_ptr.get().offset(ao), p.inner.0, p.row.0),
+                (b.0, bo + c0 * p.col.1, p.col.1, p.inner.1),
                 par,
             );
         }
@@ -504,8 +497,8 @@ pub(crate) unsafe fn product(
     unsafe {
         match rhs {
             Rhs::F32(b) => sgemm(mnk, dst, lhs, (b.as_ptr().offset(offset), cs, rs), par),
-            Rhs::Bf16(b) => gemm_bf16(mnk, dst, lhs, Strided((b.as_ptr().offset(offset), cs, rs)), false, threads),
-            Rhs::F32InBf16(b) => gemm_bf16(mnk, dst, lhs, Strided((b.as_ptr().offset(offset), cs, rs)), false, threads),
+            Rhs::Bf16(b) => gemm_bf16(mnk, dst, lhs, Shared((b.as_ptr().offset(offset), cs, rs)), false, threads),
+            Rhs::F32InBf16(b) => gemm_bf16(mnk, dst, lhs, Shared((b.as_ptr().offset(offset), cs, rs)), false, threads),
             Rhs::Q8(q) => {
                 let rows = Q8Rows::new(q, offset, cs, mnk.2).filter(|_| rs == 1);
                 gemm_bf16(mnk, dst, lhs, rows.expect("Q8_0 operands are checked to sit on block boundaries"), false, threads)

@@ -24,6 +24,20 @@ pub mod topk;
 pub mod unary;
 pub mod walk;
 
+/// Raw pointers (or a tuple of them) that tasks on several threads share:
+/// each reads them, or writes its own part of what they point at.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// (a method, so closures capture the whole wrapper)
+    pub fn get(&self) -> T {
+        self.0
+    }
+}
+
 /// An output pointer that tasks on several threads write disjoint parts of.
 #[derive(Clone, Copy)]
 pub(crate) struct Ptr(pub *mut f32);
