@@ -54,12 +54,7 @@ impl<'a> Packed<'a> {
 
     /// `f` of the values, in a buffer of this thread's.
     pub fn with_values<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
-        let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-        buf.resize(self.len(), 0.0);
-        self.values_into(&mut buf);
-        let r = f(&buf);
-        SCRATCH.with(|s| s.borrow_mut().push(buf));
-        r
+        lend(&SCRATCH, self.len(), |buf| self.values_into(buf), f)
     }
 
     /// `f` of the values as bf16: a bf16 input's own, Q8_0 blocks' values
@@ -70,12 +65,7 @@ impl<'a> Packed<'a> {
             Packed::Bf16(v) => return f(v),
             Packed::Q8_0(q) => q,
         };
-        let mut buf = SCRATCH_BF16.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-        buf.resize(self.len(), bf16::ZERO);
-        q8::dequantize_bf16_into(q, &mut buf);
-        let r = f(&buf);
-        SCRATCH_BF16.with(|s| s.borrow_mut().push(buf));
-        r
+        lend(&SCRATCH_BF16, self.len(), |buf| q8::dequantize_bf16_into(q, buf), f)
     }
 
     /// The values into `out`, on every thread (a prompt's matrix products
@@ -90,6 +80,22 @@ impl<'a> Packed<'a> {
             Packed::Q8_0(q) => q8::dequantize_into(q, out),
         }
     }
+}
+
+/// `f` of a buffer of `len` values that `fill` wrote, borrowed from this
+/// thread's `pool` and given back after.
+fn lend<T: Copy + Default, R>(
+    pool: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<T>>>>,
+    len: usize,
+    fill: impl FnOnce(&mut [T]),
+    f: impl FnOnce(&[T]) -> R,
+) -> R {
+    let mut buf = pool.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    buf.resize(len, T::default());
+    fill(&mut buf);
+    let r = f(&buf);
+    pool.with(|s| s.borrow_mut().push(buf));
+    r
 }
 
 thread_local! {

@@ -42,10 +42,15 @@ pub(crate) fn values_in(bytes: usize) -> usize {
 
 /// One block's scale and values, ggml's way.
 fn quantize_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
+    quantize_block_rounding(x, f32::round)
+}
+
+/// One block's scale and values, each `x / d` rounded by `round`.
+fn quantize_block_rounding(x: &[f32], round: fn(f32) -> f32) -> (f32, [i8; BLOCK]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    (d, std::array::from_fn(|i| (x[i] * id).round() as i8))
+    (d, std::array::from_fn(|i| round(x[i] * id) as i8))
 }
 
 /// `x` (a multiple of [`BLOCK`] values) as Q8_0 blocks.
@@ -132,10 +137,7 @@ impl<'a> Q8Rows<'a> {
 /// values rounded half to even (what the vector form rounds by, so that
 /// every CPU quantizes an activation alike).
 fn quantize_activation_block(x: &[f32]) -> (f32, [i8; BLOCK]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    (d, std::array::from_fn(|i| (x[i] * id).round_ties_even() as i8))
+    quantize_block_rounding(x, f32::round_ties_even)
 }
 
 /// Activation rows quantized per block: a scale and 32 values a block.
