@@ -18,7 +18,7 @@ const MODELS: [&str; 4] = ["tiny-llama", "tiny-qwen3", "tiny-moe", "tiny-moe3"];
 
 fn source(model: &str, job: Job, fusion: Fusion) -> String {
     let def = ModelDef::load(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{model}.toml"))).unwrap();
-    let (mut built, _) = build_job_graph(&def, job, None, false).unwrap();
+    let (mut built, _) = build_job_graph(&def, job, None, false, 1).unwrap();
     compile(&mut built, &pipeline_for(fusion, Backend::Cuda), |_, _| {});
     graph_source(built).unwrap()
 }

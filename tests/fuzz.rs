@@ -189,7 +189,7 @@ proptest! {
             }
             Ok(cfg) => {
                 let def = ModelDef::load(root().join("models/tiny.toml")).unwrap();
-                if let Err(e) = cfg.check_against(&def, records) {
+                if let Err(e) = cfg.check_against(&def, records, 1) {
                     let msg = format!("{e:#}");
                     prop_assert!(says_what(&msg), "{}", msg);
                 }

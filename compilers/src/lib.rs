@@ -5,6 +5,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod collective;
 pub mod cpu_target;
 pub mod cuda;
 pub mod dtype;

@@ -3,9 +3,11 @@
 //! [`AdamW`] node, so a training step is a single graph run and nothing is
 //! recompiled between steps.
 
+use crate::collective::Comm;
 use crate::kernels::adamw::AdamW;
+use crate::kernels::all_reduce::AllReduce;
 use crate::losses::sum_all;
-use crate::shape::Dim;
+use crate::shape::{d, Dim};
 use crate::tensor::{InputKind, Tensor};
 
 /// Hyper-parameters fixed for a run (lr and step arrive per run).
@@ -41,25 +43,50 @@ pub mod inputs {
 }
 
 /// Add the update of every `(name, param, grad)`, reading the
-/// [`inputs`]. Returns the global gradient norm (before clipping) of the
-/// accumulated gradient.
-pub fn adamw(params: &[(String, Tensor, Tensor)], cfg: &AdamWConfig) -> Tensor {
+/// [`inputs`]. With `all_reduce`, the gradients are summed over its ranks
+/// (one [`AllReduce`] node) before the norm and the update, so every rank
+/// takes the same step. Returns the global gradient norm (before clipping)
+/// of the accumulated gradient.
+pub fn adamw(params: &[(String, Tensor, Tensor)], cfg: &AdamWConfig, all_reduce: Option<&Comm>) -> Tensor {
     let b = params.first().expect("at least one parameter").1.builder();
     let [lr, step, apply] = [inputs::LR, inputs::STEP, inputs::APPLY].map(|n| b.input(n, &[], InputKind::Data));
     let kernel = AdamW { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay, max_norm: cfg.max_grad_norm };
-    let mut totals = vec![];
     let mut updates = vec![];
     for (name, p, g) in params {
         let dims: Vec<Dim> = p.dims();
         let [m, v, acc] = state_names(name).map(|n| b.input(&n, &dims, InputKind::State));
         let g_total = acc.add(g);
-        totals.push(sum_all(&g_total.square()));
         updates.push((p.clone(), m, v, acc, g_total));
     }
-    let gsq = totals.into_iter().reduce(|a, x| a + x).expect("at least one parameter");
-    for (p, m, v, acc, g_total) in updates {
+    let (grads, gsq) = match all_reduce {
+        None => {
+            let gsq = updates.iter().map(|u| sum_all(&u.4.square())).reduce(|a, x| a + x).expect("at least one parameter");
+            (updates.iter().map(|u| u.4.clone()).collect::<Vec<_>>(), gsq)
+        }
+        Some(comm) => {
+            let _g = b.scope("all_reduce");
+            let mut ins: Vec<&Tensor> = updates.iter().map(|u| &u.4).collect();
+            ins.push(&apply);
+            let total: usize = updates
+                .iter()
+                .map(|u| u.0.dims().iter().map(|x| x.to_usize().expect("parameter shapes are fixed")).product::<usize>())
+                .sum();
+            let flat = b.kernel(AllReduce { comm: comm.clone() }, &ins, &[d(total)]);
+            let mut at = 0;
+            let grads = updates
+                .iter()
+                .map(|u| {
+                    let n: usize = u.0.dims().iter().map(|x| x.to_usize().expect("parameter shapes are fixed")).product();
+                    at += n;
+                    flat.slice(0, d(at - n), d(at))
+                })
+                .collect();
+            (grads, sum_all(&flat.square()))
+        }
+    };
+    for ((p, m, v, acc, _), g) in updates.into_iter().zip(grads) {
         let dims = p.dims();
-        let node = b.kernel(kernel.clone(), &[&p, &m, &v, &acc, &g_total, &gsq, &lr, &step, &apply], &dims);
+        let node = b.kernel(kernel.clone(), &[&p, &m, &v, &acc, &g, &gsq, &lr, &step, &apply], &dims);
         b.keep(&node);
     }
     gsq.sqrt()

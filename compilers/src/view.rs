@@ -144,6 +144,22 @@ impl View {
         true
     }
 
+    /// Where the view reads one unbroken row-major run of its buffer (a
+    /// plain view, or a slice of a flat one), the run's first index.
+    pub fn contiguous_run(&self) -> Option<usize> {
+        if self.padded || self.offset < 0 {
+            return None;
+        }
+        let mut acc = 1isize;
+        for d in (0..self.rank).rev() {
+            if self.shape[d] != 1 && self.strides[d] != acc {
+                return None;
+            }
+            acc *= self.shape[d] as isize;
+        }
+        Some(self.offset as usize)
+    }
+
     /// Physical index of a logical multi-index, or None where it reads padding.
     #[inline]
     pub fn index(&self, idx: &[usize]) -> Option<usize> {

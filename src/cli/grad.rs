@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<()> {
             let def = ModelDef::load(&cfg.model)?;
             let tok = Tokenizer::load_or_default(cfg.tokenizer.as_deref())?;
             let data = Data::open(&cfg, &tok)?;
-            cfg.check_against(&def, data.len())?;
+            cfg.check_against(&def, data.len(), 1)?;
             if a.n == 0 {
                 bail!("--n must be at least 1");
             }

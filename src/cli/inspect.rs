@@ -41,6 +41,10 @@ pub struct Args {
     /// listed per kernel
     #[arg(long, default_value_t = 256)]
     tokens: usize,
+    /// A training job as one rank of a data-parallel run of this many
+    /// (`mpirun -np N lumind train`): shows its AllReduce node
+    #[arg(long, default_value_t = 1)]
+    ranks: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -57,7 +61,7 @@ pub fn run(a: Args) -> Result<()> {
     {
         anyhow::bail!("--job {} needs --config with that stage", a.job);
     }
-    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fuses_attention(a.compile.fusion, a.compile.device()))?;
+    let (mut built, about) = build_job_graph(&def, a.job, stage.clone(), fuses_attention(a.compile.fusion, a.compile.device()), a.ranks)?;
     let mut snaps = vec![Snapshot::take("built", &built.graph, None)];
     // a training job's passes end with its precision's (bf16: Bf16Products)
     let passes = if matches!(a.job, Job::Train | Job::Sft | Job::Lora | Job::Dpo) {
@@ -84,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
     // job again as the CUDA backend does (its attention in primops, its own
     // pipeline; the CPU's attention kernels and row routines have no CUDA C)
     if a.compile.device() == Backend::Cpu {
-        (built, _) = build_job_graph(&def, a.job, stage, false)?;
+        (built, _) = build_job_graph(&def, a.job, stage, false, a.ranks)?;
         compile(&mut built, &pipeline_for(a.compile.fusion, Backend::Cuda), |_, _| {});
     }
     std::fs::write(a.out.join("kernels.cu"), graph_source(built)?)?;

@@ -1,6 +1,7 @@
 //! The graphs a job runs, shared by `inspect`, `profile` and `bench`.
 
 use anyhow::Result;
+use lumind_compilers::collective::ThreadRanks;
 use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::tensor::BuiltGraph;
 use lumind_compilers::GraphBuilder;
@@ -35,12 +36,18 @@ pub fn options(job: Job, positions: usize) -> ForwardOptions {
 
 /// The uncompiled graph of a job (training stages take their settings from
 /// `stage`), with a description of what it trains and keeps frozen;
-/// `fuse_attention` per `lumind_compilers::passes::fuses_attention`.
-pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fuse_attention: bool) -> Result<(BuiltGraph, String)> {
+/// `fuse_attention` per `lumind_compilers::passes::fuses_attention`; a
+/// training graph for `ranks` > 1 is one rank's of a data-parallel run.
+pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fuse_attention: bool, ranks: usize) -> Result<(BuiltGraph, String)> {
     match job {
         Job::Train | Job::Sft | Job::Lora | Job::Dpo => {
             let stage = stage.unwrap_or(Stage::LanguageModel);
-            let g = build(def, POSITIONS, &stage, &Update::AdamW(AdamWConfig::default()), fuse_attention)?;
+            let update = match ranks {
+                0 | 1 => Update::AdamW(AdamWConfig::default()),
+                // (a group that is only inspected: nothing calls it)
+                n => Update::AllReducedAdamW(AdamWConfig::default(), ThreadRanks::group(n).swap_remove(0)),
+            };
+            let g = build(def, POSITIONS, &stage, &update, fuse_attention)?;
             let mut d = format!("stage {stage:?}\ntrained: {} tensors", g.trainable.len());
             for (n, s) in g.trainable.iter().take(12) {
                 d += &format!("\n  {n} {s:?}");
@@ -54,6 +61,14 @@ pub fn build_job_graph(def: &ModelDef, job: Job, stage: Option<Stage>, fuse_atte
             d += &format!("\nfrozen (graph buffers, no gradient, no optimizer state): {} tensors", g.frozen.len());
             for (_, input) in g.frozen.iter().take(4) {
                 d += &format!("\n  {input}");
+            }
+            if ranks > 1 {
+                let values: usize = g.trainable.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+                d += &format!(
+                    "\ndata-parallel over {ranks} ranks: one AllReduce node sums every gradient in one flat buffer \
+                     ({values} values, {:.1} MB) over the ranks, on the runs that apply the AdamW step",
+                    values as f64 * 4.0 / 1e6
+                );
             }
             if let Stage::Dpo { .. } = stage {
                 d += "\npairs: input `pairs` [n, b] holds +1 at each pair's chosen row and -1 at its rejected row; \

@@ -32,6 +32,14 @@ pub struct RunState {
     /// the middle of gradient accumulation logs the same step on resume)
     #[serde(default)]
     pub window: Window,
+    /// ranks of the data-parallel run that wrote it (its data order and
+    /// batches depend on them)
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// Sums over the micro-steps of one optimizer step, for its metrics row.
@@ -45,6 +53,14 @@ pub struct Window {
     pub reward_acc: f32,
     pub reward_margin: f32,
     pub tokens: u64,
+    /// the sums above are of each micro-step's value times its weight in
+    /// the step's loss; this sums the weights
+    #[serde(default)]
+    pub weight: f32,
+    /// scored units (label tokens, DPO pairs) of the whole step, on every
+    /// rank, that the micro-steps' weights divide by
+    #[serde(default)]
+    pub units: f64,
 }
 
 pub struct Checkpoint {

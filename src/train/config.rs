@@ -118,6 +118,31 @@ pub struct OptimConfig {
     pub grad_clip: f32,
     #[serde(default = "default_wd")]
     pub weight_decay: f32,
+    /// what a step's loss is the mean over (left out when `tokens`)
+    #[serde(default, skip_serializing_if = "LossMean::is_tokens")]
+    pub loss_mean: LossMean,
+}
+
+/// What the loss of one optimizer step averages over, when it spans several
+/// micro-batches (`accumulation_steps`) or ranks.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossMean {
+    /// every scored unit of the whole step (label tokens; DPO: pairs) weighs
+    /// the same, so a step of k micro-batches over N ranks equals one batch
+    /// of k x N x `batch_size` rows
+    #[default]
+    Tokens,
+    /// each micro-batch's own mean, averaged over micro-batches and ranks,
+    /// as MiniMind (`loss / accumulation_steps`) and PyTorch DDP do: a row
+    /// weighs more in a micro-batch with fewer scored tokens
+    MicroBatches,
+}
+
+impl LossMean {
+    fn is_tokens(&self) -> bool {
+        *self == LossMean::Tokens
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -239,7 +264,9 @@ impl TrainConfig {
     /// Check what depends on the model and the data: the sequence length
     /// against the model's context, the memory a step needs against the
     /// machine's, and the accumulation against the batches there are.
-    pub fn check_against(&self, def: &ModelDef, records: usize) -> Result<()> {
+    /// `ranks`: the processes of a data-parallel run, each taking
+    /// `batch_size` rows of every micro-step.
+    pub fn check_against(&self, def: &ModelDef, records: usize, ranks: usize) -> Result<()> {
         let (seq, o) = (self.data.max_seq_len, &self.optim);
         if seq > def.max_position_embeddings {
             bail!(
@@ -263,10 +290,11 @@ impl TrainConfig {
                 );
             }
         }
-        let batches = (records.div_ceil(o.batch_size) as u64).saturating_mul(o.epochs as u64);
+        let batches = (records.div_ceil(o.batch_size * ranks) as u64).saturating_mul(o.epochs as u64);
         if o.accumulation_steps as u64 > batches {
+            let of = if ranks > 1 { format!(" x {ranks} ranks") } else { String::new() };
             bail!(
-                "`optim.accumulation_steps` ({}) exceeds the {batches} batches of the whole run ({records} records in batches of {}, {} epochs): \
+                "`optim.accumulation_steps` ({}) exceeds the {batches} batches of the whole run ({records} records in batches of {}{of}, {} epochs): \
                  no optimizer step would ever complete",
                 o.accumulation_steps,
                 o.batch_size,

@@ -13,6 +13,7 @@
 //!   the policy only.
 
 use lumind_compilers::autograd::backward;
+use lumind_compilers::collective::Comm;
 use lumind_compilers::lora::inject;
 use lumind_compilers::losses::{cross_entropy, dpo_loss, target_log_probs};
 use lumind_compilers::optim::{adamw, AdamWConfig};
@@ -35,6 +36,19 @@ pub enum Update {
     /// Apply AdamW in place; `optim` ([lr, step, apply]) and `loss_scale`
     /// arrive per run.
     AdamW(AdamWConfig),
+    /// The same, with the gradients summed over the ranks of a
+    /// data-parallel run first (an `AllReduce` node before the update).
+    AllReducedAdamW(AdamWConfig, Comm),
+}
+
+impl Update {
+    /// The optimizer, if the graph updates the weights.
+    pub fn adamw(&self) -> Option<&AdamWConfig> {
+        match self {
+            Update::OutputGrads => None,
+            Update::AdamW(c) | Update::AllReducedAdamW(c, _) => Some(c),
+        }
+    }
 }
 
 /// A training stage.
@@ -153,7 +167,7 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
     b.output(output::AUX, &aux.unwrap_or_else(|| b.constant(0.0)));
     let scaled = match update {
         Update::OutputGrads => total,
-        Update::AdamW(_) => total.mul(&b.input(input::LOSS_SCALE, &[], InputKind::Data)),
+        _ => total.mul(&b.input(input::LOSS_SCALE, &[], InputKind::Data)),
     };
     let fused_attention = if fuse_attention { fuse_before_autograd(&b) } else { 0 };
     let grads = backward(&scaled, &wrt).map_err(anyhow::Error::msg)?;
@@ -168,10 +182,8 @@ pub fn build(def: &ModelDef, positions: usize, stage: &Stage, update: &Update, f
                 b.output(&output::grad(n), g);
             }
         }
-        Update::AdamW(cfg) => {
-            let norm = adamw(&with_grads, cfg);
-            b.output(output::GRAD_NORM, &norm);
-        }
+        Update::AdamW(cfg) => b.output(output::GRAD_NORM, &adamw(&with_grads, cfg, None)),
+        Update::AllReducedAdamW(cfg, comm) => b.output(output::GRAD_NORM, &adamw(&with_grads, cfg, Some(comm))),
     }
     let graph = b.finish().map_err(|e| anyhow::anyhow!("building the training graph of `{}`: {e}", def.name))?;
     Ok(TrainGraph { graph, trainable, frozen, fused_attention })

@@ -13,7 +13,7 @@ pub struct Metrics {
     pub step: u64,
     pub micro_step: u64,
     pub epoch: u64,
-    /// mean over the step's micro-batches: cross-entropy + aux
+    /// the step's loss (cross-entropy + aux), a mean as `optim.loss_mean` says
     #[serde(deserialize_with = "nan_as_null")]
     pub loss: f32,
     #[serde(deserialize_with = "nan_as_null")]
@@ -23,15 +23,27 @@ pub struct Metrics {
     pub lr: f32,
     #[serde(deserialize_with = "nan_as_null")]
     pub grad_norm: f32,
+    /// over all ranks
     pub tokens: u64,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// processes of the data-parallel run (1: one process)
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
+    /// seconds rank 0 spent in the step's collectives (the gradient sum,
+    /// and waiting for the other ranks to reach it)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_reduce_s: Option<f64>,
     /// DPO: share of pairs the policy prefers more than the reference does
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_acc: Option<f32>,
     /// DPO: mean reward margin `beta * ((pi_c - pi_r) - (ref_c - ref_r))`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_margin: Option<f32>,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// JSON has no NaN: serde_json writes it as `null`; read that back as NaN.

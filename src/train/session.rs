@@ -228,7 +228,7 @@ impl TrainSession {
     /// with `apply`, take an AdamW step (optimizer step number `step`, from 1)
     /// at learning rate `lr` and clear the accumulator.
     pub fn step(&mut self, b: &Batch, lr: f32, step: u64, apply: bool, loss_scale: f32) -> Result<StepLoss> {
-        assert!(matches!(self.update, Update::AdamW(_)), "session was built without an optimizer");
+        assert!(self.update.adamw().is_some(), "session was built without an optimizer");
         let optim = input_values(lr, step, apply);
         let scale = [loss_scale];
         let mut extra: Vec<(&str, &[f32])> = optim.iter().map(|(n, v)| (*n, &v[..])).collect();

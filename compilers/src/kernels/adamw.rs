@@ -2,7 +2,8 @@
 //! accumulation and global-norm clipping.
 //!
 //! inputs: param, m, v, acc (all updated in place), g (= acc + this step's
-//! gradient), the global squared norm of every g, and [lr, step, apply].
+//! gradient; contiguous, or a slice of the flat buffer of an `AllReduce`),
+//! the global squared norm of every g, and [lr, step, apply].
 //! With `apply` = 0 the gradient is only accumulated (`acc = g`); with 1,
 //! `g` is clipped to `max_norm` over all parameters, the update is made as
 //! `torch.optim.AdamW` does, and `acc` is cleared. A step whose global norm
@@ -37,12 +38,12 @@ impl Kernel for AdamW {
     }
     fn run(&self, inputs: &[Arg], outputs: &mut [&mut [f32]], _: &DimValues) {
         let g = &inputs[4];
-        assert!(g.view.is_plain(), "AdamW: gradient must be contiguous");
+        let start = g.view.contiguous_run().expect("AdamW: the gradient must be contiguous");
         let gsq = inputs[5].data[inputs[5].view.offset as usize];
         let scalar = |i: usize| inputs[i].data[inputs[i].view.offset as usize];
         let (lr, step, apply) = (scalar(6), scalar(7), scalar(8));
         let [p, m, v, acc] = outputs else { panic!("AdamW has four outputs") };
-        let g = &g.data[..p.len()];
+        let g = &g.data[start..start + p.len()];
         if apply == 0.0 {
             acc.copy_from_slice(g);
             return;

@@ -1,6 +1,7 @@
 //! CPU kernels. Each is a small struct implementing [`crate::kernel::Kernel`].
 
 pub mod adamw;
+pub mod all_reduce;
 pub mod bf16_gemm;
 pub mod binary;
 pub mod causal_attention;
