@@ -67,16 +67,12 @@ pub fn adamw(params: &[(String, Tensor, Tensor)], cfg: &AdamWConfig, all_reduce:
             let _g = b.scope("all_reduce");
             let mut ins: Vec<&Tensor> = updates.iter().map(|u| &u.4).collect();
             ins.push(&apply);
-            let total: usize = updates
-                .iter()
-                .map(|u| u.0.dims().iter().map(|x| x.to_usize().expect("parameter shapes are fixed")).product::<usize>())
-                .sum();
-            let flat = b.kernel(AllReduce { comm: comm.clone() }, &ins, &[d(total)]);
+            let sizes: Vec<usize> =
+                (updates.iter()).map(|u| u.0.dims().iter().map(|x| x.to_usize().expect("parameter shapes are fixed")).product()).collect();
+            let flat = b.kernel(AllReduce { comm: comm.clone() }, &ins, &[d(sizes.iter().sum())]);
             let mut at = 0;
-            let grads = updates
-                .iter()
-                .map(|u| {
-                    let n: usize = u.0.dims().iter().map(|x| x.to_usize().expect("parameter shapes are fixed")).product();
+            let grads = (sizes.iter())
+                .map(|&n| {
                     at += n;
                     flat.slice(0, d(at - n), d(at))
                 })

@@ -131,17 +131,7 @@ impl View {
     /// Plain row-major over exactly its source buffer: kernels can use the
     /// buffer as is.
     pub fn is_plain(&self) -> bool {
-        if self.padded || self.offset != 0 || self.numel() != self.phys_len {
-            return false;
-        }
-        let mut acc = 1isize;
-        for d in (0..self.rank).rev() {
-            if self.shape[d] != 1 && self.strides[d] != acc {
-                return false;
-            }
-            acc *= self.shape[d] as isize;
-        }
-        true
+        self.contiguous_run() == Some(0) && self.numel() == self.phys_len
     }
 
     /// Where the view reads one unbroken row-major run of its buffer (a

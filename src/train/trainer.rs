@@ -184,6 +184,10 @@ pub fn train_in(cfg: &TrainConfig, resume: bool, device: Backend, world: &World)
         }
     }
     let data = Data::open(cfg, &tok)?;
+    // (ranks whose data differ would run out at different steps, and one
+    // would wait on the others' sums forever)
+    let seen = format!("{} {} {} {}", def.name, def.vocab_size, tok.vocab_size(), data.len());
+    world.check_same("the model, tokenizer or data (each rank must read the same files)", fnv1a(seen.as_bytes()))?;
     cfg.check_against(&def, data.len(), world.size()).map_err(|e| anyhow::anyhow!("{e:#} (model {})", cfg.model.display()))?;
     let fusion = cfg.fusion;
     let adamw = AdamWConfig { max_grad_norm: cfg.optim.grad_clip, weight_decay: cfg.optim.weight_decay, ..AdamWConfig::default() };
