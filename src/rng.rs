@@ -22,9 +22,7 @@ impl Rng {
 
     /// A generator for one named stream derived from a seed.
     pub fn for_name(seed: u64, name: &str) -> Rng {
-        // FNV-1a
-        let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-        Rng::new(seed ^ h)
+        Rng::new(seed ^ lumind_compilers::fnv::fnv1a(name.as_bytes()))
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -10,6 +10,7 @@ pub mod cpu_target;
 pub mod cuda;
 pub mod dtype;
 pub mod executor;
+pub mod fnv;
 pub mod inspect;
 pub mod kernel;
 pub mod kernels;

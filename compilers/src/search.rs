@@ -89,7 +89,7 @@ impl Tuner {
     /// The tuner of this machine with its cache in `dir` (None: in memory only).
     pub fn open(dir: Option<&Path>) -> Tuner {
         let machine = machine();
-        let file = dir.map(|d| d.join(format!("{:016x}.json", fnv64(&machine))));
+        let file = dir.map(|d| d.join(format!("{:016x}.json", crate::fnv::fnv1a(machine.as_bytes()))));
         let choices = file.as_deref().and_then(|f| read_cache(f, &machine)).unwrap_or_default();
         Tuner {
             machine,
@@ -303,11 +303,6 @@ fn cpu_model() -> String {
         }
     }
     std::env::consts::ARCH.to_string()
-}
-
-/// FNV-1a: a file name that stays the same across Rust versions.
-fn fnv64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 #[cfg(test)]

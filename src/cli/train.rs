@@ -59,10 +59,11 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn thread_ranks(cfg: &TrainConfig, resume: bool, device: lumind_compilers::Backend, n: usize) -> Result<()> {
+    let n = n.max(1);
     let (tx, rx) = std::sync::mpsc::channel();
     // each rank has a kernel pool of its own, as a process would (`--threads` each)
     let threads = rayon::current_num_threads();
-    for (rank, c) in ThreadRanks::group(n.max(1)).into_iter().enumerate() {
+    for (rank, c) in ThreadRanks::group(n).into_iter().enumerate() {
         let (cfg, tx) = (cfg.clone(), tx.clone());
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
         std::thread::spawn(move || {
@@ -72,7 +73,7 @@ fn thread_ranks(cfg: &TrainConfig, resume: bool, device: lumind_compilers::Backe
         });
     }
     let mut interrupted = false;
-    for _ in 0..n.max(1) {
+    for _ in 0..n {
         let (rank, r) = rx.recv().expect("every rank reports");
         match r {
             Ok(s) => interrupted |= s.interrupted,

@@ -34,12 +34,8 @@ pub struct RunState {
     pub window: Window,
     /// ranks of the data-parallel run that wrote it (its data order and
     /// batches depend on them)
-    #[serde(default = "one_rank")]
+    #[serde(default = "super::config::one")]
     pub ranks: usize,
-}
-
-fn one_rank() -> usize {
-    1
 }
 
 /// Sums over the micro-steps of one optimizer step, for its metrics row.

@@ -173,7 +173,7 @@ impl Default for LogConfig {
     }
 }
 
-fn one() -> usize {
+pub(crate) fn one() -> usize {
     1
 }
 fn default_seed() -> u64 {

@@ -28,7 +28,7 @@ pub struct Metrics {
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
     /// processes of the data-parallel run (1: one process)
-    #[serde(default = "one_rank")]
+    #[serde(default = "super::config::one")]
     pub ranks: usize,
     /// seconds rank 0 spent in the step's collectives (the gradient sum,
     /// and waiting for the other ranks to reach it)
@@ -40,10 +40,6 @@ pub struct Metrics {
     /// DPO: mean reward margin `beta * ((pi_c - pi_r) - (ref_c - ref_r))`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_margin: Option<f32>,
-}
-
-fn one_rank() -> usize {
-    1
 }
 
 /// JSON has no NaN: serde_json writes it as `null`; read that back as NaN.

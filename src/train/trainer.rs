@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use lumind_compilers::fnv::fnv1a;
 use lumind_compilers::optim::AdamWConfig;
 use lumind_compilers::{Backend, Fusion};
 
@@ -284,11 +285,6 @@ pub fn train_in(cfg: &TrainConfig, resume: bool, device: Backend, world: &World)
         metrics::plot(out, &format!("{} {:?} loss", def.name, cfg.stage))?;
     }
     Ok(summary)
-}
-
-/// FNV-1a, a stable 64-bit hash (std's hasher may change between releases).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// One micro-step of this rank: its rows of the micro-batch, where the data

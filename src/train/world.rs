@@ -26,17 +26,17 @@ fn launched() -> Option<(usize, usize)> {
 impl World {
     /// One process: no collectives.
     pub fn single() -> World {
-        World {
-            comm: None,
-            #[cfg(feature = "mpi")]
-            _mpi: None,
-        }
+        World::of_comm(None)
     }
 
     /// A group given by its communicator (thread ranks in tests).
     pub fn of(comm: Comm) -> World {
+        World::of_comm(Some(comm))
+    }
+
+    fn of_comm(comm: Option<Comm>) -> World {
         World {
-            comm: (comm.size() > 1).then_some(comm),
+            comm: comm.filter(|c| c.size() > 1),
             #[cfg(feature = "mpi")]
             _mpi: None,
         }
@@ -51,7 +51,7 @@ impl World {
             let _ = (rank, size);
             let mpi = super::mpi::Mpi::init()?;
             let comm = mpi.comm();
-            Ok(World { comm: (comm.size() > 1).then_some(comm), _mpi: Some(mpi) })
+            Ok(World { _mpi: Some(mpi), ..World::of(comm) })
         }
         #[cfg(not(feature = "mpi"))]
         {
